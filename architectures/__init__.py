@@ -1,0 +1,1 @@
+"""Network builders that meet nnU-Net's network contract."""

@@ -1,0 +1,1 @@
+"""Harness: block speed/memory, vanilla-vs-variant runs and the report."""

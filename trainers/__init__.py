@@ -1,0 +1,1 @@
+"""Thin nnUNetTrainer subclasses; this folder is what nnUNet_extTrainer names."""
