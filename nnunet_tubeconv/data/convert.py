@@ -1,0 +1,27 @@
+"""``nnunet-tubeconv convert drive|msd``: bring public tubular data sets into nnU-Net v2 raw format.
+
+``drive`` (:mod:`nnunet_tubeconv.data.drive`) converts DRIVE retinal vessels from the original archive layout or the
+NIfTI layout; ``msd`` (:mod:`nnunet_tubeconv.data.msd`) checks a Medical Segmentation Decathlon task folder and runs
+nnU-Net's own MSD conversion.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nnunet_tubeconv.data import drive, msd
+
+_SOURCES = {
+    "drive": (drive, "DRIVE retinal vessels (original archive or NIfTI layout) -> 2D nnU-Net raw data set"),
+    "msd": (msd, "Medical Segmentation Decathlon task folder (e.g. Task08_HepaticVessel) -> nnU-Net raw data set"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    for name, (module, help_text) in _SOURCES.items():
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+
+
+def run(args: argparse.Namespace) -> int:
+    return _SOURCES[args.source][0].run(args)
