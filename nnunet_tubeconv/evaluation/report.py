@@ -1,0 +1,661 @@
+"""``nnunet-tubeconv report RESULTS_DIR``: the benchmark report (``report.md`` and a self-contained ``report.html``).
+
+Reads a results folder as laid out by the harness (``suite.json`` and ``runs/<dataset>/<configuration>/<arm>/
+fold_<f>_seed_<s>/record.json``, schema ``nnunet-tubeconv/record/1``) and writes, into the same folder:
+
+* ``report.md`` with PNG figures under ``figures/``;
+* ``report.html``: the same content with every figure embedded as base64 PNG (no external file, script or font).
+
+Per (data set, configuration): a table with one row per arm (baseline first) and one column per metric
+(mean ± sd over cases, plus the paired verdict against the baseline, see :mod:`nnunet_tubeconv.evaluation.stats`),
+cost columns (parameters, iteration time, peak memory, wall time); the detailed paired statistics; box plots per
+metric; per-case paired scatter plots (baseline vs variant); training curves from the records' ``curves``. Then every
+failed unit with its error, and the units the suite expected but that have no record.
+
+Pooling: the validation cases of all folds form one sample per arm and seed (each case is validated in exactly one
+fold); pairs are matched on (case, label); an arm's value for a pair is the mean over the seeds it ran. The noise
+floor is the baseline's first two seeds against each other. All verdicts of one (data set, configuration) are
+Holm-corrected together.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnunet_tubeconv.evaluation import stats as st
+from nnunet_tubeconv.evaluation.folders import FLOAT_METRICS
+from nnunet_tubeconv.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+
+RECORD_SCHEMA = "nnunet-tubeconv/record/1"
+
+METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "nsd": "NSD", "cldice": "clDice",
+                 "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err"}
+_FORMAT = {"dice": "{:.3f}", "iou": "{:.3f}", "nsd": "{:.3f}", "cldice": "{:.3f}", "hd95": "{:.2f}"}
+ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+
+HOW_TO_READ = (
+    "Each table row is one arm (the baseline first); each metric cell is the mean ± standard deviation over the "
+    "validation cases of all folds (an arm that ran several seeds is averaged over them per case). Arrows say which "
+    "way is good: ↑ higher is better (Dice, IoU, NSD, clDice), ↓ lower is better (HD95, Betti errors). Under each "
+    "variant's value stands the verdict of a paired comparison with the baseline on the same cases: \"better\" or "
+    "\"worse\" only when the Wilcoxon signed-rank p-value, Holm-corrected over all metrics and variants of the table, "
+    "is below alpha, the 95% bootstrap confidence interval of the mean paired difference excludes zero, and the "
+    "difference is larger than the baseline's own seed-to-seed difference (the noise floor); otherwise \"no evidence "
+    "of a difference\". No evidence of a difference is not evidence of no difference: with few cases only large "
+    "effects can show. The detailed table gives every number behind a verdict; r is the matched-pairs rank-biserial "
+    "correlation (+1: the variant is larger on every case)."
+)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+@dataclass
+class Unit:
+    dataset: str
+    configuration: str
+    arm: str
+    fold: int | str | None
+    seed: int | None
+    path: Path
+    record: dict[str, Any] | None
+    status: str
+    error: str | None = None
+
+
+_UNIT_DIR = re.compile(r"^fold_(\w+?)_seed_(\d+)$")
+
+
+def _int_or_str(v: str) -> int | str:
+    return int(v) if v.isdigit() else v  # nnU-Net also trains fold "all"
+
+
+def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit]]:
+    """``(suite, units)``: the suite and one :class:`Unit` per ``record.json`` (unreadable records become failed
+    units whose error says why)."""
+    root = Path(results_dir)
+    suite_path = root / "suite.json"
+    if not suite_path.is_file():
+        raise FileNotFoundError(f"{suite_path} not found: RESULTS_DIR must hold the harness's suite.json")
+    suite = json.loads(suite_path.read_text())
+    units = []
+    for path in sorted((root / "runs").glob("*/*/*/*/record.json")):
+        dataset, configuration, arm, unit_dir = path.parts[-5:-1]
+        m = _UNIT_DIR.match(unit_dir)
+        fold, seed = (_int_or_str(m.group(1)), int(m.group(2))) if m else (unit_dir, None)
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            units.append(Unit(dataset, configuration, arm, fold, seed, path, None, "failed",
+                              f"unreadable record.json: {e}"))
+            continue
+        if rec.get("schema") != RECORD_SCHEMA:
+            units.append(Unit(dataset, configuration, arm, fold, seed, path, rec, "failed",
+                              f"record.json has schema {rec.get('schema')!r}, expected {RECORD_SCHEMA!r}"))
+            continue
+        status = rec.get("status", "failed")
+        error = rec.get("error")
+        if status == "done" and not (isinstance(rec.get("metrics"), dict) and rec["metrics"].get("per_case")):
+            status, error = "failed", error or "status 'done' but the record has no per-case metrics"
+        units.append(Unit(str(rec.get("dataset", dataset)), str(rec.get("configuration", configuration)),
+                          str(rec.get("arm", arm)), rec.get("fold", fold), rec.get("seed", seed), path, rec,
+                          "done" if status == "done" else "failed", error))
+    return suite, units
+
+
+def _name(entry) -> str:
+    if isinstance(entry, dict):
+        for key in ("name", "dataset", "id"):
+            if key in entry:
+                return str(entry[key])
+    return str(entry)
+
+
+def expected_units(suite: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
+    """``(dataset, configuration, arm, fold, seed)`` (all as strings) of every unit the suite asks for; an arm entry
+    may narrow its seeds with its own ``"seeds"``, a data-set entry may be a dict with a ``"name"``."""
+    out = set()
+    for ds in suite.get("datasets", []):
+        for cfg in suite.get("configurations", []):
+            for arm, spec in suite.get("arms", {}).items():
+                seeds = spec.get("seeds") if isinstance(spec, dict) else None
+                if seeds is None:  # the harness writes "seeds": null for an arm that runs the suite's seeds
+                    seeds = suite.get("seeds") or []
+                for f in suite.get("folds", []):
+                    for s in seeds:
+                        out.add((_name(ds), _name(cfg), str(arm), str(f), str(s)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+@dataclass
+class GroupAnalysis:
+    dataset: str
+    configuration: str
+    arms: list[str]
+    metrics: list[str]
+    values: dict[str, dict[tuple, dict[str, float]]]           # arm -> (case, label) -> metric -> seed mean
+    seeds: dict[str, list[int]]
+    comparisons: list[st.PairedComparison]
+    costs: dict[str, dict[str, Any]]
+    curves: dict[str, list[tuple[str, dict[str, list]]]]        # arm -> [(unit name, curves)]
+    settings: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def comparison(self, arm: str, metric: str) -> st.PairedComparison | None:
+        return next((c for c in self.comparisons if c.variant == arm and c.metric == metric), None)
+
+
+def _label_key(label) -> str:
+    return str(tuple(label)) if isinstance(label, list) else str(label)
+
+
+def _seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, dict[str, float]]:
+    out: dict[tuple, dict[str, float]] = {}
+    keys = sorted({k for rows in rows_per_seed for k in rows}, key=str)
+    for k in keys:
+        merged: dict[str, float] = {}
+        for m in METRICS:
+            vals = [rows[k].get(m) for rows in rows_per_seed if k in rows]
+            if m not in FLOAT_METRICS:
+                vals = [v for v in vals if v is not None]  # a null Betti-2 error means 2D: no value at all
+            finite = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+            if finite:
+                merged[m] = float(np.mean(finite))
+            elif vals:
+                merged[m] = math.nan  # undefined in every seed (JSON null = NaN): the pair counts as dropped
+        out[k] = merged
+    return out
+
+
+def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RESAMPLES, seed: int = 0,
+            alpha: float = 0.05, min_pairs: int = st.MIN_PAIRS) -> list[GroupAnalysis]:
+    """One :class:`GroupAnalysis` per (data set, configuration) that has at least one completed unit."""
+    baseline = str(suite.get("baseline"))
+    suite_arms = [str(a) for a in suite.get("arms", {})]
+    groups: dict[tuple[str, str], list[Unit]] = {}
+    for u in units:
+        if u.status == "done":
+            groups.setdefault((u.dataset, u.configuration), []).append(u)
+    out = []
+    for (ds, cfg), group_units in sorted(groups.items()):
+        arms_present = {u.arm for u in group_units}
+        arms = [a for a in [baseline, *suite_arms] if a in arms_present]
+        arms = list(dict.fromkeys(arms + sorted(arms_present - set(arms))))
+        per_seed: dict[str, dict[int, dict[tuple, dict[str, Any]]]] = {a: {} for a in arms}
+        notes: list[str] = []
+        settings: list[dict[str, Any]] = []
+        curves: dict[str, list] = {a: [] for a in arms}
+        for u in sorted(group_units, key=lambda u: (u.arm, u.seed or 0, str(u.fold))):
+            rows = per_seed[u.arm].setdefault(int(u.seed or 0), {})
+            metrics = u.record["metrics"]
+            if metrics.get("settings") and metrics["settings"] not in settings:
+                settings.append(metrics["settings"])
+            for r in metrics["per_case"]:
+                key = (str(r["case"]), _label_key(r["label"]))
+                if key in rows:
+                    notes.append(f"{u.arm} seed {u.seed}: case {key[0]} label {key[1]} appears in more than one fold; "
+                                 f"the later fold's value is used")
+                rows[key] = r
+            if u.record.get("curves"):
+                curves[u.arm].append((f"fold {u.fold}, seed {u.seed}", u.record["curves"]))
+        values = {a: _seed_mean([per_seed[a][s] for s in sorted(per_seed[a])]) for a in arms}
+        metrics_present = [m for m in METRICS
+                           if any(m in row and row[m] is not None for a in arms for row in values[a].values())]
+        if baseline in values:
+            base_seeds = sorted(per_seed[baseline])
+            repeats = [per_seed[baseline][s] for s in base_seeds[:2]] if len(base_seeds) >= 2 else []
+            comparisons = st.compare_arms(values, baseline, metrics_present, repeats, alpha, n_resamples, seed,
+                                          min_pairs)
+            if not repeats:
+                notes.append("the baseline ran with one seed: there is no noise floor")
+        else:
+            comparisons = []
+            notes.append(f"the baseline arm {baseline!r} has no completed unit here: no paired comparison")
+        if len(settings) > 1:
+            notes.append("the units were evaluated with different metric settings (see Settings)")
+        out.append(GroupAnalysis(ds, cfg, arms, metrics_present, values, {a: sorted(per_seed[a]) for a in arms},
+                                 comparisons, _costs(group_units, arms), curves, settings, notes))
+    return out
+
+
+def _costs(units: list[Unit], arms: list[str]) -> dict[str, dict[str, Any]]:
+    def vals(recs: list[dict[str, Any]], key: str) -> list[float]:
+        return [float(r[key]) for r in recs if r.get(key) is not None]
+
+    out = {}
+    for a in arms:
+        recs = [u.record for u in units if u.arm == a]
+        params, it = vals(recs, "parameters"), vals(recs, "iteration_time_s")
+        mem, wall = vals(recs, "peak_memory_bytes"), vals(recs, "wall_time_s")
+        out[a] = {"parameters": max(params) if params else None,
+                  "iteration_time_s": float(np.mean(it)) if it else None,
+                  "peak_memory_bytes": max(mem) if mem else None,
+                  "wall_time_s": float(np.sum(wall)) if wall else None, "units": len(recs)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def _figure(ncols: int, nrows: int = 1, w: float = 3.2, h: float = 2.8):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return cols, math.ceil(n / cols)
+
+
+def _arrow(metric: str) -> str:
+    return "↑" if HIGHER_IS_BETTER[metric] else "↓"
+
+
+def figure_boxplots(g: GroupAnalysis) -> bytes:
+    cols, rows = _grid(len(g.metrics))
+    fig, axes = _figure(cols, rows, w=2.2 + 0.45 * len(g.arms))
+    rng = np.random.default_rng(0)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(g.metrics):
+            ax.set_visible(False)
+            continue
+        m = g.metrics[i]
+        data = [st._finite([r.get(m) for r in g.values[a].values()]) for a in g.arms]
+        ax.boxplot(data, showfliers=False, widths=0.6, medianprops={"color": "black"})
+        for j, d in enumerate(data):
+            ax.scatter(j + 1 + rng.uniform(-0.15, 0.15, d.size), d, s=9, alpha=0.6,
+                       color=ARM_COLOURS[j % len(ARM_COLOURS)], zorder=3)
+        ax.set_xticks(range(1, len(g.arms) + 1), g.arms, rotation=20, fontsize=8)
+        ax.set_title(f"{METRIC_LABELS[m]} {_arrow(m)}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{g.dataset} / {g.configuration}: per-case values by arm", fontsize=11)
+    return _png(fig)
+
+
+def figure_paired(g: GroupAnalysis, variant: str, baseline: str) -> bytes:
+    cols, rows = _grid(len(g.metrics))
+    fig, axes = _figure(cols, rows, w=2.9, h=2.9)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(g.metrics):
+            ax.set_visible(False)
+            continue
+        m = g.metrics[i]
+        b, v, _, _ = st.pair_up({k: r.get(m) for k, r in g.values[baseline].items()},
+                                {k: r.get(m) for k, r in g.values[variant].items()})
+        c = g.comparison(variant, m)
+        colour = {st.BETTER: "#2E7D32", st.WORSE: "#C62828"}.get(c.verdict if c else "", "#555555")
+        ax.scatter(b, v, s=14, alpha=0.75, color=colour, edgecolors="none")
+        if b.size:
+            lo, hi = float(min(b.min(), v.min())), float(max(b.max(), v.max()))
+            pad = 0.05 * (hi - lo) if hi > lo else 0.5
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#999999", lw=1, ls="--")
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel(baseline, fontsize=8)
+        ax.set_ylabel(variant, fontsize=8)
+        ax.set_title(f"{METRIC_LABELS[m]} {_arrow(m)}\n{c.verdict if c else 'not compared'}", fontsize=9,
+                     color=colour)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{g.dataset} / {g.configuration}: {variant} vs {baseline}, one dot per (case, label); "
+                 "above the diagonal = variant higher", fontsize=10)
+    return _png(fig)
+
+
+def figure_curves(g: GroupAnalysis) -> bytes | None:
+    if not any(g.curves[a] for a in g.arms):
+        return None
+    fig, axes = _figure(2, 1, w=5.0, h=3.2)
+    ax_loss, ax_dice = axes[0]
+    for j, a in enumerate(g.arms):
+        colour = ARM_COLOURS[j % len(ARM_COLOURS)]
+        for k, (_, c) in enumerate(g.curves[a]):
+            ep = c.get("epoch") or list(range(len(c.get("train_loss") or c.get("pseudo_dice") or [])))
+            label = a if k == 0 else None
+            if c.get("train_loss"):
+                ax_loss.plot(ep[:len(c["train_loss"])], c["train_loss"], color=colour, lw=1, alpha=0.8, label=label)
+            if c.get("val_loss"):
+                ax_loss.plot(ep[:len(c["val_loss"])], c["val_loss"], color=colour, lw=1, alpha=0.8, ls="--")
+            if c.get("pseudo_dice"):
+                ax_dice.plot(ep[:len(c["pseudo_dice"])], c["pseudo_dice"], color=colour, lw=1, alpha=0.8,
+                             label=label)
+    ax_loss.set_title("loss (solid: train, dashed: validation)", fontsize=10)
+    ax_dice.set_title("nnU-Net pseudo Dice (validation)", fontsize=10)
+    for ax in (ax_loss, ax_dice):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{g.dataset} / {g.configuration}: training curves, one line per fold and seed", fontsize=11)
+    return _png(fig)
+
+
+# -------------------------------------------------------------------------------------------- document model
+@dataclass
+class Cell:
+    text: str
+    sub: str = ""           # second line (the verdict)
+    cls: str = ""           # css class of the second line / whole cell
+
+
+@dataclass
+class Block:
+    kind: str               # "h", "p", "table", "img", "list", "pre", "details"
+    text: str = ""
+    level: int = 2
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[Cell]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    png: bytes = b""
+    filename: str = ""
+
+
+_VERDICT_CLASS = {st.BETTER: "better", st.WORSE: "worse", st.NO_EVIDENCE: "none", st.TOO_FEW: "few"}
+
+
+def _fmt(v, metric: str | None = None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return _FORMAT.get(metric or "", "{:.2f}").format(v)
+
+
+def _fmt_p(p: float) -> str:
+    if not math.isfinite(p):
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(parts)).strip("-")
+
+
+def _gib(v) -> str:
+    return "–" if v is None else f"{v / 2**30:.2f}"
+
+
+def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupAnalysis], n_resamples: int,
+                   seed: int, alpha: float, min_pairs: int) -> tuple[str, list[Block]]:
+    title = f"Benchmark report: {suite.get('name', 'unnamed suite')}"
+    baseline = str(suite.get("baseline"))
+    done = [u for u in units if u.status == "done"]
+    failed = [u for u in units if u.status != "done"]
+    found = {(u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed)) for u in units}
+    missing = sorted(expected_units(suite) - found)
+    blocks = [Block("p", text=(f"Baseline arm: {baseline}. Arms: "
+                               + "; ".join(f"{a} ({s.get('trainer', '?')}, {s.get('plans', '?')})"
+                                           if isinstance(s, dict) else a for a, s in suite.get("arms", {}).items())
+                               + f". Budget: {suite.get('budget', '?')}. Units: {len(done)} done, {len(failed)} failed, "
+                               f"{len(missing)} without a record"
+                               + (" (listed with their errors at the end)." if failed or missing else ".")))]
+    settings_items = [(f"Statistics: paired by (case, label); Wilcoxon signed-rank (two-sided), Holm over every "
+                       f"variant × metric of a table, alpha = {alpha}; percentile bootstrap of the mean difference, "
+                       f"{n_resamples} resamples, seed {seed}; at least {min_pairs} complete pairs per test.")]
+    for g in groups:
+        for s in g.settings:
+            settings_items.append(f"Metrics of {g.dataset} / {g.configuration}: " + _describe_settings(s))
+    blocks += [Block("h", "How to read this", 2), Block("p", HOW_TO_READ), Block("h", "Settings", 2),
+               Block("list", items=settings_items)]
+    if not groups:
+        blocks.append(Block("p", "No unit completed with metrics: nothing to compare."))
+    for g in groups:
+        blocks.extend(_group_blocks(g, baseline))
+    blocks.append(Block("h", f"Failed units ({len(failed)})", 2))
+    if failed:
+        blocks.append(Block("table", headers=["data set", "configuration", "arm", "fold", "seed", "error"],
+                            rows=[[Cell(u.dataset), Cell(u.configuration), Cell(u.arm), Cell(str(u.fold)),
+                                   Cell(str(u.seed)), Cell((u.error or "no error recorded").strip().splitlines()[-1]
+                                                           if (u.error or "").strip() else "no error recorded",
+                                                           cls="error")]
+                                  for u in failed]))
+        for u in failed:
+            if u.error and len(u.error.strip().splitlines()) > 1:
+                blocks.append(Block("details", text=u.error.strip(),
+                                    items=[f"{u.dataset} / {u.configuration} / {u.arm} / fold {u.fold} seed {u.seed}"]))
+    else:
+        blocks.append(Block("p", "None."))
+    if missing:
+        blocks += [Block("h", f"Units without a record ({len(missing)})", 2),
+                   Block("list", items=[f"{d} / {c} / {a} / fold {f} seed {s}" for d, c, a, f, s in missing])]
+    versions = sorted({json.dumps(u.record.get("versions"), sort_keys=True) for u in done
+                       if u.record and u.record.get("versions")})
+    commits = sorted({str(u.record.get("git_commit")) for u in done if u.record and u.record.get("git_commit")})
+    if versions or commits:
+        blocks += [Block("h", "Provenance", 2),
+                   Block("list", items=[f"versions: {v}" for v in versions] + [f"git commit: {c}" for c in commits])]
+    return title, blocks
+
+
+def _describe_settings(s: dict[str, Any]) -> str:
+    conn = s.get("connectivity", {})
+    desc = (f"NSD tolerance {s.get('nsd_tolerance_mm')} (header unit, usually mm), HD percentile "
+            f"{s.get('hd_percentile')}, connectivity {conn.get('mode', '?') if isinstance(conn, dict) else conn}")
+    if isinstance(conn, dict) and "2d" in conn and "3d" in conn:
+        desc += (f" (foreground/background: 2D {conn['2d']['foreground']}/{conn['2d']['background']}, "
+                 f"3D {conn['3d']['foreground']}/{conn['3d']['background']})")
+    return desc + f", distances by {s.get('distance_method', '?')}, files read with {s.get('reader', '?')}."
+
+
+def _group_blocks(g: GroupAnalysis, baseline: str) -> list[Block]:
+    blocks = [Block("h", f"{g.dataset} — {g.configuration}", 2)]
+    n_pairs = {a: len(g.values[a]) for a in g.arms}
+    headers = ["arm", "seeds", "cases"] + [f"{METRIC_LABELS[m]} {_arrow(m)}" for m in g.metrics] + [
+        "params (M)", "iter. time (s)", "peak mem. (GiB)", "wall time (h, all units)"]
+    rows = []
+    for a in g.arms:
+        row = [Cell(a + (" (baseline)" if a == baseline and a != "baseline" else "")), Cell(", ".join(map(str, g.seeds[a]))),
+               Cell(str(n_pairs[a]))]
+        for m in g.metrics:
+            d = st.describe([r.get(m) for r in g.values[a].values()])
+            text = f"{_fmt(d['mean'], m)} ± {_fmt(d['sd'], m)}"
+            c = g.comparison(a, m)
+            if a == baseline:
+                row.append(Cell(text))
+            elif c is None:
+                row.append(Cell(text, "not compared", "few"))
+            else:
+                row.append(Cell(text, c.verdict, _VERDICT_CLASS[c.verdict]))
+        cost = g.costs[a]
+        row += [Cell("–" if cost["parameters"] is None else f"{cost['parameters'] / 1e6:.2f}"),
+                Cell(_fmt(cost["iteration_time_s"])), Cell(_gib(cost["peak_memory_bytes"])),
+                Cell("–" if cost["wall_time_s"] is None else f"{cost['wall_time_s'] / 3600:.2f}")]
+        rows.append(row)
+    blocks.append(Block("table", headers=headers, rows=rows))
+    blocks.append(Block("p", "Costs: parameters and peak memory are maxima over units, iteration time is the mean over "
+                             "units, wall time the sum over this arm's completed units."))
+    for note in dict.fromkeys(g.notes):
+        blocks.append(Block("p", f"Note: {note}."))
+    if g.comparisons:
+        blocks.append(Block("h", "Paired comparisons with the baseline", 3))
+        drows = []
+        for c in g.comparisons:
+            ci = "–" if not math.isfinite(c.ci_low) else f"[{_fmt(c.ci_low, c.metric)}, {_fmt(c.ci_high, c.metric)}]"
+            drows.append([Cell(c.variant), Cell(f"{METRIC_LABELS[c.metric]} {_arrow(c.metric)}"),
+                          Cell(f"{c.n}" + (f" ({c.n_dropped} dropped)" if c.n_dropped else "")),
+                          Cell(_fmt(c.baseline_stats.get("median"), c.metric)),
+                          Cell(_fmt(c.variant_stats.get("median"), c.metric)),
+                          Cell(_fmt(c.mean_diff, c.metric)), Cell(ci), Cell(_fmt_p(c.p_value)), Cell(_fmt_p(c.p_holm)),
+                          Cell("–" if not math.isfinite(c.rank_biserial) else f"{c.rank_biserial:+.2f}"),
+                          Cell("–" if c.noise_floor is None else _fmt(c.noise_floor, c.metric)),
+                          Cell("", c.verdict, _VERDICT_CLASS[c.verdict]), Cell(c.note)])
+        blocks.append(Block("table", headers=["variant", "metric", "pairs", "median (baseline)", "median (variant)",
+                                              "mean Δ (variant − baseline)", "95% CI of Δ", "Wilcoxon p", "Holm p",
+                                              "r", "noise floor", "verdict", "note"], rows=drows))
+    blocks.append(Block("h", "Figures", 3))
+    blocks.append(Block("img", text="Per-case values by arm (boxes: quartiles; dots: cases).",
+                        png=figure_boxplots(g), filename=_slug("box", g.dataset, g.configuration) + ".png"))
+    if baseline in g.arms:
+        for a in g.arms:
+            if a != baseline:
+                blocks.append(Block("img", text=f"Per-case pairs, {a} against {baseline}.",
+                                    png=figure_paired(g, a, baseline),
+                                    filename=_slug("paired", g.dataset, g.configuration, a) + ".png"))
+    curves = figure_curves(g)
+    if curves is not None:
+        blocks.append(Block("img", text="Training curves from nnU-Net's logs.", png=curves,
+                            filename=_slug("curves", g.dataset, g.configuration) + ".png"))
+    else:
+        blocks.append(Block("p", "No training curves were recorded."))
+    return blocks
+
+
+# -------------------------------------------------------------------------------------------------- render
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, blocks: list[Block]) -> str:
+    out = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind == "h":
+            out += ["#" * b.level + " " + b.text, ""]
+        elif b.kind == "p":
+            out += [b.text, ""]
+        elif b.kind == "list":
+            out += [f"- {i}" for i in b.items] + [""]
+        elif b.kind == "details":
+            out += [f"Error of {b.items[0]}:", "", "```", b.text, "```", ""]
+        elif b.kind == "table":
+            out.append("| " + " | ".join(_md_escape(h) for h in b.headers) + " |")
+            out.append("|" + "|".join("---" for _ in b.headers) + "|")
+            for row in b.rows:
+                cells = []
+                for c in row:
+                    t = c.text if not c.sub else (f"{c.text} ({c.sub})" if c.text else c.sub)
+                    cells.append(_md_escape(t))
+                out.append("| " + " | ".join(cells) + " |")
+            out.append("")
+        elif b.kind == "img":
+            out += [f"![{b.text}](figures/{b.filename})", "", f"*{b.text}*", ""]
+    return "\n".join(out)
+
+
+CSS = """
+:root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#ffffff; --alt:#f6f8fa; --accent:#0969da; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: var(--fg); background: var(--bg);
+       max-width: 1280px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 26px; border-bottom: 1px solid var(--line); padding-bottom: 8px; }
+h2 { font-size: 21px; margin-top: 40px; border-bottom: 1px solid var(--line); padding-bottom: 6px; }
+h3 { font-size: 17px; margin-top: 28px; }
+p, li { max-width: 980px; }
+.howto { background: #f0f6ff; border-left: 4px solid var(--accent); padding: 10px 16px; border-radius: 4px; }
+.tablewrap { overflow-x: auto; margin: 12px 0; }
+table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid var(--line); padding: 5px 9px; text-align: right; vertical-align: top; white-space: nowrap; }
+th { background: var(--alt); text-align: center; }
+td:first-child, th:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #fbfcfd; }
+td.error, td.note { white-space: normal; text-align: left; max-width: 520px; color: var(--muted); }
+.verdict { display: inline-block; margin-top: 2px; padding: 0 6px; border-radius: 9px; font-size: 11px;
+           white-space: normal; line-height: 1.3; }
+td.metric { min-width: 96px; white-space: normal; }
+.verdict.better { background: #dafbe1; color: #116329; font-weight: 600; }
+.verdict.worse { background: #ffebe9; color: #a40e26; font-weight: 600; }
+.verdict.none { background: #eff2f5; color: var(--muted); }
+.verdict.few { background: #fff8c5; color: #7d4e00; }
+figure { margin: 16px 0 28px; }
+figure img { max-width: 100%; border: 1px solid var(--line); border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 13px; }
+details { margin: 6px 0; } pre { background: var(--alt); padding: 10px; overflow-x: auto; font-size: 12px; }
+"""
+
+
+def render_html(title: str, blocks: list[Block]) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{e(title)}</title>",
+           f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    after_howto = False
+    for b in blocks:
+        if b.kind == "h":
+            out.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
+            after_howto = b.text == "How to read this"
+        elif b.kind == "p":
+            cls = ' class="howto"' if after_howto else ""
+            out.append(f"<p{cls}>{e(b.text)}</p>")
+            after_howto = False
+        elif b.kind == "list":
+            out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "details":
+            out.append(f"<details><summary>Error of {e(b.items[0])}</summary><pre>{e(b.text)}</pre></details>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b.headers)
+            body = []
+            for row in b.rows:
+                tds = []
+                for c in row:
+                    inner = e(c.text)
+                    if c.sub:
+                        inner += ("<br>" if c.text else "") + f'<span class="verdict {e(c.cls)}">{e(c.sub)}</span>'
+                        tds.append(f'<td class="metric">{inner}</td>')
+                    else:
+                        cls = f' class="{e(c.cls)}"' if c.cls else (' class="note"' if len(c.text) > 40 else "")
+                        tds.append(f"<td{cls}>{inner}</td>")
+                body.append("<tr>" + "".join(tds) + "</tr>")
+            out.append(f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}'
+                       "</tbody></table></div>")
+        elif b.kind == "img":
+            data = base64.b64encode(b.png).decode("ascii")
+            out.append(f'<figure><img alt="{e(b.text)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{e(b.text)}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, seed: int = 0, alpha: float = 0.05,
+                 min_pairs: int = st.MIN_PAIRS) -> tuple[Path, Path]:
+    """Analyse ``results_dir`` and write ``report.md``, ``report.html`` and ``figures/*.png`` into it."""
+    root = Path(results_dir)
+    suite, units = load_results_dir(root)
+    groups = analyse(suite, units, n_resamples, seed, alpha, min_pairs)
+    title, blocks = build_document(suite, units, groups, n_resamples, seed, alpha, min_pairs)
+    fig_dir = root / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for b in blocks:
+        if b.kind == "img":
+            (fig_dir / b.filename).write_bytes(b.png)
+    md, page = root / "report.md", root / "report.html"
+    md.write_text(render_markdown(title, blocks), encoding="utf-8")
+    page.write_text(render_html(title, blocks), encoding="utf-8")
+    return md, page
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser) -> None:
+    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="benchmark results folder (holds suite.json)")
+    parser.add_argument("--n-resamples", type=int, default=st.N_RESAMPLES,
+                        help="bootstrap resamples (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default: %(default)s)")
+
+
+def run(args) -> int:
+    import sys
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    if args.n_resamples < 1 or not 0 < args.alpha < 1:
+        print("nnunet-tubeconv report: error: --n-resamples must be >= 1 and --alpha in (0, 1)", file=sys.stderr)
+        return 2
+    try:
+        md, page = write_report(args.results_dir, args.n_resamples, args.seed, args.alpha)
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        print(f"nnunet-tubeconv report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {md} and {page}")
+    return 0

@@ -1,0 +1,194 @@
+"""`nnunet-tubeconv evaluate` and evaluate_folders: schema, header spacing, refusals with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunet_tubeconv.cli import main
+from nnunet_tubeconv.evaluation import SCHEMA, EvaluationInputError, evaluate_folders, load_results, save_results
+from nnunet_tubeconv.evaluation.metrics import METRICS
+from nnunet_tubeconv.evaluation.testing import write_segmentation as write_case
+
+
+def tubes(shape=(8, 24, 20)) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.zeros(shape, np.uint8)
+    ref[2:6, 2:22, 8:11] = 1  # a vessel
+    ref[3:5, 10:14, 14:18] = 2  # a second structure
+    pred = ref.copy()
+    pred[2:6, 11:13, 8:11] = 0  # vessel cut in two
+    return ref, pred
+
+
+@pytest.fixture
+def folders(tmp_path):
+    ref, pred = tubes()
+    for i in range(3):
+        write_case(tmp_path / "ref", f"c{i}", ref, (2.0, 0.5, 0.5), ".nii.gz")
+        write_case(tmp_path / "pred", f"c{i}", pred if i else ref, (2.0, 0.5, 0.5), ".nii.gz")
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+def test_evaluate_folders_schema_and_values(folders):
+    pred_dir, ref_dir = folders
+    res = evaluate_folders(pred_dir, ref_dir, progress=False, nsd_tolerance_mm=0.5)
+    assert res["schema"] == SCHEMA
+    assert res["labels"] == [1, 2]  # found in the files
+    assert res["spacing_source"] == "image header"
+    assert res["settings"]["nsd_tolerance_mm"] == 0.5
+    assert res["settings"]["connectivity"]["3d"] == {"foreground": 26, "background": 6}
+    assert res["settings"]["dimensions"] == [3]
+    assert [(r["case"], r["label"]) for r in res["per_case"]] == [(c, lab) for c in ("c0", "c1", "c2")
+                                                                  for lab in (1, 2)]
+    for row in res["per_case"]:
+        assert set(METRICS) <= set(row)
+    by = {(r["case"], r["label"]): r for r in res["per_case"]}
+    assert by[("c0", 1)]["dice"] == 1.0 and by[("c0", 1)]["betti0_error"] == 0
+    assert by[("c1", 1)]["betti0_error"] == 1  # the cut
+    assert by[("c1", 2)]["dice"] == 1.0
+    assert res["mean"]["1"]["betti0_error"] == pytest.approx(2 / 3)
+    assert res["mean"]["1"]["dice"] == pytest.approx(np.mean([by[(c, 1)]["dice"] for c in ("c0", "c1", "c2")]))
+
+
+def test_spacing_comes_from_the_header(tmp_path):
+    ref = np.zeros((5, 12, 12), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[2, 3, 2:10] = 1
+    pred[2, 6, 2:10] = 1  # 3 voxels apart along the second axis
+    for sp in ((1.0, 1.0, 1.0), (1.0, 0.25, 1.0)):
+        write_case(tmp_path / str(sp[1]) / "ref", "a", ref, sp, ".nii.gz")
+        write_case(tmp_path / str(sp[1]) / "pred", "a", pred, sp, ".nii.gz")
+    iso = evaluate_folders(tmp_path / "1.0" / "pred", tmp_path / "1.0" / "ref", progress=False)
+    aniso = evaluate_folders(tmp_path / "0.25" / "pred", tmp_path / "0.25" / "ref", progress=False)
+    assert iso["per_case"][0]["hd95"] == pytest.approx(3.0)
+    assert aniso["per_case"][0]["hd95"] == pytest.approx(0.75)
+
+
+def test_2d_png_folders(tmp_path):
+    ref = np.zeros((20, 20), np.uint8)
+    ref[4:16, 4:16] = 1
+    ref[8:12, 8:12] = 0  # a ring: one hole
+    pred = ref.copy()
+    pred[8:12, 8:12] = 1  # hole filled
+    write_case(tmp_path / "ref", "img", ref, (1, 1), ".png")
+    write_case(tmp_path / "pred", "img", pred, (1, 1), ".png")
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels=[1], progress=False)
+    row = res["per_case"][0]
+    assert res["settings"]["dimensions"] == [2]
+    assert row["betti1_error"] == 1 and row["betti0_error"] == 0 and row["betti2_error"] is None
+    assert res["mean"]["1"]["betti2_error"] is None
+
+
+def test_regions_like_nnunet(folders):
+    pred_dir, ref_dir = folders
+    res = evaluate_folders(pred_dir, ref_dir, labels=[(1, 2)], progress=False)
+    assert res["labels"] == [[1, 2]]
+    assert set(res["mean"]) == {"(1, 2)"}  # nnU-Net's key for a region
+
+
+def test_results_json_round_trip_writes_null_for_nan(tmp_path):
+    empty = np.zeros((6, 6, 6), np.uint8)
+    write_case(tmp_path / "ref", "e", empty, (1, 1, 1), ".nii.gz")
+    write_case(tmp_path / "pred", "e", empty, (1, 1, 1), ".nii.gz")
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", labels=[1], progress=False)
+    out = tmp_path / "results.json"
+    save_results(res, out)
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    raw = json.loads(out.read_text(), parse_constant=refuse)  # strict JSON: no NaN / Infinity tokens
+    assert raw["per_case"][0]["dice"] is None and raw["mean"]["1"]["dice"] is None
+    back = load_results(out)
+    assert math.isnan(back["per_case"][0]["dice"]) and back["per_case"][0]["betti0_error"] == 0
+
+
+def test_multiprocessing_gives_the_same_rows(folders):
+    pred_dir, ref_dir = folders
+    one = evaluate_folders(pred_dir, ref_dir, progress=False)
+    two = evaluate_folders(pred_dir, ref_dir, num_processes=2, progress=False)
+    assert one["per_case"] == two["per_case"]
+
+
+def test_cli_writes_results_json(folders, tmp_path, capsys):
+    pred_dir, ref_dir = folders
+    out = tmp_path / "out" / "results.json"
+    code = main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--labels", "1", "-o", str(out),
+                 "-np", "1", "--nsd-tolerance", "2", "--connectivity", "face", "--no-progress"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["labels"] == [1] and len(data["per_case"]) == 3
+    assert data["settings"]["nsd_tolerance_mm"] == 2.0 and data["settings"]["connectivity"]["mode"] == "face"
+    assert "label 1" in capsys.readouterr().out
+
+
+def _refused(args, capsys) -> str:
+    code = main(["evaluate", *map(str, args), "--no-progress", "-np", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_refuses_mismatched_case_lists(folders, capsys):
+    pred_dir, ref_dir = folders
+    (pred_dir / "c1.nii.gz").unlink()
+    (pred_dir / "c0.nii.gz").rename(pred_dir / "zz.nii.gz")
+    err = _refused(["--pred", pred_dir, "--ref", ref_dir], capsys)
+    assert "c0" in err and "c1" in err and "zz" in err
+
+
+def test_one_folds_predictions_against_all_references(folders, capsys):
+    pred_dir, ref_dir = folders
+    (pred_dir / "c0.nii.gz").unlink()  # like nnU-Net's fold_x/validation against gt_segmentations
+    assert [r["case"] for r in evaluate_folders(pred_dir, ref_dir, labels=[1], cases="pred",
+                                                progress=False)["per_case"]] == ["c1", "c2"]
+    assert [r["case"] for r in evaluate_folders(pred_dir, ref_dir, labels=[1], cases=["c2"],
+                                                progress=False)["per_case"]] == ["c2"]
+    with pytest.raises(EvaluationInputError, match="no prediction for 1 case"):
+        evaluate_folders(pred_dir, ref_dir, labels=[1], cases=["c0", "c1"], progress=False)
+    assert main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--pred-cases-only", "-np", "1",
+                 "--no-progress", "-o", str(pred_dir.parent / "r.json")]) == 0
+    assert "2 cases" in capsys.readouterr().out
+    assert "c0" in _refused(["--pred", pred_dir, "--ref", ref_dir], capsys)
+
+
+def test_cli_refuses_mismatched_shape_and_spacing(folders, capsys):
+    pred_dir, ref_dir = folders
+    ref, _ = tubes()
+    write_case(pred_dir, "c1", np.zeros((8, 24, 21), np.uint8), (2.0, 0.5, 0.5), ".nii.gz")
+    write_case(pred_dir, "c2", ref, (2.0, 0.5, 0.6), ".nii.gz")
+    err = _refused(["--pred", pred_dir, "--ref", ref_dir], capsys)
+    assert "c1: shape" in err and "c2: spacing" in err and "c0" not in err
+
+
+def test_cli_refuses_missing_folder_and_unreadable_file(folders, tmp_path, capsys):
+    pred_dir, ref_dir = folders
+    err = _refused(["--pred", tmp_path / "nowhere", "--ref", ref_dir], capsys)
+    assert "nowhere" in err
+    (pred_dir / "c2.nii.gz").write_bytes(b"not an image")
+    err = _refused(["--pred", pred_dir, "--ref", ref_dir], capsys)
+    assert "c2: cannot read" in err
+
+
+def test_bad_settings_and_labels_raise(folders):
+    pred_dir, ref_dir = folders
+    with pytest.raises(EvaluationInputError, match="connectivity"):
+        evaluate_folders(pred_dir, ref_dir, progress=False, connectivity="corner")
+    with pytest.raises(EvaluationInputError, match="unknown setting"):
+        evaluate_folders(pred_dir, ref_dir, progress=False, tolerance=1)
+    with pytest.raises(EvaluationInputError, match="positive integers"):
+        evaluate_folders(pred_dir, ref_dir, labels=[0], progress=False)
+
+
+def test_file_ending_detection_prefers_nii_gz(folders):
+    from nnunet_tubeconv.evaluation.folders import detect_file_ending
+
+    pred_dir, ref_dir = folders
+    (ref_dir / "notes.txt").write_text("ignored")
+    assert detect_file_ending(ref_dir) == ".nii.gz"
+    assert Path(evaluate_folders(pred_dir, ref_dir, progress=False)["ref_dir"]) == ref_dir
