@@ -22,6 +22,20 @@ def _register(name: str, module: str, help_text: str) -> None:
     COMMANDS[name] = (module, help_text)
 
 
+_register("synth", "nnunet_tubeconv.data.synthetic", "write a synthetic 2D/3D vessel-tree data set (nnU-Net raw)")
+_register("convert", "nnunet_tubeconv.data.convert", "convert DRIVE or an MSD task to an nnU-Net raw data set")
+_register("evaluate", "nnunet_tubeconv.evaluation.folders", "clDice, Betti, HD95, NSD, Dice: predictions vs references")
+_register("report", "nnunet_tubeconv.evaluation.report", "write report.md and report.html for a benchmark RESULTS_DIR")
+_register("bench-train", "nnunet_tubeconv.benchmarks.bench_train", "one training iteration per variant vs vanilla nnU-Net")
+_register("benchmark", "nnunet_tubeconv.benchmarks.runner", "train vanilla nnU-Net and variants on the same splits; records + report")
+_register("demo", "nnunet_tubeconv.benchmarks.demo", "synthetic 2D tubes: vanilla vs snake on CPU at the smoke budget (make demo)")
+_register("bench-blocks", "nnunet_tubeconv.benchmarks.bench_blocks", "time and backward memory of every block vs a plain conv block")
+_register("env", "nnunet_tubeconv.doctor", "print the `export nnUNet_extTrainer=...` line for this installation")
+_register("doctor", "nnunet_tubeconv.doctor", "check nnU-Net version, paths, trainer discovery, device (and plans)")
+_register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant and a GPU memory target")
+_register("calibrate-memory", "nnunet_tubeconv.benchmarks.calibrate_memory", "memory estimates vs measured bytes; planned patch/batch per variant")
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-tubeconv",

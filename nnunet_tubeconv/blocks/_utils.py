@@ -73,3 +73,63 @@ def numel(size: Sequence[int]) -> int:
     for s in size:
         n *= int(s)
     return n
+
+
+def conv_output_size(input_size: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """Spatial output size of ``nn.Conv`` with padding ``(k - 1) // 2`` (nnU-Net's "same" padding) and ``stride``."""
+    return tuple((int(n) + 2 * ((k - 1) // 2) - k) // s + 1 for n, k, s in zip(input_size, kernel_size, stride))
+
+
+def check_odd_kernel(name: str, kernel_size: Sequence[int]) -> None:
+    if any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"every entry of {name} must be odd (centred kernels, 'same' padding), got {tuple(kernel_size)}")
+
+
+def build_norm(norm_op: type | None, channels: int, norm_op_kwargs: dict | None) -> nn.Module:
+    """``norm_op(channels, **norm_op_kwargs)``, or ``nn.Identity()`` when ``norm_op`` is None."""
+    if norm_op is None:
+        return nn.Identity()
+    return norm_op(channels, **(norm_op_kwargs or {}))
+
+
+def build_nonlin(nonlin: type | None, nonlin_kwargs: dict | None) -> nn.Module:
+    """``nonlin(**nonlin_kwargs)``, or ``nn.Identity()`` when ``nonlin`` is None."""
+    if nonlin is None:
+        return nn.Identity()
+    return nonlin(**(nonlin_kwargs or {}))
+
+
+def build_dropout(dropout_op: type | None, dropout_op_kwargs: dict | None) -> nn.Module:
+    if dropout_op is None:
+        return nn.Identity()
+    return dropout_op(**(dropout_op_kwargs or {}))
+
+
+def is_batch_norm(norm_op: type | None) -> bool:
+    return isinstance(norm_op, type) and issubclass(norm_op, nn.modules.batchnorm._BatchNorm)
+
+
+def measure_saved_tensors(fn, exclude: Sequence[torch.Tensor] = ()) -> tuple[int, int]:
+    """Run ``fn()`` (let it return the output: its graph must live while counting) and return ``(elements, bytes)``
+    that autograd saved for backward.
+
+    Counts what ``torch.autograd.graph.saved_tensors_hooks`` sees, de-duplicated by storage (a storage counts
+    once, at its full size, however many views of it were saved); storages of ``exclude`` (pass the module's
+    parameters) are left out. Elements are the storage's bytes over its element size.
+    """
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, tuple[int, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in excluded:
+            nbytes = storage.nbytes()
+            seen[ptr] = (nbytes // t.element_size(), nbytes)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()  # keeps the graph (and so the saved storages) alive while counting
+    counts = sum(e for e, _ in seen.values()), sum(b for _, b in seen.values())
+    del result
+    return counts
