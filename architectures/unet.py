@@ -1,0 +1,401 @@
+"""``TubeUNet``: nnU-Net's ``PlainConvUNet`` with tubular-structure blocks placed per stage by JSON options.
+
+Built from the same plans arguments as dynamic_network_architectures' ``PlainConvUNet`` (any number of stages,
+per-stage kernel sizes and strides, 2D/3D, anisotropic ``[1, 3, 3]`` stages, dropout, norm and nonlinearity from
+the plans) plus ``block_options`` (see :mod:`nnunet_tubeconv.architectures.options`):
+
+* ``conv_block`` ("dsc": DSCNet multi-view block, Qi et al. ICCV 2023; "deform": DCNv2, Zhu et al. CVPR 2019)
+  replaces the last ``conv_block_convs`` convolutions of the selected encoder and decoder stages;
+* ``dlk_encoder_stages``: D-Net DLK blocks (Yang et al., arXiv 2403.10674) appended after a stage's convolutions;
+* ``dff_skips``: D-Net dynamic feature fusion instead of "concatenate skip" (the decoder stage's first convolution
+  then takes ``C`` instead of ``2C`` channels);
+* ``scse_encoder_stages`` / ``scse_decoder_stages``: scSE (Roy et al., MICCAI 2018) after a stage.
+
+It keeps nnU-Net's network contract: no final nonlinearity; ``decoder.deep_supervision`` switches between a list of
+logits (highest resolution first) and one tensor; the segmentation heads are always built, so the state dict does
+not depend on deep supervision; every parameter is used. With neutral block options the module tree, the state-dict
+keys and the parameter count are exactly ``PlainConvUNet``'s (pinned by tests), so nnU-Net checkpoints and
+pretrained weights load. Extra blocks live under ``encoder.stages.<s>.<i>`` (appended after the conv stack),
+``decoder.fusions.<i>`` and ``decoder.attention.<i>`` (``i`` in decoder order, lowest resolution first), or replace
+``...convs.<j>``.
+
+Shapes: input ``(B, input_channels, *S)``; output ``(B, num_classes, *S)``, or with deep supervision a list whose
+entry ``r`` is ``(B, num_classes, *S_r)`` at resolution ``r`` (``S_0 = S``), for ``r = 0 .. n_stages - 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from nnunet_tubeconv.architectures.options import resolve_block_options
+from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from nnunet_tubeconv.blocks import DFF, SCSE, DeformConv, DLKBlock, DSCBlock
+
+_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _dim(conv_op: Any) -> int:
+    if isinstance(conv_op, str):
+        raise ValueError(  # noqa: TRY004
+            f"conv_op is the string {conv_op!r}: build the network with nnunetv2's get_network_from_plans, which "
+            "imports the names listed in '_kw_requires_import', or pass torch.nn.Conv2d / torch.nn.Conv3d"
+        )
+    for cls, d in _DIMS.items():
+        if isinstance(conv_op, type) and issubclass(conv_op, cls):
+            return d
+    raise ValueError(f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op!r}")
+
+
+def _per_stage(name: str, value: Any, count: int) -> list:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [int(value)] * count
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        raise ValueError(f"{name} must be an int or have {count} entries (one per stage), got {value!r}")
+    return list(value)
+
+
+def _conv_out_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> list[int]:
+    # padding (k - 1) // 2 as in ConvDropoutNormReLU
+    return [(s + 2 * ((k - 1) // 2) - k) // st + 1 for s, k, st in zip(size, kernel, stride)]
+
+
+def _numel(channels: int, size: Sequence[int]) -> int:
+    return int(np.prod([channels, *size], dtype=np.int64))
+
+
+def _nonlin_saves_result(nonlin: type | None, nonlin_kwargs: dict | None) -> bool:
+    """In-place ReLU-like nonlinearities keep their result for backward (their input is overwritten)."""
+    return nonlin is not None and bool((nonlin_kwargs or {}).get("inplace", False))
+
+
+def _plain_conv_account(block: ConvDropoutNormReLU, out_elems: int) -> tuple[int, bool]:
+    """Elements a ConvDropoutNormReLU saves besides its input, and whether it saves its own output.
+
+    conv saves its input (counted by the caller); dropout saves an element mask (channel dropout a negligible
+    ``(B, C)`` one); a norm saves its input; an in-place nonlinearity saves its result, another one its input.
+    """
+    saved, current_saved = 0, False
+    for op in list(block.all_modules)[1:]:
+        if isinstance(op, _DropoutNd):
+            if type(op) is nn.Dropout or type(op) is nn.AlphaDropout:
+                saved += out_elems
+            current_saved = False
+        elif op is getattr(block, "nonlin", None):
+            if not current_saved:
+                saved += out_elems
+            current_saved = bool(getattr(op, "inplace", False))
+        else:  # norm layers keep their input
+            if not current_saved:
+                saved += out_elems
+            current_saved = False
+    return saved, current_saved
+
+
+class _Accountant:
+    """Adds up what a chain of modules saves for backward, counting a tensor saved by two modules once.
+
+    Every module here saves its input (a convolution, a norm, a gate that multiplies its input); a block's own
+    ``compute_conv_feature_map_size`` includes that input, so it is subtracted when the producer already saved it.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def module(self, module: nn.Module, size: Sequence[int], in_elems: int, in_saved: bool) -> None:
+        self.total += int(module.compute_conv_feature_map_size(list(size))) - (in_elems if in_saved else 0)
+
+    def tensor(self, elems: int) -> None:
+        self.total += int(elems)
+
+
+class _SkipConcat(nn.Module):
+    """nnU-Net's skip connection: ``cat((x, skip), 1)``; (B, C, *S), (B, C, *S) -> (B, 2C, *S). No parameters."""
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat((x, skip), 1)
+
+
+def _make_conv_block(kind: str, conv_op: type, input_channels: int, output_channels: int, kernel_size: Any,
+                     stride: Any, layer_kwargs: dict, opts: dict) -> nn.Module:
+    """A drop-in for ConvDropoutNormReLU: same in/out channels, kernel, stride, norm/dropout/nonlin."""
+    common = dict(conv_op=conv_op, input_channels=input_channels, output_channels=output_channels,
+                  kernel_size=kernel_size, stride=stride, **layer_kwargs)
+    if kind == "dsc":
+        return DSCBlock(**common, snake_kernel_size=opts["snake_kernel_size"], extend_scope=opts["snake_extend_scope"])
+    if kind == "deform":
+        return DeformConv(**common)
+    raise ValueError(f"unknown conv_block {kind!r}")
+
+
+def _replace_last_convs(stack: StackedConvBlocks, n: int, kind: str, conv_op: type, kernel_size: Any,
+                        layer_kwargs: dict, opts: dict) -> None:
+    for j in range(len(stack.convs) - n, len(stack.convs)):
+        old = stack.convs[j]
+        stack.convs[j] = _make_conv_block(kind, conv_op, old.input_channels, old.output_channels, kernel_size,
+                                          list(old.stride), layer_kwargs, opts)
+
+
+class TubeEncoder(PlainConvEncoder):
+    """PlainConvEncoder (``pool='conv'``, skips returned) with blocks placed by resolved ``block_options``.
+
+    ``stages[s]`` is ``nn.Sequential(StackedConvBlocks, *DLKBlocks, SCSE?)``. Forward: (B, C_in, *S) -> list of
+    ``n_stages`` skips, skip ``s`` of shape (B, features_per_stage[s], *S_s).
+    """
+
+    def __init__(self, input_channels: int, n_stages: int, features_per_stage: list[int], conv_op: type,
+                 kernel_sizes: list, strides: list, n_conv_per_stage: list[int], layer_kwargs: dict,
+                 nonlin_first: bool, block_options: dict) -> None:
+        super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+                         n_conv_per_stage, **layer_kwargs, return_skips=True, nonlin_first=nonlin_first)
+        o = block_options
+        for s in range(n_stages):
+            stage = self.stages[s]
+            if s in o["conv_block_encoder_stages"]:
+                _replace_last_convs(stage[0], o["conv_block_convs"], o["conv_block"], conv_op, self.kernel_sizes[s],
+                                    layer_kwargs, o)
+            if s in o["dlk_encoder_stages"]:
+                for _ in range(o["dlk_blocks_per_stage"]):
+                    stage.append(DLKBlock(conv_op=conv_op, channels=features_per_stage[s],
+                                          mlp_ratio=o["dlk_mlp_ratio"], dlk_mode=o["dlk_mode"]))
+            if s in o["scse_encoder_stages"]:
+                stage.append(SCSE(conv_op=conv_op, channels=features_per_stage[s], reduction=o["scse_reduction"],
+                                  mode=o["scse_mode"]))
+        self._drop_in_saves_output = _nonlin_saves_result(layer_kwargs["nonlin"], layer_kwargs["nonlin_kwargs"]) \
+            and not nonlin_first
+
+    def account(self, acc: _Accountant, input_size: Sequence[int]) -> list[tuple[list[int], bool]]:
+        """Add this encoder's saved elements to ``acc``; return per stage (output size, output already saved)."""
+        size = list(input_size)
+        in_elems, in_saved = _numel(self.stages[0][0].convs[0].input_channels, size), False
+        out = []
+        for s, stage in enumerate(self.stages):
+            kernel = maybe_convert_scalar_to_list(self.conv_op, self.kernel_sizes[s])
+            channels = self.output_channels[s]
+            for j, conv in enumerate(stage[0].convs):
+                stride = self.strides[s] if j == 0 else [1] * len(size)
+                out_size = _conv_out_size(size, kernel, stride)
+                out_elems = _numel(channels, out_size)
+                if isinstance(conv, ConvDropoutNormReLU):
+                    extra, saves_out = _plain_conv_account(conv, out_elems)
+                    acc.tensor((0 if in_saved else in_elems) + extra)
+                else:
+                    acc.module(conv, size, in_elems, in_saved)
+                    saves_out = self._drop_in_saves_output
+                size, in_elems, in_saved = out_size, out_elems, saves_out
+            for m in list(stage)[1:]:  # DLK blocks, scSE: shape-preserving, output not kept by the block
+                acc.module(m, size, in_elems, in_saved)
+                in_saved = False
+            out.append((size, in_saved))
+        return out
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward per batch element by the encoder alone (input included)."""
+        acc = _Accountant()
+        self.account(acc, input_size)
+        return acc.total
+
+
+class TubeDecoder(UNetDecoder):
+    """UNetDecoder with per-skip fusion (concatenation or DFF) and optional scSE after each stage.
+
+    Decoder stage ``i`` works at resolution ``r = n_stages - 2 - i``:
+    ``x = attention[i](stages[i](fusions[i](transpconvs[i](x), skip_r)))``.
+    """
+
+    def __init__(self, encoder: TubeEncoder, num_classes: int, n_conv_per_stage: list[int], deep_supervision: bool,
+                 nonlin_first: bool, layer_kwargs: dict, block_options: dict) -> None:
+        super().__init__(encoder, num_classes, n_conv_per_stage, deep_supervision, nonlin_first=nonlin_first)
+        o = block_options
+        conv_op = encoder.conv_op
+        n = len(self.stages)
+        fusions, attention = [], []
+        for i in range(n):
+            r = n - 1 - i
+            channels = encoder.output_channels[-(i + 2)]
+            kernel = encoder.kernel_sizes[-(i + 2)]
+            if r in o["dff_skips"]:
+                fusions.append(DFF(conv_op=conv_op, channels=channels))
+                self.stages[i] = StackedConvBlocks(n_conv_per_stage[i], conv_op, channels, channels, kernel, 1,
+                                                   **layer_kwargs, nonlin_first=nonlin_first)
+            else:
+                fusions.append(_SkipConcat())
+            if r in o["conv_block_decoder_stages"]:
+                _replace_last_convs(self.stages[i], o["conv_block_convs"], o["conv_block"], conv_op, kernel,
+                                    layer_kwargs, o)
+            if r in o["scse_decoder_stages"]:
+                attention.append(SCSE(conv_op=conv_op, channels=channels, reduction=o["scse_reduction"],
+                                      mode=o["scse_mode"]))
+            else:
+                attention.append(nn.Identity())
+        self.fusions = nn.ModuleList(fusions)
+        self.attention = nn.ModuleList(attention)
+
+    def forward(self, skips: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """``skips``: the encoder's outputs, full resolution first, bottleneck last."""
+        x = skips[-1]
+        seg_outputs = []
+        n = len(self.stages)
+        for i in range(n):
+            x = self.transpconvs[i](x)
+            x = self.fusions[i](x, skips[-(i + 2)])
+            x = self.attention[i](self.stages[i](x))
+            if self.deep_supervision or i == n - 1:
+                seg_outputs.append(self.seg_layers[i](x))
+        seg_outputs = seg_outputs[::-1]
+        return seg_outputs if self.deep_supervision else seg_outputs[0]
+
+    def account(self, acc: _Accountant, input_size: Sequence[int], encoder_out: list[tuple[list[int], bool]],
+                drop_in_saves_output: bool) -> None:
+        enc = self.encoder
+        n = len(self.stages)
+        size, saved = encoder_out[-1]
+        for i in range(n):
+            channels = enc.output_channels[-(i + 2)]
+            skip_size, _ = encoder_out[-(i + 2)]
+            if not saved:  # the transposed convolution keeps its input
+                acc.tensor(_numel(enc.output_channels[-(i + 1)], size))
+            size = list(skip_size)
+            up_elems = _numel(channels, size)
+            if isinstance(self.fusions[i], _SkipConcat):
+                in_elems, in_saved = 2 * up_elems, False  # torch.cat keeps nothing
+            else:
+                # DFF's estimate includes both its inputs; the skip is already kept by the encoder's next stage
+                acc.module(self.fusions[i], size, up_elems, False)
+                acc.tensor(-up_elems)
+                in_elems, in_saved = up_elems, False
+            for conv in self.stages[i].convs:  # stride 1 and same padding: the size does not change
+                out_elems = _numel(channels, size)
+                if isinstance(conv, ConvDropoutNormReLU):
+                    extra, saves_out = _plain_conv_account(conv, out_elems)
+                    acc.tensor((0 if in_saved else in_elems) + extra)
+                else:
+                    acc.module(conv, size, in_elems, in_saved)
+                    saves_out = drop_in_saves_output
+                in_elems, in_saved = out_elems, saves_out
+            if not isinstance(self.attention[i], nn.Identity):
+                acc.module(self.attention[i], size, in_elems, in_saved)
+                in_saved = False
+            if self.deep_supervision or i == n - 1:
+                if not in_saved:  # the segmentation head keeps its input
+                    acc.tensor(in_elems)
+                    in_saved = True
+                acc.tensor(_numel(self.num_classes, size))  # the logits, kept by the loss until backward
+            saved = in_saved
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved per batch element by the decoder, plus its logits (``input_size``: the encoder's input)."""
+        acc = _Accountant()
+        enc_acc = _Accountant()
+        encoder_out = self.encoder.account(enc_acc, input_size)
+        self.account(acc, input_size, encoder_out, self.encoder._drop_in_saves_output)
+        return acc.total
+
+
+class TubeUNet(AbstractDynamicNetworkArchitectures):
+    """nnU-Net's PlainConvUNet plus tubular-structure blocks; built by nnunetv2's ``get_network_from_plans``.
+
+    Arguments: those of ``PlainConvUNet`` (same names, same meaning) and ``block_options``, a JSON dict described in
+    :mod:`nnunet_tubeconv.architectures.options` (``None``: no blocks, i.e. exactly PlainConvUNet).
+    ``x: (B, input_channels, *S) -> (B, num_classes, *S)`` or, with deep supervision, a list of
+    ``(B, num_classes, *S_r)`` for ``r = 0 .. n_stages - 2``, highest resolution first. No final nonlinearity.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: int | list[int] | tuple[int, ...],
+        conv_op: type[nn.Module],
+        kernel_sizes: int | list | tuple,
+        strides: int | list | tuple,
+        n_conv_per_stage: int | list[int] | tuple[int, ...],
+        num_classes: int,
+        n_conv_per_stage_decoder: int | list[int] | tuple[int, ...],
+        conv_bias: bool = False,
+        norm_op: type[nn.Module] | None = None,
+        norm_op_kwargs: dict | None = None,
+        dropout_op: type[_DropoutNd] | None = None,
+        dropout_op_kwargs: dict | None = None,
+        nonlin: type[nn.Module] | None = None,
+        nonlin_kwargs: dict | None = None,
+        deep_supervision: bool = False,
+        nonlin_first: bool = False,
+        block_options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        _dim(conv_op)
+        for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n_stages < 2:
+            raise ValueError(f"n_stages must be >= 2 (an encoder stage and a bottleneck), got {n_stages}")
+        features_per_stage = _per_stage("features_per_stage", features_per_stage, n_stages)
+        kernel_sizes = _per_stage("kernel_sizes", kernel_sizes, n_stages)
+        strides = _per_stage("strides", strides, n_stages)
+        n_conv_per_stage = _per_stage("n_conv_per_stage", n_conv_per_stage, n_stages)
+        n_conv_per_stage_decoder = _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
+        opts = resolve_block_options(block_options, n_stages, n_conv_per_stage, n_conv_per_stage_decoder)
+        if nonlin_first and opts["conv_block"] != "conv":
+            raise ValueError("nonlin_first=True is not supported with conv_block 'dsc' or 'deform' "
+                             "(their norm comes before the nonlinearity, as in the papers)")
+        self.block_options = opts
+
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stages.0"
+        first_conv_replaced = 0 in opts["conv_block_encoder_stages"] and opts["conv_block_convs"] == n_conv_per_stage[0]
+        # where nnU-Net's pretrained-weight loading finds the input projection (none if a block replaced it)
+        self.keys_to_in_proj = () if first_conv_replaced else (
+            "encoder.stages.0.0.convs.0.all_modules.0",
+            "encoder.stages.0.0.convs.0.conv",
+        )
+        layer_kwargs = {"conv_bias": conv_bias, "norm_op": norm_op, "norm_op_kwargs": norm_op_kwargs,
+                        "dropout_op": dropout_op, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
+                        "nonlin_kwargs": nonlin_kwargs}
+        self.encoder = TubeEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+                                   n_conv_per_stage, layer_kwargs, nonlin_first, opts)
+        self.decoder = TubeDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision, nonlin_first,
+                                   layer_kwargs, opts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Tensor elements a training-mode forward keeps for backward, per batch element, plus the logits.
+
+        ``input_size``: the patch size, spatial axes only. Same unit as the blocks' estimates (what
+        ``saved_tensors_hooks`` sees, de-duplicated by storage, parameters excluded), including the network input,
+        every plain convolution (its conv output for the norm and the nonlinearity's result, about twice
+        dynamic_network_architectures' count), the transposed convolutions, the concatenated skips, the blocks and
+        the segmentation heads' logits (returned to the loss, which keeps them). Honest to within a few percent
+        of :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` (tested), so it is *not* on the scale of
+        ``PlainConvUNet.compute_conv_feature_map_size`` that nnU-Net's planner reference values were tuned for.
+        """
+        dim = _dim(self.encoder.conv_op)
+        if len(input_size) != dim:
+            raise ValueError(f"input_size must have {dim} spatial entries (no batch or channel axis), got {input_size}")
+        acc = _Accountant()
+        encoder_out = self.encoder.account(acc, input_size)
+        self.decoder.account(acc, input_size, encoder_out, self.encoder._drop_in_saves_output)
+        return acc.total
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        """He initialisation as PlainConvUNet's, except convolutions marked ``_tubeconv_keep_init``.
+
+        nnU-Net applies it with ``network.apply(network.initialize)``; the blocks' zero-initialised swing / offset
+        convolutions keep their zeros, so snakes start straight and deformable kernels start regular.
+        """
+        if getattr(module, "_tubeconv_keep_init", False):
+            return
+        InitWeights_He(1e-2)(module)

@@ -1,0 +1,174 @@
+"""The network variants and the conversion of an nnU-Net plans entry into one of them.
+
+A variant is a name plus default block options (see :mod:`nnunet_tubeconv.architectures.options`), placing each
+block where its paper puts it, within the cost budget measured by ``nnunet-tubeconv bench-train``:
+
+``dsconv``
+    DSCNet multi-view blocks (Qi et al., "Dynamic Snake Convolution based on Topological Geometric Constraints for
+    Tubular Structure Segmentation", ICCV 2023), with the paper's K = 9. The paper uses them in every stage; that
+    costs several times vanilla nnU-Net, so by default one block replaces the last convolution of encoder stage 2
+    and of the decoder stage at the same resolution (the third-highest resolution: 1/4 in-plane for nnU-Net's
+    usual plans): the highest-resolution placement with the paper's K that stays within the 2x budget with a
+    margin; placements at higher resolution cost 2-5x. See :mod:`nnunet_tubeconv.benchmarks.bench_train` for the
+    measurements.
+``dlkdff``
+    D-Net (Yang et al., arXiv 2403.10674): DLK blocks appended to the encoder stages from the third one down to
+    the bottleneck, and dynamic feature fusion at every skip. D-Net itself has no DLK block at full resolution (a
+    plain conv block there, DLK stages after a stride-2 stem, two blocks each, bottleneck included); one block per
+    stage from stage 2 keeps the variant within 1.5x vanilla (``bench-train``, small 3D plan, CPU: stages 1..4 x 1
+    block 2.4x time / 1.6x memory, 2..4 x 2 blocks 1.6x / 1.4x, 2..4 x 1 block 1.2x / 1.2x; DFF alone 1.0x).
+``scse``
+    scSE (Roy et al., MICCAI 2018) after every encoder and decoder stage, as in the paper.
+``deform``
+    The free-form baseline of the DSCNet paper: modulated deformable convolution (DCNv2, Zhu et al., CVPR 2019)
+    exactly where ``dsconv`` puts snakes, so the two compare on the same pipeline.
+``tubeconv``
+    The combination: ``dsconv``'s snakes + DFF at every skip + scSE after every stage.
+
+All placements and settings can be overridden through ``options``. The defaults name stages of nnU-Net's usual
+5-8-stage plans; on a plan with fewer stages a default index past the end falls back to the deepest valid stage, so
+a tiny plan still gets its blocks. Indices passed in ``options`` are never adjusted: out of range is a ValueError.
+This module imports neither torch nor nnU-Net.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from nnunet_tubeconv.architectures.options import (
+    DECODER_SELECTORS,
+    ENCODER_SELECTORS,
+    check_option_names,
+    resolve_block_options,
+)
+
+#: import path of the network class every variant builds
+TUBE_UNET_CLASS = "nnunet_tubeconv.architectures.unet.TubeUNet"
+#: the classes whose plans entries we know how to take over
+OUR_CLASSES: tuple[str, ...] = (TUBE_UNET_CLASS,)
+PLAIN_CONV_UNET_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+
+# measured with `nnunet-tubeconv bench-train` (see nnunet_tubeconv.benchmarks.bench_train's docstring)
+_SNAKE_PLACEMENT: dict[str, Any] = {
+    "conv_block_encoder_stages": [2],
+    "conv_block_decoder_stages": [2],
+    "conv_block_convs": 1,
+    "snake_kernel_size": 9,
+}
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dsconv": {
+        "description": "DSCNet multi-view dynamic-snake blocks (Qi et al., ICCV 2023)",
+        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT},
+    },
+    "dlkdff": {
+        "description": "D-Net: DLK blocks in the encoder, DFF at every skip (Yang et al., arXiv 2403.10674)",
+        "options": {"dlk_encoder_stages": "2:", "dlk_blocks_per_stage": 1, "dlk_mode": "paper", "dff_skips": "all"},
+    },
+    "scse": {
+        "description": "scSE after every encoder and decoder stage (Roy et al., MICCAI 2018)",
+        "options": {"scse_encoder_stages": "all", "scse_decoder_stages": "all", "scse_reduction": 2,
+                    "scse_mode": "add"},
+    },
+    "deform": {
+        "description": "DCNv2 modulated deformable convolution where dsconv puts snakes (Zhu et al., CVPR 2019)",
+        "options": {"conv_block": "deform", **{k: v for k, v in _SNAKE_PLACEMENT.items() if k != "snake_kernel_size"}},
+    },
+    "tubeconv": {
+        "description": "dsconv snakes + DFF at every skip + scSE after every stage",
+        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT, "dff_skips": "all", "scse_encoder_stages": "all",
+                    "scse_decoder_stages": "all"},
+    },
+}
+
+
+def _fit_defaults(options: Mapping[str, Any], n_stages: int) -> dict[str, Any]:
+    """The variant's default stage lists with indices past a small plan's end moved to its deepest valid stage."""
+    out = copy.deepcopy(dict(options))
+    for key, value in out.items():
+        if isinstance(value, list) and key in ENCODER_SELECTORS + DECODER_SELECTORS:
+            last = n_stages - 1 if key in ENCODER_SELECTORS else n_stages - 2
+            out[key] = [min(i, last) if isinstance(i, int) and i >= 0 else i for i in value]
+    return out
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid variants are {sorted(VARIANTS)}")
+
+
+def _is_plain_conv_unet(name: str) -> bool:
+    # get_network_from_plans also finds a bare class name inside dynamic_network_architectures.architectures
+    return name in (PLAIN_CONV_UNET_CLASS, "PlainConvUNet")
+
+
+def _check_entry(architecture: Any) -> None:
+    if not isinstance(architecture, Mapping):
+        kind = type(architecture).__name__
+        raise ValueError(f"architecture must be a plans entry (a dict), got {kind}")  # noqa: TRY004
+    missing = [k for k in ("network_class_name", "arch_kwargs", "_kw_requires_import") if k not in architecture]
+    if missing:
+        raise ValueError(
+            f"architecture entry lacks {missing}; expected a configuration's plans entry with keys "
+            "'network_class_name', 'arch_kwargs' and '_kw_requires_import'"
+        )
+    kwargs = architecture["arch_kwargs"]
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"architecture['arch_kwargs'] must be a dict, got {type(kwargs).__name__}")  # noqa: TRY004
+    missing = [k for k in ("n_stages", "n_conv_per_stage", "n_conv_per_stage_decoder") if k not in kwargs]
+    if missing:
+        raise ValueError(f"architecture['arch_kwargs'] lacks {missing}, which every PlainConvUNet plan has")
+
+
+def _resolve(kwargs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return resolve_block_options(
+        options, kwargs["n_stages"], kwargs["n_conv_per_stage"], kwargs["n_conv_per_stage_decoder"]
+    )
+
+
+def variant_architecture(architecture: dict, variant: str, options: dict | None = None) -> dict:
+    """Plans entry of ``variant`` built from one configuration's plans entry; the input is never modified.
+
+    ``architecture``: ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}`` as in nnU-Net's plans.
+
+    * A ``PlainConvUNet`` entry gives a new entry naming :data:`TUBE_UNET_CLASS`, with the plans' kwargs and
+      ``arch_kwargs["block_options"]``: every block option, explicit (stage lists resolved against ``n_stages``),
+      from the variant's defaults overridden by ``options``.
+    * An entry that already names one of our classes is deep-copied; ``options``, if given, are merged into its
+      block options (the variant's defaults are not applied: the entry already describes a network).
+    * Anything else raises ``ValueError``, as do an unknown variant and unknown or invalid options.
+
+    The result is JSON-safe if the input was, so ``get_network_from_plans`` rebuilds the network from a model
+    folder's plans alone.
+    """
+    _check_variant(variant)
+    check_option_names(options)
+    _check_entry(architecture)
+    name = architecture["network_class_name"]
+    if name in OUR_CLASSES:
+        out = copy.deepcopy(dict(architecture))
+        if options:
+            merged = {**out["arch_kwargs"].get("block_options", {}), **copy.deepcopy(options)}
+            out["arch_kwargs"]["block_options"] = _resolve(out["arch_kwargs"], merged)
+        return out
+    if not _is_plain_conv_unet(name):
+        raise ValueError(
+            f"cannot build variant {variant!r} from network class {name!r}: supported are nnU-Net's "
+            f"{PLAIN_CONV_UNET_CLASS} (the default planner's network) and our own {list(OUR_CLASSES)}"
+        )
+    kwargs = copy.deepcopy(dict(architecture["arch_kwargs"]))
+    if "block_options" in kwargs:
+        raise ValueError("a PlainConvUNet entry has no 'block_options' argument; remove it from arch_kwargs")
+    n_stages = kwargs["n_stages"]
+    defaults = VARIANTS[variant]["options"]
+    if isinstance(n_stages, int) and n_stages >= 2:  # else resolve_block_options raises
+        defaults = _fit_defaults(defaults, n_stages)
+    merged = {**copy.deepcopy(defaults), **copy.deepcopy(dict(options or {}))}
+    kwargs["block_options"] = _resolve(kwargs, merged)
+    return {
+        "network_class_name": TUBE_UNET_CLASS,
+        "arch_kwargs": kwargs,
+        "_kw_requires_import": list(architecture["_kw_requires_import"]),
+    }

@@ -1,0 +1,82 @@
+"""`nnunet-tubeconv bench-train --quick`: the harness runs nnU-Net's real training step and reports honest numbers."""
+
+import json
+
+import pytest
+import torch
+from nnunet_tubeconv.benchmarks import bench_train
+
+from nnunet_tubeconv.cli import main
+
+
+def _json_run(capsys, *extra: str) -> dict:
+    assert main(["bench-train", "--quick", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_quick_json_report(capsys):
+    threads = torch.get_num_threads()
+    try:
+        report = _json_run(capsys, "--variants", "scse,dlkdff")
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["variant"]: r for r in report["results"]}
+    assert list(rows) == ["vanilla", "scse", "dlkdff"]
+    van = rows["vanilla"]
+    assert van["time_ratio"] == 1.0 and van["memory_ratio"] == 1.0
+    for r in rows.values():
+        assert r["time_s"] > 0 and r["memory_bytes"] > 0
+        assert r["memory_bytes"] == r["saved_bytes"] + r["state_bytes"]
+        assert r["memory_ratio"] == pytest.approx(r["memory_bytes"] / van["memory_bytes"])
+        assert r["time_ratio"] == pytest.approx(r["time_s"] / van["time_s"])
+        # float32 parameters + gradients + SGD momentum; nnU-Net's loss weighs the lowest-resolution output 0, so its
+        # head (16 -> 3 channels in the quick plan) gets no gradient and no momentum buffer
+        assert r["state_bytes"] == 3 * 4 * r["params"] - 2 * 4 * (16 * 3 + 3)
+    # scSE keeps its gates and adds parameters: it cannot be free
+    assert rows["scse"]["saved_bytes"] > van["saved_bytes"]
+    assert rows["scse"]["params"] > van["params"]
+    assert rows["scse"]["target"] == 1.15 and isinstance(rows["scse"]["pass"], bool)
+    assert rows["scse"]["pass"] == (rows["scse"]["time_ratio"] <= 1.15 and rows["scse"]["memory_ratio"] <= 1.15)
+    assert rows["dlkdff"]["block_options"]["dff_skips"] == [0, 1, 2, 3]
+    assert "saved_tensors_hooks" in report["memory_measure"]
+
+
+def test_table_output(capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench-train", "--quick", "--variants", "scse"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "vanilla" in out and "scse" in out and "MiB" in out
+    assert "PASS" in out or "FAIL" in out
+
+
+def test_plans_file_configuration(tmp_path, capsys):
+    entry, _ = bench_train._small_plan(3, quick=True)
+    plans = {"configurations": {
+        "3d_fullres": {"architecture": entry, "patch_size": [8, 32, 32], "batch_size": 1, "batch_dice": True},
+        "3d_cascade_fullres": {"inherits_from": "3d_fullres"},
+    }}
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(plans))
+    threads = torch.get_num_threads()
+    try:
+        report = _json_run(capsys, "--variants", "scse", "--plans", str(path), "--configuration",
+                           "3d_cascade_fullres", "--input-channels", "4")
+    finally:
+        torch.set_num_threads(threads)
+    assert report["plan"].endswith(":3d_cascade_fullres")
+    assert report["input_channels"] == 4 and report["patch_size"] == [8, 32, 32]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "snake"], "unknown variant"),
+    (["--options", '{"nope": {}}'], "--options"),
+    (["--patch-size", "8", "30", "32"], "divisible"),
+    (["--patch-size", "32", "32"], "does not match"),
+    (["--plans", "/nonexistent/plans.json"], "plans.json"),
+])
+def test_bad_arguments(argv, message, capsys):
+    assert main(["bench-train", "--quick", *argv]) == 2
+    assert message in capsys.readouterr().out
