@@ -32,6 +32,9 @@ _register("demo", "nnunet_tubeconv.benchmarks.demo", "synthetic 2D tubes: vanill
 _register("bench-blocks", "nnunet_tubeconv.benchmarks.bench_blocks", "time and backward memory of every block vs a plain conv block")
 _register("env", "nnunet_tubeconv.doctor", "print the `export nnUNet_extTrainer=...` line for this installation")
 _register("doctor", "nnunet_tubeconv.doctor", "check nnU-Net version, paths, trainer discovery, device (and plans)")
+_register("export-onnx", "nnunet_tubeconv.deploy.onnx_export", "export a trained model folder to ONNX (dynamic spatial axes, metadata)")
+_register("package", "nnunet_tubeconv.deploy.package", "challenge bundle: nnU-Net model zip, pinned requirements, predict.py, Dockerfile")
+_register("show-snakes", "nnunet_tubeconv.deploy.snakes", "draw a trained model's DSConv sample points over an image (PNG)")
 _register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant and a GPU memory target")
 _register("calibrate-memory", "nnunet_tubeconv.benchmarks.calibrate_memory", "memory estimates vs measured bytes; planned patch/batch per variant")
 

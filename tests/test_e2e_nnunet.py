@@ -1,0 +1,279 @@
+"""End to end through stock nnU-Net's console scripts, on CPU, on a tiny synthetic 3D data set made here.
+
+What a user does, in order: plan and preprocess; write a shortened subclass of ``nnUNetTrainerDSConv`` in their own
+``nnUNet_extTrainer`` folder (next to ours, separated by ``os.pathsep``); train 2d and 3d_fullres fold 0 (the 3D run
+is killed after one epoch and resumed with ``--c``); re-run validation with ``--val``; rebuild the network from the
+model folder alone; predict with ``nnUNetv2_predict``; pick the best with
+``nnUNetv2_find_best_configuration``. 3d_lowres / 3d_cascade_fullres are covered at the builder level in
+test_trainers.py (nnU-Net plans no lowres stage for images this small).
+
+Kept small for a 2-core CI: 5 cases of 16 x 32 x 32, no mirroring, one worker everywhere, 2 epochs of 2 iterations,
+and a copy of the default plans with narrower stages (``nnUNetPlansTiny``, same preprocessed data), which is also how
+a user would make a variant plans file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import nnunet_env, run_console
+from nnunet_tubeconv.trainers import trainer_folder
+
+from nnunet_tubeconv.data.synthetic import write_synthetic_dataset
+
+pytestmark = pytest.mark.slow
+
+DATASET_ID = 987
+TRAINER = "nnUNetTrainerDSConvE2E"
+PLANS = "nnUNetPlansTiny"
+CONFIGURATIONS = ("2d", "3d_fullres")
+SHAPE = (16, 32, 32)  # (z, y, x); 16 slices keep 2d validation short
+TUBE_UNET = "nnunet_tubeconv.architectures.unet.TubeUNet"
+
+# A user's trainer file: exactly what the README tells people to write (plus a test-only interruption hook).
+USER_TRAINER_SOURCE = textwrap.dedent(
+    '''
+    import os
+
+    import torch
+
+    from nnunet_tubeconv.trainers import nnUNetTrainerDSConv
+
+
+    class nnUNetTrainerDSConvE2E(nnUNetTrainerDSConv):
+        """nnUNetTrainerDSConv, 2 epochs of 2 iterations, no mirroring."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = 2
+            self.num_iterations_per_epoch = 2
+            self.num_val_iterations_per_epoch = 1
+            self.save_every = 1  # checkpoint_latest.pth after every epoch
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            # no mirroring, hence no test-time mirroring either: validation and prediction 4-8x faster on CPU
+            rot, dummy_2d, initial_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            self.inference_allowed_mirroring_axes = None
+            return rot, dummy_2d, initial_size, None
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            stop = os.environ.get("E2E_STOP_AFTER_EPOCHS")  # test hook: die like a killed job
+            if stop is not None and self.current_epoch == int(stop):
+                raise SystemExit(f"simulated interruption after {self.current_epoch} epoch(s)")
+    '''
+)
+
+
+def _load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _model_folder(ws: dict, configuration: str) -> Path:
+    return Path(ws["env"]["nnUNet_results"]) / ws["dataset"] / f"{TRAINER}__{PLANS}__{configuration}"
+
+
+def _checkpoint(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict:
+    """Data set written, planned and preprocessed; tiny plans and the user's trainer folder in place."""
+    base = tmp_path_factory.mktemp("e2e")
+    user = base / "user_trainers"
+    user.mkdir()
+    (user / "my_tubeconv_trainers.py").write_text(USER_TRAINER_SOURCE)
+    env = nnunet_env(base, [trainer_folder(), user])
+    log = base / "commands.log"
+    folder = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, 3, 5, shape=SHAPE)
+    plan_env = {**env, "nnUNet_n_proc_DA": "1"}  # the planner calls torch.set_num_threads(n_proc_DA)
+    run_console(
+        ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", *CONFIGURATIONS, "-np", "1", "1", "-npfp", "1"],
+        plan_env,
+        log=log,
+    )
+    pre = Path(env["nnUNet_preprocessed"]) / folder.name
+    plans = _load(pre / "nnUNetPlans.json")
+    plans["plans_name"] = PLANS
+    for c in plans["configurations"].values():
+        kw = c["architecture"]["arch_kwargs"]
+        kw["features_per_stage"] = [min(8 * 2**i, 32) for i in range(kw["n_stages"])]
+        c["batch_size"] = 2
+    (pre / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
+    return {"base": base, "env": env, "log": log, "dataset": folder.name, "raw": folder, "pre": pre}
+
+
+@pytest.fixture(scope="module")
+def trained_2d(ws) -> Path:
+    run_console(
+        ["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu", "--npz"],
+        ws["env"],
+        log=ws["log"],
+    )
+    return _model_folder(ws, "2d")
+
+
+@pytest.fixture(scope="module")
+def trained_3d(ws) -> dict:
+    """3d_fullres fold 0: killed after epoch 1 of 2, then resumed with --c."""
+    cmd = ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"]
+    first = run_console(cmd, {**ws["env"], "E2E_STOP_AFTER_EPOCHS": "1"}, expect_ok=False, log=ws["log"])
+    fold = _model_folder(ws, "3d_fullres") / "fold_0"
+    latest = fold / "checkpoint_latest.pth"
+    state = {
+        "first": first,
+        "latest_epoch": _checkpoint(latest)["current_epoch"] if latest.exists() else None,
+        "final_after_first": (fold / "checkpoint_final.pth").exists(),
+    }
+    state["resumed"] = run_console([*cmd, "--c", "--npz"], ws["env"], log=ws["log"])
+    state["folder"] = _model_folder(ws, "3d_fullres")
+    return state
+
+
+def test_training_saves_our_network_in_the_model_folder(ws, trained_2d):
+    fold = trained_2d / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    assert (fold / "validation" / "summary.json").is_file()
+    entry = _load(trained_2d / "plans.json")["configurations"]["2d"]["architecture"]
+    assert entry["network_class_name"] == TUBE_UNET
+    assert entry["arch_kwargs"]["block_options"]["conv_block"] == "dsc"
+    assert entry["arch_kwargs"]["features_per_stage"][0] == 8  # the tiny plans, not the default ones
+    # the plans on disk that training started from are untouched
+    stock = _load(ws["pre"] / f"{PLANS}.json")["configurations"]["2d"]["architecture"]
+    assert stock["network_class_name"].endswith("PlainConvUNet") and "block_options" not in stock["arch_kwargs"]
+    ckpt = _checkpoint(fold / "checkpoint_final.pth")
+    assert ckpt["trainer_name"] == TRAINER
+    assert ckpt["current_epoch"] == 2
+
+
+def test_interrupted_training_resumes_with_c(trained_3d):
+    first, resumed = trained_3d["first"], trained_3d["resumed"]
+    assert first.returncode != 0
+    assert "simulated interruption after 1 epoch" in first.stdout + first.stderr
+    assert trained_3d["latest_epoch"] == 1 and not trained_3d["final_after_first"]
+    assert "Epoch 1" in resumed.stdout and "Epoch 0\n" not in resumed.stdout  # continued, not restarted
+    ckpt = _checkpoint(trained_3d["folder"] / "fold_0" / "checkpoint_final.pth")
+    assert ckpt["current_epoch"] == 2
+    assert len(ckpt["logging"]["train_losses"]) == 2  # epoch 0 from the first run, epoch 1 from the resumed one
+
+
+def test_model_folder_alone_rebuilds_the_trained_network(ws, trained_3d):
+    """Saved plans.json (our entry) and the original plans (PlainConvUNet + class constants) build one network."""
+    import torch
+    from nnunet_tubeconv.trainers import nnUNetTrainerDSConv
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = trained_3d["folder"]
+    dataset_json = _load(folder / "dataset.json")
+    weights = _checkpoint(folder / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    keys = []
+    for plans in (_load(folder / "plans.json"), _load(ws["pre"] / f"{PLANS}.json")):
+        pm = PlansManager(plans)
+        cm = pm.get_configuration("3d_fullres")
+        n_in = determine_num_input_channels(pm, cm, dataset_json)
+        net = nnUNetTrainerDSConv.build_network_architecture(pm, cm, n_in, 2, False)
+        net.load_state_dict(weights)  # strict: every key and shape matches the trained network
+        keys.append(sorted(net.state_dict()))
+        with torch.no_grad():
+            assert tuple(net.eval()(torch.zeros(1, n_in, *cm.patch_size)).shape) == (1, 2, *cm.patch_size)
+    assert keys[0] == keys[1] == sorted(weights)
+
+
+def test_validation_only_with_val(ws, trained_2d):
+    summary = trained_2d / "fold_0" / "validation" / "summary.json"
+    summary.unlink()
+    run_console(
+        ["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu", "--val", "--npz"],
+        ws["env"],
+        log=ws["log"],
+    )
+    metrics = _load(summary)
+    assert "foreground_mean" in metrics and np.isfinite(metrics["foreground_mean"]["Dice"])
+
+
+def _input_folder(ws: dict, cases: list[str]) -> Path:
+    src = ws["raw"] / "imagesTr"
+    dst = ws["base"] / f"predict_in_{'_'.join(cases)}"
+    dst.mkdir()
+    for c in cases:
+        shutil.copy(src / f"{c}_0000.nii.gz", dst / f"{c}_0000.nii.gz")
+    return dst
+
+
+def _check_predictions(ws: dict, out: Path, cases: list[str]) -> None:
+    import nibabel as nib
+
+    written = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert written == sorted(f"{c}.nii.gz" for c in cases)
+    for c in cases:
+        image = nib.load(ws["raw"] / "imagesTr" / f"{c}_0000.nii.gz")
+        seg = nib.load(out / f"{c}.nii.gz")
+        assert seg.shape == image.shape
+        np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+
+
+def test_predict_with_our_trainer(ws, trained_3d):
+    cases = ["tubes_000", "tubes_003"]
+    inp = _input_folder(ws, cases)
+    out = ws["base"] / "predict_3d"
+    common = ["-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+    run_console(
+        [
+            "nnUNetv2_predict",
+            "-i",
+            inp,
+            "-o",
+            out,
+            "-d",
+            DATASET_ID,
+            "-c",
+            "3d_fullres",
+            "-tr",
+            TRAINER,
+            "-p",
+            PLANS,
+            *common,
+        ],
+        ws["env"],
+        log=ws["log"],
+    )
+    _check_predictions(ws, out, cases)
+
+
+def test_find_best_configuration(ws, trained_2d, trained_3d):
+    r = run_console(
+        [
+            "nnUNetv2_find_best_configuration",
+            DATASET_ID,
+            "-c",
+            *CONFIGURATIONS,
+            "-tr",
+            TRAINER,
+            "-p",
+            PLANS,
+            "-f",
+            "0",
+            "-np",
+            "1",
+        ],
+        ws["env"],
+        log=ws["log"],
+    )
+    results = Path(ws["env"]["nnUNet_results"]) / ws["dataset"]
+    info = _load(results / "inference_information.json")
+    assert set(info["all_results"]) >= {f"{TRAINER}__{PLANS}__{c}" for c in CONFIGURATIONS}
+    assert any(k.startswith("ensemble___") for k in info["all_results"])  # --npz made ensembling possible
+    for m in info["best_model_or_ensemble"]["selected_model_or_models"]:
+        assert m["trainer"] == TRAINER and m["plans_identifier"] == PLANS
+    assert f"-tr {TRAINER}" in (results / "inference_instructions.txt").read_text()
+    assert "Best" in r.stdout

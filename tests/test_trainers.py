@@ -1,0 +1,311 @@
+"""The nnU-Net trainers: signature, purity, plans round trip, cascade, discovery through nnU-Net's own lookup.
+
+Fast: tiny plans for anything that runs a forward pass; the MSD-HepaticVessel-shaped plans are built on the meta
+device (shapes only, no memory, no compute).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import MappingProxyType
+
+import pytest
+import torch
+from conftest import HEPATIC_VESSEL_DATASET_JSON, TINY_DATASET_JSON, hepatic_vessel_like_plans, tiny_plans
+from nnunet_tubeconv.architectures import TUBE_UNET_CLASS, VARIANTS
+from nnunet_tubeconv.trainers import TRAINERS, nnUNetTrainerDSConv, nnUNetTrainerTubeBase, trainer_folder
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+torch.set_num_threads(1)
+
+ALL_TRAINERS = sorted(TRAINERS)
+REQUIRED = [
+    "nnUNetTrainerDSConv",
+    "nnUNetTrainerDLKDFF",
+    "nnUNetTrainerScSE",
+    "nnUNetTrainerDeformConv",
+    "nnUNetTrainerTubeConv",
+]
+
+
+def _build(cls, plans: dict, configuration: str, dataset_json: dict, ds: bool = True, meta: bool = False):
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    n_out = pm.get_label_manager(dataset_json).num_segmentation_heads
+    if meta:
+        with torch.device("meta"):
+            return cls.build_network_architecture(pm, cm, n_in, n_out, ds)
+    return cls.build_network_architecture(pm, cm, n_in, n_out, ds)
+
+
+def _shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _first_conv(net: torch.nn.Module) -> torch.nn.Module:
+    return next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
+
+
+def test_required_trainers_exist_and_cover_every_variant():
+    assert set(REQUIRED) <= set(TRAINERS)
+    assert {TRAINERS[n].variant for n in TRAINERS} == set(VARIANTS)
+    for name, cls in TRAINERS.items():
+        assert cls.__name__ == name and issubclass(cls, nnUNetTrainer)
+
+
+@pytest.mark.parametrize("name", ALL_TRAINERS)
+def test_init_signature_is_nnunets(name):
+    # nnU-Net stores the constructor arguments by reading this signature (my_init_kwargs)
+    ours = inspect.signature(TRAINERS[name].__init__)
+    stock = inspect.signature(nnUNetTrainer.__init__)
+    assert list(ours.parameters) == list(stock.parameters)
+    assert ours.parameters["device"].default == stock.parameters["device"].default
+
+
+def test_build_is_a_classmethod_with_nnunets_new_signature():
+    # inference calls build_network_architecture on the class and passes plans_manager by that name
+    sig = inspect.signature(nnUNetTrainerDSConv.build_network_architecture)
+    assert list(sig.parameters)[:2] == ["plans_manager", "configuration_manager"]
+    assert isinstance(inspect.getattr_static(nnUNetTrainerTubeBase, "build_network_architecture"), classmethod)
+
+
+@pytest.mark.parametrize("name", ALL_TRAINERS)
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_build_runs_and_leaves_plans_alone(name, configuration):
+    cls = TRAINERS[name]
+    plans = tiny_plans()
+    before = copy.deepcopy(plans)
+    torch.manual_seed(0)
+    net = _build(cls, plans, configuration, TINY_DATASET_JSON, ds=True)
+    assert plans == before
+    assert f"{type(net).__module__}.{type(net).__name__}" == TUBE_UNET_CLASS
+    patch = PlansManager(plans).get_configuration(configuration).patch_size
+    net.train()
+    out = net(torch.randn(2, 1, *patch))
+    assert isinstance(out, list) and tuple(out[0].shape) == (2, 2, *patch)  # deep supervision: finest first
+    net.decoder.deep_supervision = False
+    net.eval()
+    with torch.no_grad():
+        assert tuple(net(torch.randn(1, 1, *patch)).shape) == (1, 2, *patch)
+
+
+@pytest.mark.parametrize("name", ALL_TRAINERS)
+def test_saved_plans_rebuild_the_same_network(name):
+    """Original plans + class constants, or the plans the trainer saves (our entry), give the same network."""
+    cls = TRAINERS[name]
+    plans = tiny_plans()
+    before = copy.deepcopy(plans)
+    saved = json.loads(json.dumps(cls.plans_with_architecture(plans, "3d_fullres")))  # as plans.json on disk
+    assert plans == before, "plans_with_architecture edited its input"
+    entry = saved["configurations"]["3d_fullres"]["architecture"]
+    assert entry["network_class_name"] == TUBE_UNET_CLASS
+    assert entry["arch_kwargs"]["block_options"], "saved entry must carry the resolved block options"
+    assert saved["configurations"]["2d"] == plans["configurations"]["2d"], "only the trained configuration changes"
+    torch.manual_seed(0)
+    a = _build(cls, plans, "3d_fullres", TINY_DATASET_JSON)
+    torch.manual_seed(0)
+    b = _build(cls, saved, "3d_fullres", TINY_DATASET_JSON)
+    assert _shapes(a) == _shapes(b)
+    b.load_state_dict(a.state_dict())  # strict
+    x = torch.randn(1, 1, 16, 16, 16)
+    a.eval(), b.eval()
+    a.decoder.deep_supervision = b.decoder.deep_supervision = False
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+    # even a plain trainer of ours rebuilds a saved folder: the entry is the whole description
+    c = _build(nnUNetTrainerTubeBase, saved, "3d_fullres", TINY_DATASET_JSON)
+    assert _shapes(c) == _shapes(a)
+
+
+def test_variants_differ_from_each_other():
+    plans = tiny_plans()
+    shapes = {n: _shapes(_build(TRAINERS[n], plans, "2d", TINY_DATASET_JSON)) for n in REQUIRED}
+    assert len({tuple(sorted(s.items())) for s in shapes.values()}) == len(REQUIRED)
+
+
+def test_block_options_of_a_subclass_reach_the_network():
+    class nnUNetTrainerDSConvK5(nnUNetTrainerDSConv):
+        block_options = MappingProxyType({"snake_kernel_size": 5})
+
+    saved = nnUNetTrainerDSConvK5.plans_with_architecture(tiny_plans(), "2d")
+    opts = saved["configurations"]["2d"]["architecture"]["arch_kwargs"]["block_options"]
+    assert opts["snake_kernel_size"] == 5 and opts["conv_block"] == "dsc"
+    default = nnUNetTrainerDSConv.plans_with_architecture(tiny_plans(), "2d")
+    assert default["configurations"]["2d"]["architecture"]["arch_kwargs"]["block_options"]["snake_kernel_size"] == 9
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"])
+def test_hepatic_vessel_shaped_plans_every_configuration(configuration):
+    """Real-sized plans, all four configurations; the cascade gets the previous stage's one-hot labels as input."""
+    cls = TRAINERS["nnUNetTrainerTubeConv"]
+    plans = hepatic_vessel_like_plans()
+    before = copy.deepcopy(plans)
+    pm = PlansManager(plans)
+    n_in = determine_num_input_channels(pm, pm.get_configuration(configuration), HEPATIC_VESSEL_DATASET_JSON)
+    assert n_in == (3 if configuration == "3d_cascade_fullres" else 1)  # CT + vessel + tumour one-hot
+
+    net = _build(cls, plans, configuration, HEPATIC_VESSEL_DATASET_JSON, meta=True)
+    assert plans == before
+    assert _first_conv(net).in_channels == n_in
+    head_out = {v[0] for k, v in _shapes(net).items() if "seg_layers" in k and k.endswith("weight")}
+    assert head_out == {3}  # background, vessel, tumour
+
+    saved = json.loads(json.dumps(cls.plans_with_architecture(plans, configuration)))
+    assert plans == before
+    again = _build(cls, saved, configuration, HEPATIC_VESSEL_DATASET_JSON, meta=True)
+    assert _shapes(again) == _shapes(net)
+    if configuration == "3d_cascade_fullres":
+        # the entry goes into the cascade's own configuration; 3d_fullres, which it inherits from, stays stock
+        assert saved["configurations"]["3d_cascade_fullres"]["inherits_from"] == "3d_fullres"
+        assert saved["configurations"]["3d_fullres"] == plans["configurations"]["3d_fullres"]
+        assert saved["configurations"]["3d_cascade_fullres"]["architecture"]["network_class_name"] == TUBE_UNET_CLASS
+        fullres = _build(cls, plans, "3d_fullres", HEPATIC_VESSEL_DATASET_JSON, meta=True)
+        differ = {k for k, s in _shapes(net).items() if _shapes(fullres)[k] != s}
+        assert differ and all(_shapes(fullres)[k][1] == 1 and _shapes(net)[k][1] == 3 for k in differ)
+
+
+def test_other_network_classes_are_refused_with_a_clear_message():
+    plans = tiny_plans()
+    entry = plans["configurations"]["3d_fullres"]["architecture"]
+    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    entry["arch_kwargs"]["n_blocks_per_stage"] = entry["arch_kwargs"].pop("n_conv_per_stage")
+    with pytest.raises(ValueError, match="ResidualEncoderUNet") as e:
+        _build(nnUNetTrainerDSConv, plans, "3d_fullres", TINY_DATASET_JSON)
+    assert "PlainConvUNet" in str(e.value) and "nnUNetTrainerDSConv" in str(e.value)
+    with pytest.raises(ValueError, match="ResidualEncoderUNet"):
+        nnUNetTrainerDSConv.plans_with_architecture(plans, "3d_fullres")
+
+
+def test_base_trainer_needs_a_variant_or_our_plans():
+    with pytest.raises(ValueError, match="no variant"):
+        _build(nnUNetTrainerTubeBase, tiny_plans(), "2d", TINY_DATASET_JSON)
+
+
+def test_unknown_configuration_is_a_value_error():
+    with pytest.raises(ValueError, match=r"'3d_lowres' is not in the plans.*\['2d', '3d_fullres'\]"):
+        nnUNetTrainerDSConv.plans_with_architecture(tiny_plans(), "3d_lowres")
+
+
+def test_trainer_instance_saves_our_entry_and_keeps_callers_plans(tmp_path, monkeypatch):
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    plans = tiny_plans()
+    plans["continue_training"] = False  # what nnUNetv2_train adds; nnUNetTrainer pops it
+    before = copy.deepcopy(plans)
+    trainer = nnUNetTrainerDSConv(plans, "2d", 0, TINY_DATASET_JSON, device=torch.device("cpu"))
+    assert plans == before
+    assert trainer.configuration_manager.network_arch_class_name == TUBE_UNET_CLASS
+    assert trainer.plans_manager.plans["configurations"]["2d"]["architecture"]["network_class_name"] == TUBE_UNET_CLASS
+    assert set(trainer.my_init_kwargs) == {"plans", "configuration", "fold", "dataset_json", "device"}
+    # what inference does with the checkpoint's plans: rebuild from the class alone
+    net = nnUNetTrainerDSConv.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, 1, 2, False
+    )
+    ref = _build(nnUNetTrainerDSConv, before, "2d", TINY_DATASET_JSON, ds=False)
+    assert _shapes(net) == _shapes(ref)
+
+
+def test_trainer_modules_import_as_top_level_modules(tmp_path):
+    """nnUNet_extTrainer's lookup imports every module of the folder by its bare name; nothing may run at import."""
+    code = textwrap.dedent(
+        f"""
+        import importlib, pkgutil, sys
+        sys.path.insert(0, {str(trainer_folder())!r})
+        names = [m.name for m in pkgutil.iter_modules([{str(trainer_folder())!r}])]
+        assert names, names
+        for n in names:
+            m = importlib.import_module(n)
+        print(",".join(names))
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip(), "no module found"
+    assert not list(tmp_path.iterdir()), "importing the trainer modules wrote files"
+
+
+def test_importing_the_package_is_cheap():
+    code = "import sys, nnunet_tubeconv.trainers as t; t.trainer_folder(); print('torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+def test_nnunet_lookup_finds_ours_and_a_users_subclass(tmp_path, monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    user = tmp_path / "my_trainers"
+    user.mkdir()
+    (user / "my_short_dsconv.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from nnunet_tubeconv.trainers import nnUNetTrainerDSConv
+
+
+            class nnUNetTrainerDSConvShortForTest(nnUNetTrainerDSConv):
+                def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+                    super().__init__(plans, configuration, fold, dataset_json, device)
+                    self.num_epochs = 3
+            """
+        )
+    )
+    # several folders, separated by os.pathsep, as nnU-Net documents
+    monkeypatch.setenv("nnUNet_extTrainer", f"{trainer_folder()}{os.pathsep}{user}")
+    found = {n: recursive_find_trainer_class_by_name(n) for n in [*REQUIRED, "nnUNetTrainerDSConvShortForTest"]}
+    for n, cls in found.items():
+        assert cls.__name__ == n
+    assert found["nnUNetTrainerDSConvShortForTest"].variant == "dsconv"
+    assert found["nnUNetTrainerTubeConv"].variant == "tubeconv"
+    # the user's subclass alone on the path is enough (absolute imports reach our package)
+    monkeypatch.setenv("nnUNet_extTrainer", str(user))
+    sub = recursive_find_trainer_class_by_name("nnUNetTrainerDSConvShortForTest")
+    assert sub.build_network_architecture.__func__ is not None
+    net = _build(sub, tiny_plans(), "2d", TINY_DATASET_JSON)
+    assert _shapes(net) == _shapes(_build(nnUNetTrainerDSConv, tiny_plans(), "2d", TINY_DATASET_JSON))
+
+
+def test_resume_uses_the_checkpoints_architecture(tmp_path, monkeypatch):
+    """--c / --val rebuild the trainer from the preprocessed plans and today's defaults; the checkpoint wins."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    plans = tiny_plans()
+    data = tmp_path / "nnUNet_preprocessed" / plans["dataset_name"] / plans["configurations"]["2d"]["data_identifier"]
+    data.mkdir(parents=True)
+    (data / "case_000.b2nd").write_bytes(b"")  # lets nnU-Net infer its dataset class; never read here
+
+    class nnUNetTrainerDSConvK5(nnUNetTrainerDSConv):  # "yesterday's defaults"
+        block_options = MappingProxyType({"snake_kernel_size": 5})
+
+    def trainer(cls):
+        return cls({**plans, "continue_training": True}, "2d", 0, TINY_DATASET_JSON, device=torch.device("cpu"))
+
+    old = trainer(nnUNetTrainerDSConvK5)
+    old.initialize()
+    ckpt = tmp_path / "checkpoint_latest.pth"
+    old.save_checkpoint(str(ckpt))
+
+    new = trainer(nnUNetTrainerDSConv)
+    assert new.configuration_manager.network_arch_init_kwargs["block_options"]["snake_kernel_size"] == 9
+    new.load_checkpoint(str(ckpt))  # strict state-dict load inside: fails if the K=9 network were built
+    assert new.configuration_manager.network_arch_init_kwargs["block_options"]["snake_kernel_size"] == 5
+    assert _shapes(new.network) == _shapes(old.network)
+    for k, v in old.network.state_dict().items():
+        torch.testing.assert_close(new.network.state_dict()[k], v)
+    assert new.adopt_checkpoint_architecture(torch.load(ckpt, weights_only=False)) is False  # now the same
+
+    other = trainer(nnUNetTrainerDSConv)
+    other.initialize()
+    with pytest.raises(ValueError, match="before initialize"):
+        other.adopt_checkpoint_architecture(torch.load(ckpt, weights_only=False))
