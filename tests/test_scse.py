@@ -1,0 +1,150 @@
+"""scSE (Roy et al., MICCAI 2018; SPEC section 5)."""
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_tubeconv.blocks import SCSE
+from nnunet_tubeconv.blocks._utils import measure_saved_tensors
+
+CONVS = [pytest.param(nn.Conv2d, id="2d"), pytest.param(nn.Conv3d, id="3d")]
+MODES = ["add", "max"]
+SIZES = {nn.Conv2d: (9, 6), nn.Conv3d: (5, 7, 4)}
+
+
+def _sigmoid(t: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (1.0 + torch.exp(-t))
+
+
+def reference_scse(m: SCSE, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """cSE and sSE written out with matrix products on the squeezed weights; pooling over all spatial axes."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)  # (B, C, n): every spatial axis
+    gap = flat.sum(-1) / flat.shape[-1]  # (B, C)
+    hidden = torch.clamp(gap @ m.squeeze.weight.reshape(m.bottleneck, c).T + m.squeeze.bias, min=0)
+    z = _sigmoid(hidden @ m.excite.weight.reshape(c, m.bottleneck).T + m.excite.bias)  # (B, C)
+    cse = flat * z[:, :, None]
+    q = _sigmoid(torch.einsum("bcn,c->bn", flat, m.spatial.weight.reshape(c)) + m.spatial.bias)  # (B, n)
+    sse = flat * q[:, None, :]
+    out = cse + sse if mode == "add" else torch.where(cse >= sse, cse, sse)
+    return out.reshape(x.shape)
+
+
+def _randomise(m: nn.Module) -> None:
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("conv_op", CONVS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("channels, reduction", [(6, 2), (5, 16)])
+def test_matches_reference(conv_op, mode, channels, reduction):
+    torch.manual_seed(0)
+    m = SCSE(conv_op, channels, reduction=reduction, mode=mode).double()
+    _randomise(m)
+    x = torch.randn(2, channels, *SIZES[conv_op], dtype=torch.float64)
+    out = m(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, reference_scse(m, x, mode), rtol=1e-10, atol=1e-10)
+
+
+def test_modes_differ_and_are_recorded():
+    torch.manual_seed(0)
+    add = SCSE(nn.Conv2d, 4)
+    mx = SCSE(nn.Conv2d, 4, mode="max")
+    mx.load_state_dict(add.state_dict())
+    assert add.mode == "add" and "mode='max'" in repr(mx)
+    x = torch.randn(1, 4, 6, 6)
+    assert not torch.allclose(add(x), mx(x))
+
+
+@pytest.mark.parametrize("channels, reduction, bottleneck", [(8, 2, 4), (8, 3, 2), (3, 16, 1), (1, 2, 1)])
+def test_bottleneck_has_at_least_one_channel(channels, reduction, bottleneck):
+    m = SCSE(nn.Conv3d, channels, reduction=reduction)
+    assert m.bottleneck == bottleneck
+    assert m.squeeze.weight.shape[:2] == (bottleneck, channels)
+    assert m(torch.randn(1, channels, 3, 3, 3)).shape == (1, channels, 3, 3, 3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_3d_channel_squeeze_pools_the_whole_volume(mode):
+    """Changing slice 0 must change the channel gate, hence the output, on every other slice too.
+
+    A block that pools per slice (2D pooling applied to each slice of a volume) leaves slices 1.. unchanged.
+    """
+    torch.manual_seed(0)
+    m = SCSE(nn.Conv3d, 4, mode=mode)
+    _randomise(m)
+    x = torch.randn(1, 4, 4, 5, 5)
+    x2 = x.clone()
+    x2[:, :, 0] += 3.0 * torch.randn(1, 4, 5, 5)
+    y, y2 = m(x), m(x2)
+    for d in range(1, 4):
+        assert not torch.allclose(y[:, :, d], y2[:, :, d], atol=1e-4), f"slice {d} ignored slice 0"
+
+
+@pytest.mark.parametrize("conv_op", CONVS)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_parameter_gets_a_gradient(conv_op, mode):
+    torch.manual_seed(0)
+    m = SCSE(conv_op, 4, mode=mode)
+    _randomise(m)
+    x = torch.randn(2, 4, *SIZES[conv_op], requires_grad=True)
+    m(x).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("conv_op", CONVS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_batch_elements_are_independent(conv_op, mode, training):
+    torch.manual_seed(0)
+    m = SCSE(conv_op, 4, mode=mode).train(training)
+    x = torch.randn(3, 4, *SIZES[conv_op])
+    x[0] *= 10
+    out = m(x)
+    for i in range(3):
+        torch.testing.assert_close(out[i:i + 1], m(x[i:i + 1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv_op", CONVS)
+@pytest.mark.parametrize("mode", MODES)
+def test_feature_map_size_matches_saved_tensors(conv_op, mode):
+    torch.manual_seed(0)
+    m = SCSE(conv_op, 8, mode=mode).train()
+    size = SIZES[conv_op]
+    x = torch.randn(2, 8, *size, requires_grad=True)
+    elements, _ = measure_saved_tensors(lambda: m(x), exclude=list(m.parameters()))
+    measured = elements / 2
+    estimate = m.compute_conv_feature_map_size(size)
+    assert abs(estimate - measured) <= 0.15 * measured, (estimate, measured)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"conv_op": nn.Conv1d, "channels": 4}, "conv_op"),
+    ({"conv_op": nn.ConvTranspose3d, "channels": 4}, "conv_op"),
+    ({"conv_op": nn.Conv3d, "channels": 0}, "channels"),
+    ({"conv_op": nn.Conv3d, "channels": 4, "reduction": 0}, "reduction"),
+    ({"conv_op": nn.Conv3d, "channels": 4, "reduction": 1.5}, "reduction"),
+    ({"conv_op": nn.Conv3d, "channels": 4, "mode": "mul"}, "mode"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SCSE(**kwargs)
+
+
+@pytest.mark.parametrize("conv_op", CONVS)
+def test_wrong_input_rejected(conv_op):
+    m = SCSE(conv_op, 4)
+    size = SIZES[conv_op]
+    with pytest.raises(ValueError, match="input channels"):
+        m(torch.randn(1, 2, *size))
+    with pytest.raises(ValueError, match="shape"):
+        m(torch.randn(1, 4, *size, 2))
+    with pytest.raises(ValueError, match="input_size"):
+        m.compute_conv_feature_map_size((0,) * len(size))
