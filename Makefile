@@ -28,6 +28,7 @@ browser:
 	    else echo "note: chromium not found; the report rendering test will skip"; fi; }
 
 test: $(STAMP) browser
+	$(VENV)/bin/ruff check nnunet_tubeconv architectures trainers benchmarks tests
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

@@ -69,7 +69,7 @@ def check_option_names(options: Mapping[str, Any] | None) -> None:
     if options is None:
         return
     if not isinstance(options, Mapping):
-        raise ValueError(f"block options must be a dict, got {type(options).__name__}: {options!r}")  # noqa: TRY004
+        raise ValueError(f"block options must be a dict, got {type(options).__name__}: {options!r}")
     unknown = sorted(set(options) - set(DEFAULT_BLOCK_OPTIONS))
     if unknown:
         raise ValueError(f"unknown block option(s) {unknown}; allowed are {allowed_options()}")
@@ -102,13 +102,13 @@ def resolve_selector(name: str, selector: Any, count: int) -> list[int]:
             f"{name} must be a list of stage indices, 'all', 'none' or a slice string like '1:', got {selector!r}"
         )
     if not isinstance(selector, Sequence) or isinstance(selector, (bytes, bytearray)):
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"{name} must be a list of stage indices, 'all', 'none' or a slice string like '1:', got {selector!r}"
         )
     out = set()
     for i in selector:
         if not isinstance(i, int) or isinstance(i, bool):
-            raise ValueError(f"{name} must contain integers, got {selector!r}")  # noqa: TRY004
+            raise ValueError(f"{name} must contain integers, got {selector!r}")
         if not -count <= i < count:
             raise ValueError(f"{name}: index {i} out of range, there are {count} stages here (valid 0..{count - 1})")
         out.add(i % count)

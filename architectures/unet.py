@@ -47,7 +47,7 @@ _DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 def _dim(conv_op: Any) -> int:
     if isinstance(conv_op, str):
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"conv_op is the string {conv_op!r}: build the network with nnunetv2's get_network_from_plans, which "
             "imports the names listed in '_kw_requires_import', or pass torch.nn.Conv2d / torch.nn.Conv3d"
         )

@@ -107,7 +107,7 @@ def _is_plain_conv_unet(name: str) -> bool:
 def _check_entry(architecture: Any) -> None:
     if not isinstance(architecture, Mapping):
         kind = type(architecture).__name__
-        raise ValueError(f"architecture must be a plans entry (a dict), got {kind}")  # noqa: TRY004
+        raise ValueError(f"architecture must be a plans entry (a dict), got {kind}")
     missing = [k for k in ("network_class_name", "arch_kwargs", "_kw_requires_import") if k not in architecture]
     if missing:
         raise ValueError(
@@ -116,7 +116,7 @@ def _check_entry(architecture: Any) -> None:
         )
     kwargs = architecture["arch_kwargs"]
     if not isinstance(kwargs, Mapping):
-        raise ValueError(f"architecture['arch_kwargs'] must be a dict, got {type(kwargs).__name__}")  # noqa: TRY004
+        raise ValueError(f"architecture['arch_kwargs'] must be a dict, got {type(kwargs).__name__}")
     missing = [k for k in ("n_stages", "n_conv_per_stage", "n_conv_per_stage_decoder") if k not in kwargs]
     if missing:
         raise ValueError(f"architecture['arch_kwargs'] lacks {missing}, which every PlainConvUNet plan has")

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +23,11 @@ def test_help_lists_every_command(capsys):
 
 
 def test_console_script_installed():
-    r = subprocess.run([sys.executable, "-m", "nnunet_tubeconv.cli", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "nnunet-tubeconv"
+    assert script.is_file(), f"console script missing next to {sys.executable}"
+    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
     assert r.returncode == 0
-    assert "nnunet-tubeconv" in r.stdout
+    assert r.stdout.strip() == f"nnunet-tubeconv {__version__}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

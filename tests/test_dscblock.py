@@ -146,7 +146,7 @@ def test_snake_kernel_size_changes_the_snakes_not_the_output():
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, match):
-    args = dict(conv_op=nn.Conv2d, input_channels=3, output_channels=4, kernel_size=3)
+    args = {"conv_op": nn.Conv2d, "input_channels": 3, "output_channels": 4, "kernel_size": 3}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         DSCBlock(**args)
