@@ -215,6 +215,21 @@ def test_benchmark_end_to_end_records_metrics_report_failed_unit_and_submitit_re
     assert fig is not None and fig.stat().st_size > 10_000
 
 
+def _loadable(path: Path) -> bool:
+    """True when ``path`` is a complete torch checkpoint (it may be half-written while training runs)."""
+    if not path.is_file():
+        return False
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        return False
+    return True
+
+
 def test_runner_killed_mid_unit_resumes_without_redoing_finished_units(world, tmp_path):
     _, env = world
     env = {**env, "nnUNet_results": str(tmp_path / "nnunet_results")}
@@ -229,7 +244,9 @@ def test_runner_killed_mid_unit_resumes_without_redoing_finished_units(world, tm
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600
-        while not (first.is_file() and second_ckpt.is_file()):
+        # kill only once the second unit's checkpoint is complete: nnU-Net writes it in place (not atomically), and
+        # a checkpoint torn by the kill is (rightly) moved aside, which would restart that unit instead of resuming
+        while not (first.is_file() and _loadable(second_ckpt)):
             assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-4000:]
             assert time.time() < deadline, "the runner did not reach the second unit in time"
             time.sleep(0.2)
