@@ -7,7 +7,13 @@
 """
 
 from nnunet_tubeconv.architectures.options import DEFAULT_BLOCK_OPTIONS, allowed_options, resolve_block_options
-from nnunet_tubeconv.architectures.variants import OUR_CLASSES, TUBE_UNET_CLASS, VARIANTS, variant_architecture
+from nnunet_tubeconv.architectures.variants import (
+    OUR_CLASSES,
+    TUBE_UNET_CLASS,
+    VARIANTS,
+    plain_conv_unet_entry,
+    variant_architecture,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_OPTIONS",
@@ -15,6 +21,7 @@ __all__ = [
     "TUBE_UNET_CLASS",
     "VARIANTS",
     "allowed_options",
+    "plain_conv_unet_entry",
     "resolve_block_options",
     "variant_architecture",
 ]

@@ -34,7 +34,7 @@ This module imports neither torch nor nnU-Net.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nnunet_tubeconv.architectures.options import (
@@ -171,4 +171,47 @@ def variant_architecture(architecture: dict, variant: str, options: dict | None 
         "network_class_name": TUBE_UNET_CLASS,
         "arch_kwargs": kwargs,
         "_kw_requires_import": list(architecture["_kw_requires_import"]),
+    }
+
+
+def plain_conv_unet_entry(
+    dim: int,
+    features_per_stage: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    kernel_sizes: Sequence[Sequence[int]] | None = None,
+    n_conv_per_stage: int = 2,
+    n_conv_per_stage_decoder: int = 2,
+    **arch_kwargs: Any,
+) -> dict:
+    """One configuration's ``architecture`` entry exactly as nnU-Net 2.8's default planner writes it (JSON form).
+
+    For tests, benchmarks and examples that need plans without running the planner; ``arch_kwargs`` override or
+    add ``arch_kwargs`` keys (e.g. ``dropout_op``).
+    """
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim!r}")
+    n = len(features_per_stage)
+    if kernel_sizes is None:
+        kernel_sizes = [[3] * dim] * n
+    kwargs: dict[str, Any] = {
+        "n_stages": n,
+        "features_per_stage": list(features_per_stage),
+        "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+        "kernel_sizes": [list(k) for k in kernel_sizes],
+        "strides": [list(st) for st in strides],
+        "n_conv_per_stage": [n_conv_per_stage] * n,
+        "n_conv_per_stage_decoder": [n_conv_per_stage_decoder] * (n - 1),
+        "conv_bias": True,
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    kwargs.update(arch_kwargs)
+    return {
+        "network_class_name": PLAIN_CONV_UNET_CLASS,
+        "arch_kwargs": kwargs,
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
     }

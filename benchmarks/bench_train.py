@@ -77,10 +77,10 @@ import statistics
 import time
 from typing import Any
 
+from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
+
 TARGETS: dict[str, float] = {"dsconv": 2.0, "dlkdff": 1.5, "scse": 1.15}
 VARIANT_ORDER = ("dsconv", "dlkdff", "scse", "deform", "tubeconv")
-
-PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 
 
 def _small_plan(dim: int, quick: bool) -> tuple[dict, dict]:
@@ -103,26 +103,7 @@ def _small_plan(dim: int, quick: bool) -> tuple[dict, dict]:
         strides = [[1, 1]] + [[2, 2]] * (n - 1)
         patch = [64, 64] if quick else [256, 256]
         batch = 2 if quick else 8
-    entry = {
-        "network_class_name": PLAIN,
-        "arch_kwargs": {
-            "n_stages": n,
-            "features_per_stage": features,
-            "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-            "kernel_sizes": kernels,
-            "strides": strides,
-            "n_conv_per_stage": [2] * n,
-            "n_conv_per_stage_decoder": [2] * (n - 1),
-            "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
+    entry = plain_conv_unet_entry(dim, features, strides, kernels)
     run = {"patch_size": patch, "batch_size": batch, "batch_dice": dim == 3, "input_channels": 1, "num_classes": 3,
            "plan": f"built-in small {dim}D" + (" (quick)" if quick else "")}
     return entry, run

@@ -15,46 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # plans dicts shaped like nnU-Net's (ExperimentPlanner, PlainConvUNet)
-
-
-def plain_conv_unet_entry(
-    dim: int,
-    features_per_stage: Sequence[int],
-    strides: Sequence[Sequence[int]],
-    kernel_sizes: Sequence[Sequence[int]] | None = None,
-    n_conv_per_stage: int = 2,
-    n_conv_per_stage_decoder: int = 2,
-) -> dict:
-    """One configuration's ``architecture`` entry exactly as nnU-Net 2.8's default planner writes it."""
-    n = len(features_per_stage)
-    if kernel_sizes is None:
-        kernel_sizes = [[3] * dim] * n
-    return {
-        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {
-            "n_stages": n,
-            "features_per_stage": list(features_per_stage),
-            "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-            "kernel_sizes": [list(k) for k in kernel_sizes],
-            "strides": [list(s) for s in strides],
-            "n_conv_per_stage": [n_conv_per_stage] * n,
-            "n_conv_per_stage_decoder": [n_conv_per_stage_decoder] * (n - 1),
-            "conv_bias": True,
-            "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        },
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-    }
 
 
 def configuration_entry(patch_size: Sequence[int], spacing: Sequence[float], architecture: dict, **extra) -> dict:

@@ -18,6 +18,7 @@ from nnunet_tubeconv.architectures import (
 )
 from nnunet_tubeconv.architectures.memory import SavedTensors
 from nnunet_tubeconv.architectures.unet import TubeUNet
+from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
@@ -29,25 +30,8 @@ PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 def plans_entry(dim: int, n_stages: int, features: list[int], kernels: list, strides: list, n_dec: int = 2,
                 **extra) -> dict:
     """A configuration's architecture entry as nnU-Net's default planner writes it (JSON form)."""
-    kwargs = {
-        "n_stages": n_stages,
-        "features_per_stage": features,
-        "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
-        "kernel_sizes": kernels,
-        "strides": strides,
-        "n_conv_per_stage": [2] * n_stages,
-        "n_conv_per_stage_decoder": [n_dec] * (n_stages - 1),
-        "conv_bias": True,
-        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
-    kwargs.update(extra)
-    return {"network_class_name": PLAIN, "arch_kwargs": kwargs,
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    assert len(features) == n_stages
+    return plain_conv_unet_entry(dim, features, strides, kernels, n_conv_per_stage_decoder=n_dec, **extra)
 
 
 def aniso_3d() -> tuple[dict, list[int]]:
