@@ -296,7 +296,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid are {sorted(VARIANTS)}")
-    overrides = json.loads(args.options) if args.options else {}
+    try:
+        overrides = json.loads(args.options) if args.options else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"--options must be a JSON dict variant -> block options, e.g. '{{\"dsconv\": {{\"snake_kernel_size\": 5}}}}'"
+            f"; could not parse {args.options!r}: {e}"
+        ) from None
     if not isinstance(overrides, dict) or set(overrides) - set(VARIANTS):
         raise ValueError(f"--options must be a JSON dict whose keys are variants {sorted(VARIANTS)}, got {overrides}")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -73,6 +73,7 @@ def test_plans_file_configuration(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--variants", "snake"], "unknown variant"),
     (["--options", '{"nope": {}}'], "--options"),
+    (["--options", "not json"], "could not parse"),
     (["--patch-size", "8", "30", "32"], "divisible"),
     (["--patch-size", "32", "32"], "does not match"),
     (["--plans", "/nonexistent/plans.json"], "plans.json"),
