@@ -254,6 +254,20 @@ def check_device() -> Check:
     )
 
 
+def check_snake_kernels() -> Check:
+    """Whether DSConv runs its compiled CPU kernels (a few times faster on CPU) or the PyTorch fallback."""
+    from nnunet_tubeconv.blocks import _native
+
+    line = _native.status()
+    if line.startswith("native: "):
+        return Check("ok", f"DSConv CPU kernels: {line[len('native: '):]}")
+    return Check(
+        "warn",
+        f"DSConv runs its PyTorch implementation on CPU ({line[len('PyTorch fallback: '):]}); GPUs are unaffected",
+        "install a C compiler (gcc or clang) for faster CPU training and inference, or ignore on GPU machines",
+    )
+
+
 def check_plans(
     dataset: str, plans_identifier: str, configurations: list[str] | None, trainers: list[str]
 ) -> list[Check]:
@@ -407,6 +421,7 @@ def run_doctor(
     if os.environ.get(EXT_TRAINER) or trainers:
         checks += check_trainer_discovery(names)
     checks.append(check_device())
+    checks.append(check_snake_kernels())
     if dataset is not None:
         checks += check_plans(str(dataset), plans, configurations, names)
     return report(checks)

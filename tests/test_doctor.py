@@ -96,6 +96,17 @@ def test_doctor_all_good(good_env, capsys):
         assert f"[ OK ] trainer {name} found in {OURS}" in out
     assert "[FAIL]" not in out
     assert "nnunetv2 2.8" in out
+    assert "DSConv CPU kernels: compiled" in out or "DSConv runs its PyTorch implementation" in out
+
+
+def test_doctor_says_when_dsconv_falls_back(good_env, monkeypatch, capsys):
+    from nnunet_tubeconv.blocks import _native
+
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("NNUNET_TUBECONV_NATIVE", "0")
+    rc, out = _doctor(capsys)
+    assert rc == 0, out  # a warning, not a failure: the fallback works
+    assert "DSConv runs its PyTorch implementation on CPU (disabled by NNUNET_TUBECONV_NATIVE=0)" in out
 
 
 @pytest.mark.parametrize("var", ["nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"])

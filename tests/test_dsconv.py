@@ -1,4 +1,7 @@
-"""DSConv (dynamic snake convolution, SPEC section 1), 2D and 3D: invariants, a naive reference, gradients."""
+"""DSConv (dynamic snake convolution, SPEC section 1), 2D and 3D: invariants, a naive reference, gradients.
+
+Every test runs twice on CPU: with the compiled kernels (``_snake_cpu.c``) and with the PyTorch implementation
+(the fallback, and the code that runs on GPU)."""
 
 import itertools
 
@@ -8,13 +11,23 @@ import torch.nn.functional as F
 from torch import nn
 
 import nnunet_tubeconv.blocks.dsconv as dsconv_module
-from nnunet_tubeconv.blocks import DSConv
+from nnunet_tubeconv.blocks import DSConv, _native
 from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 from nnunet_tubeconv.blocks.dsconv import snake_conv
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 CASES = [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]  # (dim, axis)
+
+
+@pytest.fixture(autouse=True, params=["native", "pytorch"])
+def implementation(request, monkeypatch):
+    """Run the test with the compiled CPU kernels, then with the PyTorch implementation."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(_native, "_library", lambda: None)
+    elif _native._library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
+    return request.param
 
 
 def perturb(m: DSConv, std: float = 0.5, seed: int = 0) -> DSConv:
@@ -184,7 +197,8 @@ def test_batch_elements_are_independent(dim, axis):
     assert not torch.allclose(coords[0], coords[1])  # every sample bends its own way
     together = m(x)
     for i in range(3):
-        torch.testing.assert_close(together[i : i + 1], m(x[i : i + 1]), rtol=1e-5, atol=1e-6)
+        # float32 rounding of sums of ~30 terms of size ~3 (GEMMs of other sizes); batch mixing would be O(1)
+        torch.testing.assert_close(together[i : i + 1], m(x[i : i + 1]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dim,axis", CASES)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_tubeconv.blocks import _native
 from nnunet_tubeconv.blocks._utils import (
     build_nonlin,
     build_norm,
@@ -82,6 +83,13 @@ def _cumulative_swing(delta: torch.Tensor, n_swing: int, kernel_size: int) -> to
 # Interpolated samples of one chunk of positions hold about this many elements: small enough to stay in cache on CPU
 # and to bound the transient memory on GPU, large enough to amortise the per-operation cost.
 _CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunks(n: int, per_position: int) -> list[tuple[int, int]]:
+    """Ranges ``(n0, n1)`` of about equal size covering ``n`` positions, each <= ``_CHUNK_ELEMENTS`` elements."""
+    count = -(-n * max(per_position, 1) // _CHUNK_ELEMENTS)
+    step = -(-n // count)
+    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
 
 
 class _Geometry:
@@ -133,10 +141,7 @@ class _Geometry:
         return torch.tensor(self._steps_list(corners), device=device, dtype=torch.int64)
 
     def chunks(self, per_position: int) -> list[tuple[int, int]]:
-        """Ranges ``(n0, n1)`` of about equal size covering the ``N`` positions, each <= ``_CHUNK_ELEMENTS`` elements."""
-        count = -(-self.n * max(per_position, 1) // _CHUNK_ELEMENTS)
-        step = -(-self.n // count)
-        return [(n0, min(self.n, n0 + step)) for n0 in range(0, self.n, step)]
+        return _chunks(self.n, per_position)
 
     def plan(self, n0: int, n1: int, offsets: torch.Tensor | None):
         """Gather plan of the ``K - 1`` outer points for the positions ``n0 .. n1 - 1`` (``n`` of them).
@@ -247,6 +252,13 @@ class _SnakeConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
+        native = _native.kernels(x, delta, weight, axis, swing_axes)
+        ctx.save_for_backward(x, delta, weight)
+        ctx.has_bias = bias is not None
+        ctx.axis, ctx.swing_axes, ctx.extend_scope = axis, swing_axes, extend_scope
+        if native is not None:
+            with torch.autocast("cpu", enabled=False):
+                return _native_forward(native, x, delta, weight, bias, extend_scope)
         with torch.autocast(x.device.type, enabled=False):
             batch, c_in, *spatial = x.shape
             c_out, _, kernel_size = weight.shape
@@ -267,9 +279,6 @@ class _SnakeConvFunction(torch.autograd.Function):
                     s = _embedding_rows(x_rows, low, geo.corner_steps, geo.corner_weights(fracs))
                     yc.addmm_(s.view(yc.shape[0], -1), w_outer_t)
                 y[:, :, n0:n1] = yc.view(batch, n1 - n0, c_out).transpose(1, 2)
-        ctx.save_for_backward(x, delta, weight)
-        ctx.has_bias = bias is not None
-        ctx.axis, ctx.swing_axes, ctx.extend_scope = axis, swing_axes, extend_scope
         return y.view(batch, c_out, *spatial)
 
     @staticmethod
@@ -277,6 +286,10 @@ class _SnakeConvFunction(torch.autograd.Function):
         x, delta, weight = ctx.saved_tensors
         need_x, need_delta, need_w, need_b = ctx.needs_input_grad[:4]
         need_delta = need_delta and delta is not None
+        native = _native.kernels(x, delta, weight, ctx.axis, ctx.swing_axes)
+        if native is not None:
+            with torch.autocast("cpu", enabled=False):
+                return _native_backward(native, ctx, grad_out, x, delta, weight, (need_x, need_delta, need_w, need_b))
         with torch.autocast(x.device.type, enabled=False):
             batch, c_in, *spatial = x.shape
             c_out, _, kernel_size = weight.shape
@@ -346,6 +359,80 @@ class _SnakeConvFunction(torch.autograd.Function):
                 grad_d = grad_d.view(delta.shape).to(delta.dtype)
             grad_b = g.sum((0, 2)).to(weight.dtype) if (need_b and ctx.has_bias) else None
         return grad_x, grad_d, grad_w, grad_b, None, None, None
+
+
+def _native_forward(native, x, delta, weight, bias, extend_scope):
+    """Forward of :class:`_SnakeConvFunction` with the compiled CPU kernels (``_snake_cpu.c``) for the reads."""
+    batch, c_in, *spatial = x.shape
+    c_out, _, kernel_size = weight.shape
+    n_all = numel(spatial)
+    x_rows = _to_rows(x).contiguous()
+    x_pos = x_rows.view(batch, n_all, c_in)
+    delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+    w_outer, w_centre, _ = _split_weight(weight)
+    w_outer_t, w_centre_t = w_outer.t(), w_centre.t()
+    y = torch.empty(batch, c_out, n_all, dtype=x.dtype)
+    chunks = _chunks(n_all, batch * kernel_size * c_in)
+    samples = torch.empty(batch * (chunks[0][1] - chunks[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
+    for n0, n1 in chunks:
+        x_c = x_pos[:, n0:n1].reshape(-1, c_in)
+        yc = x_c @ w_centre_t if bias is None else torch.addmm(bias, x_c, w_centre_t)
+        if kernel_size > 1:
+            s = samples[: batch * (n1 - n0) * (kernel_size - 1) * c_in].view(batch * (n1 - n0), -1)
+            native.sample(x_rows, delta_f, extend_scope, s, n0, n1)
+            yc.addmm_(s, w_outer_t)
+        y[:, :, n0:n1] = yc.view(batch, n1 - n0, c_out).transpose(1, 2)
+    return y.view(batch, c_out, *spatial)
+
+
+def _native_backward(native, ctx, grad_out, x, delta, weight, needs):
+    """Backward of :class:`_SnakeConvFunction` with the compiled CPU kernels: per chunk, ``W^T g`` of every sample
+    by a GEMM, then one kernel reads the samples (weight gradient) and the swing gradient, another scatters
+    ``W^T g`` onto the interpolation corners (input gradient)."""
+    need_x, need_delta, need_w, need_b = needs
+    batch, c_in, *spatial = x.shape
+    c_out, _, kernel_size = weight.shape
+    n_all = numel(spatial)
+    scope = ctx.extend_scope
+    x_rows = _to_rows(x).contiguous()
+    x_pos = x_rows.view(batch, n_all, c_in)
+    delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+    g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
+    w_outer, w_centre, _ = _split_weight(weight)
+    grad_rows = torch.zeros(batch, n_all, c_in, dtype=x.dtype) if need_x else None
+    grad_delta = torch.empty_like(delta_f) if need_delta else None  # (B, n_swing * (K - 1), N)
+    grad_w_outer = torch.zeros(c_out, (kernel_size - 1) * c_in, dtype=x.dtype)
+    grad_w_centre = torch.zeros(c_out, c_in, dtype=x.dtype)
+    chunks = _chunks(n_all, batch * kernel_size * c_in)
+    samples = torch.empty(batch * (chunks[0][1] - chunks[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
+    for n0, n1 in chunks:
+        n = n1 - n0
+        g_rows = g[:, :, n0:n1].transpose(1, 2).reshape(batch * n, c_out)
+        if need_w:
+            grad_w_centre += g_rows.t() @ x_pos[:, n0:n1].reshape(-1, c_in)
+        if need_x:
+            grad_rows[:, n0:n1] += (g_rows @ w_centre).view(batch, n, c_in)
+        if kernel_size == 1:
+            continue
+        gt = g_rows @ w_outer if (need_x or need_delta) else None  # (B * n, (K - 1) * C_in): W^T g per sample
+        s = samples[: batch * n * (kernel_size - 1) * c_in].view(batch * n, -1) if need_w else None
+        if need_w or need_delta:
+            native.gather_backward(x_rows, delta_f, scope, gt if gt is not None else s, s, grad_delta, n0, n1)
+        if need_w:
+            grad_w_outer += g_rows.t() @ s
+        if need_x:
+            native.scatter(grad_rows, delta_f, scope, gt, n0, n1)
+    grad_x = None
+    if need_x:
+        grad_x = grad_rows.view(batch, *spatial, c_in).movedim(-1, 1).contiguous()
+    grad_w = None
+    if need_w:
+        outer = grad_w_outer.view(c_out, kernel_size - 1, c_in).transpose(1, 2)
+        c = kernel_size // 2
+        grad_w = torch.cat([outer[:, :, :c], grad_w_centre.unsqueeze(2), outer[:, :, c:]], dim=2)
+    grad_d = grad_delta.view(delta.shape) if need_delta else None
+    grad_b = g.sum((0, 2)) if (need_b and ctx.has_bias) else None
+    return grad_x, grad_d, grad_w, grad_b, None, None, None
 
 
 def snake_conv(

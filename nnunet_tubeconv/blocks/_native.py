@@ -1,0 +1,230 @@
+"""The snake convolution's CPU kernels (``_snake_cpu.c``): compiled on first use, called through ctypes.
+
+Why: on CPU the interpolated reads, their adjoint scatter and the swing gradient are a few dozen small passes over
+``K``-times enlarged data when written as PyTorch operations; fused in one C loop each they cost a few times less
+(``nnunet-tubeconv bench-blocks --only dsconv``). The source is plain C (no PyTorch headers, no pybind11), so the
+build takes about a second with the system C compiler. Built with ``-fopenmp``, the kernels' loops run on the
+OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` is resolved to the loaded copy), so they share its
+threads instead of fighting its spinning workers for the cores; without OpenMP, a pool of
+``torch.get_num_threads()`` Python threads runs disjoint work ranges (ctypes releases the GIL). Work is split by
+position, and the scatter by (batch element, channel range), so no two threads write the same element.
+
+The library is cached under ``$NNUNET_TUBECONV_CACHE`` (default ``~/.cache/nnunet_tubeconv``), keyed by the source,
+the compiler, the flags and the CPU, and written atomically, so concurrent processes (DDP ranks, test workers) are
+safe. Without a C compiler, or with ``NNUNET_TUBECONV_NATIVE=0``, DSConv uses its PyTorch implementation, which
+gives the same results (tested) more slowly; :func:`status` says which one runs and why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+__all__ = ["kernels", "status"]
+
+_SOURCE = Path(__file__).with_name("_snake_cpu.c")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
+_lock = threading.Lock()
+_state: dict = {}  # "lib" (ctypes.CDLL | None) and "reason" (str), set once per process
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _cpu_signature() -> str:
+    """The CPU model and feature flags: part of the cache key, as the build uses ``-march=native``."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [line for line in text.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _accepted(cc: str, flag: str) -> bool:
+    probe = subprocess.run([cc, flag, "-x", "c", "-c", "-", "-o", os.devnull], input=b"int f(void) { return 0; }\n",
+                           capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def _optional_flags(cc: str) -> list[str]:
+    """``-march=native`` (loops vectorised for this CPU) and ``-fopenmp`` where the compiler accepts them."""
+    return [flag for flag in ("-march=native", "-fopenmp") if _accepted(cc, flag)]
+
+
+def _disabled() -> bool:
+    return os.environ.get("NNUNET_TUBECONV_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _build() -> tuple[ctypes.CDLL | None, str]:
+    if _disabled():
+        return None, "disabled by NNUNET_TUBECONV_NATIVE=0"
+    cc = _compiler()
+    if cc is None:
+        return None, "no C compiler found (set CC, or install gcc/clang)"
+    flags = _FLAGS + _optional_flags(cc)
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    cache = Path(os.environ.get("NNUNET_TUBECONV_CACHE") or Path.home() / ".cache" / "nnunet_tubeconv")
+    target = cache / f"snake_cpu_{key}.so"
+    if not target.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+            os.close(fd)
+            proc = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  check=False)
+            if proc.returncode != 0:
+                os.unlink(tmp)
+                return None, f"compiling {_SOURCE.name} with {cc} failed: {proc.stderr.strip()[:500]}"
+            os.replace(tmp, target)  # atomic: a concurrent process sees the old state or the whole library
+        except OSError as exc:
+            return None, f"cannot build the CPU kernels in {cache}: {exc} (set NNUNET_TUBECONV_CACHE)"
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        return None, f"cannot load {target}: {exc}"
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        getattr(lib, f"snake_sample_{suf}").argtypes = [ptr, ptr, real, ptr, ptr, i64, i64, i64, i64]
+        getattr(lib, f"snake_gather_backward_{suf}").argtypes = [ptr, ptr, real, ptr, ptr, ptr, ptr, i64, i64, i64,
+                                                                 i64]
+        getattr(lib, f"snake_scatter_{suf}").argtypes = [ptr, ptr, real, ptr, ptr, i64, i64, i64, i64, i64]
+        for name in ("snake_sample", "snake_gather_backward", "snake_scatter"):
+            getattr(lib, f"{name}_{suf}").restype = None
+    lib.tubeconv_openmp = "-fopenmp" in flags
+    return lib, f"compiled CPU kernels ({' '.join(flags)}) at {target}"
+
+
+def _library() -> ctypes.CDLL | None:
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                lib, reason = _build()
+                if lib is None and not _disabled():
+                    warnings.warn(f"DSConv runs its slower PyTorch implementation on CPU: {reason}", stacklevel=3)
+                _state["lib"], _state["reason"] = lib, reason
+    return _state["lib"]
+
+
+def status() -> str:
+    """One line: whether DSConv's CPU kernels are in use, and why (for ``nnunet-tubeconv env``)."""
+    lib = _library()
+    return ("native: " if lib is not None else "PyTorch fallback: ") + _state["reason"]
+
+
+def _run_parallel(calls: list) -> None:
+    """Run the zero-argument callables on ``torch.get_num_threads()`` threads (ctypes releases the GIL)."""
+    global _pool, _pool_size
+    threads = max(1, torch.get_num_threads())
+    if threads == 1 or len(calls) == 1:
+        for call in calls:
+            call()
+        return
+    with _lock:
+        if _pool is None or _pool_size != threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nnunet-tubeconv-snake")
+            _pool_size = threads
+        pool = _pool
+    for future in [pool.submit(call) for call in calls]:
+        future.result()
+
+
+def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-total // max(1, parts))
+    return [(i, min(total, i + step)) for i in range(0, total, step)]
+
+
+class SnakeKernels:
+    """The three kernels for one (shape, axis, swing axes, K) and dtype; tensors must be contiguous CPU tensors:
+    ``x_rows`` / ``gx_rows`` ``(B, N, C)``, ``delta`` ``(B, n_swing * (K - 1), N)`` (the raw swing, None for none),
+    ``out`` / ``s_out`` / ``gt`` ``(B * n, (K - 1) * C)`` for the chunk ``n0 .. n1 - 1``."""
+
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype, batch: int, spatial, axis: int, swing_axes, kernel_size: int,
+                 channels: int):
+        suf = "f32" if dtype == torch.float32 else "f64"
+        self._sample = getattr(lib, f"snake_sample_{suf}")
+        self._gather = getattr(lib, f"snake_gather_backward_{suf}")
+        self._scatter = getattr(lib, f"snake_scatter_{suf}")
+        pad = 3 - len(spatial)
+        size = [1] * pad + [int(s) for s in spatial]
+        stride = [1] * 3
+        for i in (1, 0):
+            stride[i] = stride[i + 1] * size[i + 1]
+        sw = [s + pad for s in swing_axes] + [0] * (2 - len(swing_axes))
+        n = size[0] * size[1] * size[2]
+        geometry = size + stride + [axis + pad, len(swing_axes)] + sw + [kernel_size, n, channels, batch]
+        self._gi = torch.tensor(geometry, dtype=torch.int64)  # kept alive: the C code reads it by pointer
+        self.batch, self.channels = batch, channels
+        self.threads = max(1, torch.get_num_threads())
+        self.openmp = lib.tubeconv_openmp
+
+    def _split(self, total: int, call) -> None:
+        """``call(r0, r1)`` over ``0 .. total - 1``: one call (OpenMP splits it) or one per Python thread."""
+        if self.openmp:
+            call(0, total)
+        else:
+            _run_parallel([(lambda r0=r0, r1=r1: call(r0, r1)) for r0, r1 in _ranges(total, self.threads)])
+
+    def sample(self, x_rows: torch.Tensor, delta: torch.Tensor | None, scope: float, out: torch.Tensor, n0: int,
+               n1: int):
+        """``out`` ``(B, n, K - 1, C)`` <- interpolated outer points of positions ``n0 .. n1 - 1``."""
+        off_p = None if delta is None else delta.data_ptr()
+        self._split(self.batch * (n1 - n0), lambda r0, r1: self._sample(
+            x_rows.data_ptr(), off_p, scope, out.data_ptr(), self._gi.data_ptr(), n0, n1, r0, r1))
+
+    def gather_backward(self, x_rows, delta, scope, gt, s_out, grad_delta, n0: int, n1: int):
+        """``s_out`` (or None) <- the samples again; ``grad_delta`` (or None) <- the swing gradient of the chunk's
+        positions (a full-size ``(B, n_swing * (K - 1), N)`` tensor)."""
+        off_p = None if delta is None else delta.data_ptr()
+        s_p = None if s_out is None else s_out.data_ptr()
+        g_p = None if grad_delta is None else grad_delta.data_ptr()
+        self._split(self.batch * (n1 - n0), lambda r0, r1: self._gather(
+            x_rows.data_ptr(), off_p, scope, gt.data_ptr(), s_p, g_p, self._gi.data_ptr(), n0, n1, r0, r1))
+
+    def scatter(self, gx_rows, delta, scope, gt, n0: int, n1: int):
+        """``gx_rows`` ``(B, N, C)`` += the adjoint of :meth:`sample` applied to ``gt``."""
+        off_p = None if delta is None else delta.data_ptr()
+
+        def call(b0, b1, blocks):
+            self._scatter(gx_rows.data_ptr(), off_p, scope, gt.data_ptr(), self._gi.data_ptr(), n0, n1, b0, b1, blocks)
+
+        if self.openmp:  # tasks (batch element, channel range), at least one per thread
+            call(0, self.batch, max(1, min(self.channels, -(-self.threads // self.batch))))
+        else:  # a Python thread per batch element
+            _run_parallel([(lambda b=b: call(b, b + 1, 1)) for b in range(self.batch)])
+
+
+def kernels(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, axis: int, swing_axes) -> SnakeKernels | None:
+    """The CPU kernels for this call, or None where the PyTorch implementation must run (not a CPU tensor, a dtype
+    other than float32/float64, mixed dtypes, or no compiled library)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+        return None
+    if delta is not None and delta.dtype != x.dtype:
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    batch, channels, *spatial = x.shape
+    return SnakeKernels(lib, x.dtype, batch, spatial, axis, swing_axes if delta is not None else (), weight.shape[2],
+                        channels)
