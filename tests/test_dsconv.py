@@ -1,6 +1,6 @@
 """DSConv (dynamic snake convolution, SPEC section 1), 2D and 3D: invariants, a naive reference, gradients.
 
-Every test runs twice on CPU: with the compiled kernels (``_snake_cpu.c``) and with the PyTorch implementation
+Every test runs twice on CPU: with the compiled kernels (``_cpu_kernels.c``) and with the PyTorch implementation
 (the fallback, and the code that runs on GPU)."""
 
 import itertools

@@ -118,3 +118,30 @@ def test_python_threads_and_openmp_give_the_same_results(monkeypatch):
     for a, b in zip(results[True], results[False]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(results[True][0], results[True][1], rtol=0, atol=0)  # the samples again
+
+
+@needs_compiler
+def test_scse_kernels_python_threads_and_openmp_agree():
+    if _native._library() is None:
+        pytest.skip(_native.status())
+    torch.manual_seed(1)
+    x = torch.randn(3, 4, 700)  # 700 positions: two full blocks of 256 and a partial one
+    ws, z, g = torch.randn(4), torch.rand(3, 4), torch.randn(3, 4, 700)
+    gpool = torch.randn(3, 4)
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for openmp in (True, False):
+            k = _native.scse_add_kernels(x, ws, z)
+            k.openmp = openmp
+            out, q = k.forward(x, ws, 0.3, z)
+            gl, gz, gws = k.backward_reduce(g, x, q)
+            gx = k.backward_input(g, z, q, gl, ws, gpool)
+            results[openmp] = (out, q, gl, gz, gws, gx)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b)
+    q_ref = torch.sigmoid(torch.einsum("c,bcn->bn", ws, x) + 0.3)
+    torch.testing.assert_close(results[True][0], x * (z[:, :, None] + q_ref[:, None]))

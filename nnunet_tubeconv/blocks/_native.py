@@ -1,18 +1,20 @@
-"""The snake convolution's CPU kernels (``_snake_cpu.c``): compiled on first use, called through ctypes.
+"""Compiled CPU kernels of DSConv and scSE (``_cpu_kernels.c``): built on first use, called through ctypes.
 
-Why: on CPU the interpolated reads, their adjoint scatter and the swing gradient are a few dozen small passes over
-``K``-times enlarged data when written as PyTorch operations; fused in one C loop each they cost a few times less
-(``nnunet-tubeconv bench-blocks --only dsconv``). The source is plain C (no PyTorch headers, no pybind11), so the
-build takes about a second with the system C compiler. Built with ``-fopenmp``, the kernels' loops run on the
-OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` is resolved to the loaded copy), so they share its
-threads instead of fighting its spinning workers for the cores; without OpenMP, a pool of
-``torch.get_num_threads()`` Python threads runs disjoint work ranges (ctypes releases the GIL). Work is split by
-position, and the scatter by (batch element, channel range), so no two threads write the same element.
+Why: on CPU, DSConv's interpolated reads, their adjoint scatter and the swing gradient are a few dozen small passes
+over ``K``-times enlarged data when written as PyTorch operations, and scSE's gates a dozen full-size passes; fused
+into one C loop each they cost several times less (``nnunet-tubeconv bench-blocks``). The source is plain C (no
+PyTorch headers, no pybind11), so the build takes about a second with the system C compiler. Built with
+``-fopenmp``, the loops run on the OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` resolves to the
+loaded copy), so they share its threads instead of fighting its spinning workers for the cores; without OpenMP, a
+pool of ``torch.get_num_threads()`` Python threads runs disjoint work ranges (ctypes releases the GIL). Work is
+split so that no two threads write the same element (no atomics).
 
 The library is cached under ``$NNUNET_TUBECONV_CACHE`` (default ``~/.cache/nnunet_tubeconv``), keyed by the source,
-the compiler, the flags and the CPU, and written atomically, so concurrent processes (DDP ranks, test workers) are
-safe. Without a C compiler, or with ``NNUNET_TUBECONV_NATIVE=0``, DSConv uses its PyTorch implementation, which
-gives the same results (tested) more slowly; :func:`status` says which one runs and why.
+the compiler, the flags and the CPU (the build uses ``-march=native``), and written atomically, so concurrent
+processes (DDP ranks, test workers) are safe. Without a C compiler, or with ``NNUNET_TUBECONV_NATIVE=0``, the blocks
+use their PyTorch implementation, which gives the same results (every block test runs both) more slowly; GPU
+tensors, bf16/fp16 and autocast always take the PyTorch path. :func:`status` says which one runs and why
+(``nnunet-tubeconv doctor`` prints it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 __all__ = ["kernels", "status"]
 
-_SOURCE = Path(__file__).with_name("_snake_cpu.c")
+_SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
 _lock = threading.Lock()
 _state: dict = {}  # "lib" (ctypes.CDLL | None) and "reason" (str), set once per process
@@ -84,7 +86,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     cache = Path(os.environ.get("NNUNET_TUBECONV_CACHE") or Path.home() / ".cache" / "nnunet_tubeconv")
-    target = cache / f"snake_cpu_{key}.so"
+    target = cache / f"cpu_kernels_{key}.so"
     if not target.exists():
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -109,6 +111,13 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                                                                  i64]
         getattr(lib, f"snake_scatter_{suf}").argtypes = [ptr, ptr, real, ptr, ptr, i64, i64, i64, i64, i64]
         for name in ("snake_sample", "snake_gather_backward", "snake_scatter"):
+            getattr(lib, f"{name}_{suf}").restype = None
+    for suf, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        getattr(lib, f"scse_add_forward_{suf}").argtypes = [ptr, ptr, real, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+        getattr(lib, f"scse_add_backward1_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64]
+        getattr(lib, f"scse_add_backward2_{suf}").argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64,
+                                                              i64]
+        for name in ("scse_add_forward", "scse_add_backward1", "scse_add_backward2"):
             getattr(lib, f"{name}_{suf}").restype = None
     lib.tubeconv_openmp = "-fopenmp" in flags
     return lib, f"compiled CPU kernels ({' '.join(flags)}) at {target}"
@@ -228,3 +237,66 @@ def kernels(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, a
     batch, channels, *spatial = x.shape
     return SnakeKernels(lib, x.dtype, batch, spatial, axis, swing_axes if delta is not None else (), weight.shape[2],
                         channels)
+
+
+_SCSE_BLOCK = 256  # positions per work item, as SCSE_BLOCK in the C source
+
+
+class ScseAddKernels:
+    """scSE "add" on CPU in three passes over the features (``_cpu_kernels.c``): forward, and backward in two phases
+    around the channel MLP's (tiny) backward, which stays in PyTorch. Tensors: contiguous, ``x``/``g`` ``(B, C, N)``,
+    ``z``/``gpool`` ``(B, C)``, ``q``/``gl`` ``(B, N)``, ``ws`` ``(C,)``."""
+
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype, batch: int, channels: int, n: int):
+        suf = "f32" if dtype == torch.float32 else "f64"
+        self._fwd = getattr(lib, f"scse_add_forward_{suf}")
+        self._bwd1 = getattr(lib, f"scse_add_backward1_{suf}")
+        self._bwd2 = getattr(lib, f"scse_add_backward2_{suf}")
+        self.dtype, self.batch, self.channels, self.n = dtype, batch, channels, n
+        self.items = batch * -(-n // _SCSE_BLOCK)
+        self.openmp = lib.tubeconv_openmp
+        self.threads = max(1, torch.get_num_threads())
+
+    def _split(self, call) -> None:
+        if self.openmp:
+            call(0, self.items)
+        else:
+            _run_parallel([(lambda i0=i0, i1=i1: call(i0, i1)) for i0, i1 in _ranges(self.items, self.threads)])
+
+    def forward(self, x, ws, bs: float, z):
+        out = torch.empty_like(x)
+        q = torch.empty(self.batch, self.n, dtype=self.dtype)
+        dims = (self.batch, self.channels, self.n)
+        self._split(lambda i0, i1: self._fwd(x.data_ptr(), ws.data_ptr(), bs, z.data_ptr(), q.data_ptr(),
+                                             out.data_ptr(), *dims, i0, i1))
+        return out, q
+
+    def backward_reduce(self, g, x, q):
+        """``gl`` (gradient of the spatial logits), gradient of ``z`` and of ``ws``."""
+        gl = torch.empty(self.batch, self.n, dtype=self.dtype)
+        gz_part = torch.empty(self.items, self.channels, dtype=self.dtype)
+        gws_part = torch.empty(self.items, self.channels, dtype=self.dtype)
+        dims = (self.batch, self.channels, self.n)
+        self._split(lambda i0, i1: self._bwd1(g.data_ptr(), x.data_ptr(), q.data_ptr(), gl.data_ptr(),
+                                              gz_part.data_ptr(), gws_part.data_ptr(), *dims, i0, i1))
+        gz = gz_part.view(self.batch, -1, self.channels).sum(1)
+        return gl, gz, gws_part.sum(0)
+
+    def backward_input(self, g, z, q, gl, ws, gpool):
+        gx = torch.empty_like(g)
+        dims = (self.batch, self.channels, self.n)
+        self._split(lambda i0, i1: self._bwd2(g.data_ptr(), z.data_ptr(), q.data_ptr(), gl.data_ptr(), ws.data_ptr(),
+                                              gpool.data_ptr(), gx.data_ptr(), *dims, i0, i1))
+        return gx
+
+
+def scse_add_kernels(x: torch.Tensor, *params: torch.Tensor) -> ScseAddKernels | None:
+    """scSE "add" CPU kernels for this input, or None (not CPU, not float32/float64, mixed dtypes, no library)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    return ScseAddKernels(lib, x.dtype, x.shape[0], x.shape[1], x[0, 0].numel())

@@ -12,10 +12,13 @@ bends like a snake::
 
 Implementation (``_SnakeConvFunction``, a hand-written autograd Function): the coordinate along the morph axis is an
 exact integer, so the interpolation only needs the ``2^(d-1)`` corners across the swing axes, read with int64 row
-indices from a channels-last copy of ``x`` by ``embedding_bag`` (a fused gather + weighted sum) and contracted with
-``W`` by a GEMM, chunk by chunk of positions, so no ``K``-times enlarged tensor outlives a chunk. Only ``x``, the
-swing ``delta`` and the weights are saved for backward, which recomputes the samples, scatters the input gradient
-onto the interpolation corners (``scatter_add_``) and reads the swing gradient from forward differences of ``x``.
+indices from a channels-last copy of ``x`` and contracted with ``W`` by a GEMM, chunk by chunk of positions, so no
+``K``-times enlarged tensor outlives a chunk. Only ``x``, the swing ``delta`` and the weights are saved for
+backward, which recomputes the samples, scatters ``W^T g`` onto the interpolation corners and reads the swing
+gradient from the corners' differences. On CPU (float32/float64) the reads, the scatter and the swing gradient run
+in compiled C loops (``_cpu_kernels.c`` via :mod:`nnunet_tubeconv.blocks._native`, with the cumulative swing
+summed in the loop); elsewhere, or without a C compiler, in PyTorch (``embedding_bag`` for the fused gather +
+interpolation, ``scatter_add_``, forward-difference tables). Both give the same numbers; the tests run both.
 
 Deliberate differences from the authors' code (SPEC section 1, "Defects"): batch elements never mix, the centre
 point never moves (its swing channel is not even predicted, so no parameter is unused), all ``K - 1`` outer points
@@ -362,7 +365,7 @@ class _SnakeConvFunction(torch.autograd.Function):
 
 
 def _native_forward(native, x, delta, weight, bias, extend_scope):
-    """Forward of :class:`_SnakeConvFunction` with the compiled CPU kernels (``_snake_cpu.c``) for the reads."""
+    """Forward of :class:`_SnakeConvFunction` with the compiled CPU kernels (``_cpu_kernels.c``) for the reads."""
     batch, c_in, *spatial = x.shape
     c_out, _, kernel_size = weight.shape
     n_all = numel(spatial)

@@ -12,9 +12,47 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nnunet_tubeconv.blocks import _native
 from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
 
 SCSE_MODES = ("add", "max")
+
+
+class _ScseAddFunction(torch.autograd.Function):
+    """The whole scSE "add" block as one autograd node on CPU, with the compiled kernels of ``_native``.
+
+    ``x (sigmoid(W2 relu(W1 mean(x) + b1) + b2) + sigmoid(ws . x + bs))``: forward reads ``x`` twice (the mean,
+    then gates and output in one pass), backward reads ``g`` and ``x`` once and writes the input gradient once (the
+    channel MLP's backward in between is a few ``(B, C)`` products). The plain expression makes about three times
+    as many full-size passes. Saves ``x``, the spatial gate and ``(B, C)``-sized vectors, as the plain path does.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernels, w1, b1, w2, b2, ws, bs):
+        batch, channels = x.shape[:2]
+        x_flat = x.reshape(batch, channels, -1).contiguous()
+        pooled = x_flat.mean(2)
+        hidden = torch.relu(torch.addmm(b1, pooled, w1.t()))
+        z = torch.sigmoid(torch.addmm(b2, hidden, w2.t())).contiguous()
+        ws_c = ws.contiguous()
+        out, q = kernels.forward(x_flat, ws_c, float(bs), z)
+        ctx.save_for_backward(x_flat, q, pooled, hidden, z, w1, w2, ws_c)
+        ctx.kernels, ctx.shape = kernels, x.shape
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_flat, q, pooled, hidden, z, w1, w2, ws = ctx.saved_tensors
+        kernels = ctx.kernels
+        g = grad.reshape(x_flat.shape).to(x_flat.dtype).contiguous()
+        gl, gz, grad_ws = kernels.backward_reduce(g, x_flat, q)
+        d_z = gz * z * (1 - z)  # through the channel gate's sigmoid
+        grad_w2, grad_b2 = d_z.t() @ hidden, d_z.sum(0)
+        d_hidden = (d_z @ w2) * (hidden > 0)
+        grad_w1, grad_b1 = d_hidden.t() @ pooled, d_hidden.sum(0)
+        gpool = (d_hidden @ w1).contiguous()
+        grad_x = kernels.backward_input(g, z, q, gl, ws, gpool)
+        return grad_x.view(ctx.shape), None, grad_w1, grad_b1, grad_w2, grad_b2, grad_ws, gl.sum().view(1)
 
 
 class SCSE(nn.Module):
@@ -44,6 +82,14 @@ class SCSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.dim, self.channels, "SCSE")
+        if self.mode == "add" and not torch.is_autocast_enabled(x.device.type):
+            kernels = _native.scse_add_kernels(x, *self.parameters())
+            if kernels is not None:  # CPU, full precision: the compiled kernels (same numbers, fewer passes)
+                c, cb = self.channels, self.bottleneck
+                return _ScseAddFunction.apply(
+                    x, kernels, self.squeeze.weight.view(cb, c), self.squeeze.bias, self.excite.weight.view(c, cb),
+                    self.excite.bias, self.spatial.weight.view(c), self.spatial.bias,
+                )
         pooled = x.mean(tuple(range(2, x.ndim)), keepdim=True)  # (B, C, 1, ...): every spatial axis at once
         z = torch.sigmoid(self.excite(torch.relu(self.squeeze(pooled))))
         q = torch.sigmoid(self.spatial(x))

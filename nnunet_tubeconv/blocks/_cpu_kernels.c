@@ -242,3 +242,87 @@ enum { G_SIZE = 0, G_STRIDE = 3, G_AXIS = 6, G_NSW = 7, G_SW = 8, G_K = 10, G_N 
 
 DEFINE_KERNELS(float, f32)
 DEFINE_KERNELS(double, f64)
+
+/* ================================================================================================================
+ * scSE, "add" mode (nnunet_tubeconv.blocks.scse): out = x * (z[c] + q[n]) with q = sigmoid(bs + sum_c ws[c] x[c, n]).
+ * x, out, g, gx: (B, C, N) channels-first; z, gpool: (B, C); q, gl: (B, N). Work items: (b, block of positions);
+ * kernels that reduce over positions write one partial row per item (gz_part, gws_part: (items, C)).
+ * ============================================================================================================== */
+#define SCSE_BLOCK 256
+
+#define DEFINE_SCSE(T, SUF)                                                                                       \
+    /* q and out, one block of positions at a time (x is read from memory once) */                                \
+    void scse_add_forward_##SUF(const T *x, const T *ws, T bs, const T *z, T *q, T *out, int64_t B, int64_t C,   \
+                                int64_t N, int64_t i0, int64_t i1) {                                              \
+        const int64_t nblk = (N + SCSE_BLOCK - 1) / SCSE_BLOCK;                                                   \
+        _Pragma("omp parallel for schedule(static)") for (int64_t item = i0; item < i1; ++item) {                 \
+            const int64_t b = item / nblk, n0 = (item % nblk) * SCSE_BLOCK;                                       \
+            const int64_t len = N - n0 < SCSE_BLOCK ? N - n0 : SCSE_BLOCK;                                        \
+            T s[SCSE_BLOCK];                                                                                      \
+            for (int64_t i = 0; i < len; ++i) s[i] = bs;                                                          \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T *xc = x + (b * C + c) * N + n0, wc = ws[c];                                               \
+                _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) s[i] += wc * xc[i];                         \
+            }                                                                                                     \
+            T *qb = q + b * N + n0;                                                                               \
+            for (int64_t i = 0; i < len; ++i) qb[i] = (T)1 / ((T)1 + exp(-s[i]));                                 \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T *xc = x + (b * C + c) * N + n0;                                                           \
+                T *oc = out + (b * C + c) * N + n0;                                                               \
+                const T zc = z[b * C + c];                                                                        \
+                _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) oc[i] = xc[i] * (zc + qb[i]);               \
+            }                                                                                                     \
+        }                                                                                                         \
+    }                                                                                                             \
+    /* backward, phase 1: gl = (sum_c g x) q (1 - q); partial sums over the item's positions of g x (-> grad z)  \
+     * and of x gl (-> grad ws) */                                                                                \
+    void scse_add_backward1_##SUF(const T *g, const T *x, const T *q, T *gl, T *gz_part, T *gws_part, int64_t B, \
+                                  int64_t C, int64_t N, int64_t i0, int64_t i1) {                                 \
+        const int64_t nblk = (N + SCSE_BLOCK - 1) / SCSE_BLOCK;                                                   \
+        _Pragma("omp parallel for schedule(static)") for (int64_t item = i0; item < i1; ++item) {                 \
+            const int64_t b = item / nblk, n0 = (item % nblk) * SCSE_BLOCK;                                       \
+            const int64_t len = N - n0 < SCSE_BLOCK ? N - n0 : SCSE_BLOCK;                                        \
+            T acc[SCSE_BLOCK];                                                                                    \
+            for (int64_t i = 0; i < len; ++i) acc[i] = 0;                                                         \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T *xc = x + (b * C + c) * N + n0, *gc = g + (b * C + c) * N + n0;                           \
+                T sum = 0;                                                                                        \
+                _Pragma("omp simd reduction(+ : sum)") for (int64_t i = 0; i < len; ++i) {                        \
+                    const T p = gc[i] * xc[i];                                                                    \
+                    acc[i] += p;                                                                                  \
+                    sum += p;                                                                                     \
+                }                                                                                                 \
+                gz_part[item * C + c] = sum;                                                                      \
+            }                                                                                                     \
+            const T *qb = q + b * N + n0;                                                                         \
+            T *glb = gl + b * N + n0;                                                                             \
+            for (int64_t i = 0; i < len; ++i) glb[i] = acc[i] * qb[i] * ((T)1 - qb[i]);                           \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T *xc = x + (b * C + c) * N + n0;                                                           \
+                T sum = 0;                                                                                        \
+                _Pragma("omp simd reduction(+ : sum)") for (int64_t i = 0; i < len; ++i) sum += xc[i] * glb[i];   \
+                gws_part[item * C + c] = sum;                                                                     \
+            }                                                                                                     \
+        }                                                                                                         \
+    }                                                                                                             \
+    /* backward, phase 2: gx = g (z + q) + ws gl + gpool / N (gpool: gradient of the channel mean) */             \
+    void scse_add_backward2_##SUF(const T *g, const T *z, const T *q, const T *gl, const T *ws, const T *gpool,   \
+                                  T *gx, int64_t B, int64_t C, int64_t N, int64_t i0, int64_t i1) {               \
+        const int64_t nblk = (N + SCSE_BLOCK - 1) / SCSE_BLOCK;                                                   \
+        const T inv_n = (T)1 / (T)N;                                                                              \
+        _Pragma("omp parallel for schedule(static)") for (int64_t item = i0; item < i1; ++item) {                 \
+            const int64_t b = item / nblk, n0 = (item % nblk) * SCSE_BLOCK;                                       \
+            const int64_t len = N - n0 < SCSE_BLOCK ? N - n0 : SCSE_BLOCK;                                        \
+            const T *qb = q + b * N + n0, *glb = gl + b * N + n0;                                                 \
+            for (int64_t c = 0; c < C; ++c) {                                                                     \
+                const T *gc = g + (b * C + c) * N + n0;                                                           \
+                T *oc = gx + (b * C + c) * N + n0;                                                                \
+                const T zc = z[b * C + c], wc = ws[c], pc = gpool[b * C + c] * inv_n;                             \
+                _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) oc[i] =                                     \
+                    gc[i] * (zc + qb[i]) + wc * glb[i] + pc;                                                      \
+            }                                                                                                     \
+        }                                                                                                         \
+    }
+
+DEFINE_SCSE(float, f32)
+DEFINE_SCSE(double, f64)
