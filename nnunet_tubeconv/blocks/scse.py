@@ -18,6 +18,14 @@ from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input,
 SCSE_MODES = ("add", "max")
 
 
+def _tracing() -> bool:
+    """True while a graph is being captured (ONNX export, TorchScript, torch.compile): they need the plain ops."""
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
 class _ScseAddFunction(torch.autograd.Function):
     """The whole scSE "add" block as one autograd node on CPU, with the compiled kernels of ``_native``.
 
@@ -82,7 +90,7 @@ class SCSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.dim, self.channels, "SCSE")
-        if self.mode == "add" and not torch.is_autocast_enabled(x.device.type):
+        if self.mode == "add" and not torch.is_autocast_enabled(x.device.type) and not _tracing():
             kernels = _native.scse_add_kernels(x, *self.parameters())
             if kernels is not None:  # CPU, full precision: the compiled kernels (same numbers, fewer passes)
                 c, cb = self.channels, self.bottleneck
