@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "status"]
+__all__ = ["kernels", "scse_add_kernels", "status"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
@@ -81,7 +81,14 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler found (set CC, or install gcc/clang)"
-    flags = _FLAGS + _optional_flags(cc)
+    optional = _optional_flags(cc)
+    lib, reason = _build_with(cc, _FLAGS + optional)
+    if lib is None and "-fopenmp" in optional:  # e.g. no libgomp to link: Python threads instead
+        lib, reason = _build_with(cc, _FLAGS + [f for f in optional if f != "-fopenmp"])
+    return lib, reason
+
+
+def _build_with(cc: str, flags: list[str]) -> tuple[ctypes.CDLL | None, str]:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(), platform.machine().encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
@@ -129,13 +136,14 @@ def _library() -> ctypes.CDLL | None:
             if "lib" not in _state:
                 lib, reason = _build()
                 if lib is None and not _disabled():
-                    warnings.warn(f"DSConv runs its slower PyTorch implementation on CPU: {reason}", stacklevel=3)
+                    warnings.warn(f"DSConv and scSE run their slower PyTorch implementation on CPU: {reason}",
+                                  stacklevel=3)
                 _state["lib"], _state["reason"] = lib, reason
     return _state["lib"]
 
 
 def status() -> str:
-    """One line: whether DSConv's CPU kernels are in use, and why (for ``nnunet-tubeconv env``)."""
+    """One line: whether the CPU kernels are in use, and why (``nnunet-tubeconv doctor`` prints it)."""
     lib = _library()
     return ("native: " if lib is not None else "PyTorch fallback: ") + _state["reason"]
 
