@@ -3,7 +3,7 @@
 Why: on CPU, DSConv's interpolated reads, their adjoint scatter and the swing gradient are a few dozen small passes
 over ``K``-times enlarged data when written as PyTorch operations, and scSE's gates a dozen full-size passes; fused
 into one C loop each they cost several times less (``nnunet-tubeconv bench-blocks``). The source is plain C (no
-PyTorch headers, no pybind11), so the build takes about a second with the system C compiler. Built with
+PyTorch headers, no pybind11), so the build takes 1-2 s with the system C compiler. Built with
 ``-fopenmp``, the loops run on the OpenMP runtime PyTorch has already loaded (``libgomp.so.1`` resolves to the
 loaded copy), so they share its threads instead of fighting its spinning workers for the cores; without OpenMP, a
 pool of ``torch.get_num_threads()`` Python threads runs disjoint work ranges (ctypes releases the GIL). Work is
