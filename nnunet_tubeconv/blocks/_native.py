@@ -172,13 +172,22 @@ def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
     return [(i, min(total, i + step)) for i in range(0, total, step)]
 
 
+def _split(openmp: bool, total: int, call) -> None:
+    """``call(r0, r1)`` over ``0 .. total - 1``: one call (OpenMP splits it) or one range per Python thread."""
+    if openmp:
+        call(0, total)
+    else:
+        threads = max(1, torch.get_num_threads())
+        _run_parallel([(lambda r0=r0, r1=r1: call(r0, r1)) for r0, r1 in _ranges(total, threads)])
+
+
 class SnakeKernels:
     """The three kernels for one (shape, axis, swing axes, K) and dtype; tensors must be contiguous CPU tensors:
     ``x_rows`` / ``gx_rows`` ``(B, N, C)``, ``delta`` ``(B, n_swing * (K - 1), N)`` (the raw swing, None for none),
     ``out`` / ``s_out`` / ``gt`` ``(B * n, (K - 1) * C)`` for the chunk ``n0 .. n1 - 1``."""
 
-    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype, batch: int, spatial, axis: int, swing_axes, kernel_size: int,
-                 channels: int):
+    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype, batch: int, spatial, axis: int, swing_axes,
+                 kernel_size: int, channels: int):
         suf = "f32" if dtype == torch.float32 else "f64"
         self._sample = getattr(lib, f"snake_sample_{suf}")
         self._gather = getattr(lib, f"snake_gather_backward_{suf}")
@@ -196,18 +205,11 @@ class SnakeKernels:
         self.threads = max(1, torch.get_num_threads())
         self.openmp = lib.tubeconv_openmp
 
-    def _split(self, total: int, call) -> None:
-        """``call(r0, r1)`` over ``0 .. total - 1``: one call (OpenMP splits it) or one per Python thread."""
-        if self.openmp:
-            call(0, total)
-        else:
-            _run_parallel([(lambda r0=r0, r1=r1: call(r0, r1)) for r0, r1 in _ranges(total, self.threads)])
-
     def sample(self, x_rows: torch.Tensor, delta: torch.Tensor | None, scope: float, out: torch.Tensor, n0: int,
                n1: int):
         """``out`` ``(B, n, K - 1, C)`` <- interpolated outer points of positions ``n0 .. n1 - 1``."""
         off_p = None if delta is None else delta.data_ptr()
-        self._split(self.batch * (n1 - n0), lambda r0, r1: self._sample(
+        _split(self.openmp, self.batch * (n1 - n0), lambda r0, r1: self._sample(
             x_rows.data_ptr(), off_p, scope, out.data_ptr(), self._gi.data_ptr(), n0, n1, r0, r1))
 
     def gather_backward(self, x_rows, delta, scope, gt, s_out, grad_delta, n0: int, n1: int):
@@ -216,7 +218,7 @@ class SnakeKernels:
         off_p = None if delta is None else delta.data_ptr()
         s_p = None if s_out is None else s_out.data_ptr()
         g_p = None if grad_delta is None else grad_delta.data_ptr()
-        self._split(self.batch * (n1 - n0), lambda r0, r1: self._gather(
+        _split(self.openmp, self.batch * (n1 - n0), lambda r0, r1: self._gather(
             x_rows.data_ptr(), off_p, scope, gt.data_ptr(), s_p, g_p, self._gi.data_ptr(), n0, n1, r0, r1))
 
     def scatter(self, gx_rows, delta, scope, gt, n0: int, n1: int):
@@ -232,7 +234,9 @@ class SnakeKernels:
             _run_parallel([(lambda b=b: call(b, b + 1, 1)) for b in range(self.batch)])
 
 
-def kernels(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, axis: int, swing_axes) -> SnakeKernels | None:
+def kernels(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, axis: int, swing_axes
+) -> SnakeKernels | None:
     """The CPU kernels for this call, or None where the PyTorch implementation must run (not a CPU tensor, a dtype
     other than float32/float64, mixed dtypes, or no compiled library)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
@@ -263,20 +267,13 @@ class ScseAddKernels:
         self.dtype, self.batch, self.channels, self.n = dtype, batch, channels, n
         self.items = batch * -(-n // _SCSE_BLOCK)
         self.openmp = lib.tubeconv_openmp
-        self.threads = max(1, torch.get_num_threads())
-
-    def _split(self, call) -> None:
-        if self.openmp:
-            call(0, self.items)
-        else:
-            _run_parallel([(lambda i0=i0, i1=i1: call(i0, i1)) for i0, i1 in _ranges(self.items, self.threads)])
 
     def forward(self, x, ws, bs: float, z):
         out = torch.empty_like(x)
         q = torch.empty(self.batch, self.n, dtype=self.dtype)
         dims = (self.batch, self.channels, self.n)
-        self._split(lambda i0, i1: self._fwd(x.data_ptr(), ws.data_ptr(), bs, z.data_ptr(), q.data_ptr(),
-                                             out.data_ptr(), *dims, i0, i1))
+        ptrs = (x.data_ptr(), ws.data_ptr(), bs, z.data_ptr(), q.data_ptr(), out.data_ptr())
+        _split(self.openmp, self.items, lambda i0, i1: self._fwd(*ptrs, *dims, i0, i1))
         return out, q
 
     def backward_reduce(self, g, x, q):
@@ -285,16 +282,16 @@ class ScseAddKernels:
         gz_part = torch.empty(self.items, self.channels, dtype=self.dtype)
         gws_part = torch.empty(self.items, self.channels, dtype=self.dtype)
         dims = (self.batch, self.channels, self.n)
-        self._split(lambda i0, i1: self._bwd1(g.data_ptr(), x.data_ptr(), q.data_ptr(), gl.data_ptr(),
-                                              gz_part.data_ptr(), gws_part.data_ptr(), *dims, i0, i1))
+        ptrs = (g.data_ptr(), x.data_ptr(), q.data_ptr(), gl.data_ptr(), gz_part.data_ptr(), gws_part.data_ptr())
+        _split(self.openmp, self.items, lambda i0, i1: self._bwd1(*ptrs, *dims, i0, i1))
         gz = gz_part.view(self.batch, -1, self.channels).sum(1)
         return gl, gz, gws_part.sum(0)
 
     def backward_input(self, g, z, q, gl, ws, gpool):
         gx = torch.empty_like(g)
         dims = (self.batch, self.channels, self.n)
-        self._split(lambda i0, i1: self._bwd2(g.data_ptr(), z.data_ptr(), q.data_ptr(), gl.data_ptr(), ws.data_ptr(),
-                                              gpool.data_ptr(), gx.data_ptr(), *dims, i0, i1))
+        ptrs = (g.data_ptr(), z.data_ptr(), q.data_ptr(), gl.data_ptr(), ws.data_ptr(), gpool.data_ptr(), gx.data_ptr())
+        _split(self.openmp, self.items, lambda i0, i1: self._bwd2(*ptrs, *dims, i0, i1))
         return gx
 
 
