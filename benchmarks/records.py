@@ -4,8 +4,8 @@ A record is written once, when its unit ends (done or failed), by writing a temp
 ``fsync``-ing it, ``os.replace``-ing it over the target and ``fsync``-ing the folder: a reader (or a restarted runner)
 sees either no record or a complete one, never a torn file, whatever moment the process is killed at.
 
-Layout and schema: ``/work/notes/results_layout.md`` (agreed with the report); extra keys added here are listed in
-:data:`EXTRA_KEYS`.
+Layout and schema: :mod:`nnunet_tubeconv.evaluation.layout` (the one definition, read by the report too); extra keys
+added here are listed in :data:`EXTRA_KEYS`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-RECORD_SCHEMA = "nnunet-tubeconv/record/1"
-RECORD_FILE = "record.json"
+from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA, RECORD_STATUSES
+
+__all__ = ["RECORD_FILE", "RECORD_SCHEMA"]
 
 #: Keys this harness adds to the agreed schema (the report ignores what it does not know).
 EXTRA_KEYS = (
@@ -110,7 +111,7 @@ def read_record(unit_dir: str | os.PathLike) -> dict[str, Any] | None:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(rec, dict) or rec.get("schema") != RECORD_SCHEMA or rec.get("status") not in ("done", "failed"):
+    if not isinstance(rec, dict) or rec.get("schema") != RECORD_SCHEMA or rec.get("status") not in RECORD_STATUSES:
         return None
     return rec
 

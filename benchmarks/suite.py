@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_tubeconv.evaluation.layout import iter_units, unit_rel_dir
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -181,7 +183,8 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "arms": "table arm-name -> trainer name, or -> {trainer, plans, seeds}; or a list of trainer names",
     "baseline": "the arm every other arm is compared with (default: the first arm)",
     "folds": "list of fold indices of splits_final.json",
-    "seeds": "list of integer seeds (each seed is a separate training)",
+    "seeds": "list of integer seeds (each seed is a separate training); with one seed the baseline arm (unless it "
+             "lists its own seeds) runs that seed and the next, for the noise floor",
     "budget": f"one of {sorted(BUDGETS)} or a name defined under [budgets]",
     "budgets": "tables of custom budgets: [budgets.NAME] num_epochs, num_iterations_per_epoch, ...",
     "device": f"one of {list(DEVICES)} (nnUNetv2_train -device; auto: cuda, else mps, else cpu, where the unit runs)",
@@ -316,6 +319,13 @@ def _parse_arms(value: Any, source: str | None) -> dict[str, Arm]:
     return arms
 
 
+def default_baseline_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """The baseline's seeds when its arm lists none: the suite's seeds, plus the next seed when that is only one
+    (two trainings of the same arm measure the seed-to-seed noise floor the verdicts are checked against)."""
+    seeds = tuple(int(s) for s in seeds)
+    return seeds if len(seeds) >= 2 else (seeds[0], seeds[0] + 1)
+
+
 def _parse_executor(value: Any, source: str | None) -> ExecutorConfig:
     if value is None:
         return ExecutorConfig()
@@ -375,6 +385,10 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
         raise SuiteError(f"baseline {baseline!r}{_where(source)} is not an arm; arms are {list(arms)}")
     folds = _int_list(data.get("folds", [0]), "folds", source)
     seeds = _int_list(data.get("seeds", [0]), "seeds", source)
+    base = arms[baseline]
+    if base.seeds is None and len(seeds) == 1:
+        # the noise floor needs the baseline twice: unless the baseline arm lists its own seeds, it runs two
+        arms[baseline] = Arm(base.name, base.trainer, base.plans, default_baseline_seeds(seeds))
 
     budgets = dict(BUDGETS)
     custom = data.get("budgets", {})
@@ -502,7 +516,7 @@ class Unit:
 
     @property
     def rel_dir(self) -> Path:
-        return Path("runs") / self.dataset / self.configuration / self.arm / f"fold_{self.fold}_seed_{self.seed}"
+        return unit_rel_dir(self.dataset, self.configuration, self.arm, self.fold, self.seed)
 
     def label(self) -> str:
         return f"{self.arm} | {self.dataset} {self.configuration} | fold {self.fold} seed {self.seed}"
@@ -511,12 +525,5 @@ class Unit:
 def expand_units(suite: Suite, dataset_names: Sequence[str]) -> list[Unit]:
     """Every unit, ordered so that the arms of one (data set, configuration, fold, seed) run back to back: a run cut
     short still leaves paired results."""
-    units = []
-    for ds in dataset_names:
-        for cfg in suite.configurations:
-            for seed in sorted({s for a in suite.arms for s in suite.arm_seeds(a)}):
-                for fold in suite.folds:
-                    for arm in suite.arms:
-                        if seed in suite.arm_seeds(arm):
-                            units.append(Unit(ds, cfg, arm, fold, seed))
-    return units
+    arm_seeds = {a: suite.arm_seeds(a) for a in suite.arms}
+    return [Unit(*u) for u in iter_units(dataset_names, suite.configurations, arm_seeds, suite.folds)]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_segmentation as write_case
 
 from nnunet_tubeconv.cli import main
 from nnunet_tubeconv.evaluation import SCHEMA, EvaluationInputError, evaluate_folders, load_results, save_results
 from nnunet_tubeconv.evaluation.metrics import METRICS
-from nnunet_tubeconv.evaluation.testing import write_segmentation as write_case
 
 
 def tubes(shape=(8, 24, 20)) -> tuple[np.ndarray, np.ndarray]:

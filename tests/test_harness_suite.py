@@ -72,6 +72,20 @@ def test_minimal_suite_defaults():
     assert s.baseline == "nnUNetTrainer" and s.folds == (0,) and s.seeds == (0,)
     assert s.budget == BUDGETS["smoke"] and s.device == "auto" and s.executor.kind == "local"
     assert s.planners["nnUNetPlans"] == "ExperimentPlanner"
+    # one seed: the baseline still runs two (the noise floor), the variant one
+    assert s.arm_seeds("nnUNetTrainer") == (0, 1) and s.arm_seeds("nnUNetTrainerDSConv") == (0,)
+    assert [(u.arm, u.seed) for u in expand_units(s, ["D"])] == [("nnUNetTrainer", 0), ("nnUNetTrainerDSConv", 0),
+                                                                  ("nnUNetTrainer", 1)]
+    assert s.to_json()["arms"]["nnUNetTrainer"]["seeds"] == [0, 1]
+    # the suite's expected units (read back by the report) are the units the harness runs
+    from nnunet_tubeconv.evaluation.layout import expected_units
+
+    assert expected_units({**s.to_json(), "datasets": ["D"]}) == {
+        (u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed)) for u in expand_units(s, ["D"])}
+    # a baseline that lists its own seeds keeps them; two suite seeds are two baseline seeds already
+    own = parse_suite({**MINIMAL, "arms": {"b": {"trainer": "nnUNetTrainer", "seeds": [3]}, "v": "nnUNetTrainer"}})
+    assert own.arm_seeds("b") == (3,)
+    assert parse_suite({**MINIMAL, "seeds": [4, 7]}).arm_seeds("nnUNetTrainer") == (4, 7)
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_segmentation as write_case
 
 from nnunet_tubeconv.evaluation import evaluate_folders
-from nnunet_tubeconv.evaluation.testing import write_segmentation as write_case
 
 
 def random_pair(rng: np.random.Generator, shape, empty_label_2: bool) -> tuple[np.ndarray, np.ndarray]:

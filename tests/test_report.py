@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FABRICATED_ERROR, fabricate_results_dir
 
 from nnunet_tubeconv.cli import main
 from nnunet_tubeconv.evaluation.report import write_report
-from nnunet_tubeconv.evaluation.testing import FABRICATED_ERROR, fabricate_results_dir
 
 CHROMIUM_APT = "apt-get update && apt-get install -y chromium"
 
@@ -83,7 +83,8 @@ def test_detailed_comparisons_show_noise_floor_ci_and_holm(report):
     header = rows[0]
     dice = dict(zip(header, next(r for r in rows[2:] if r[1] == "Dice ↑")))
     assert dice["verdict"] == "better"
-    assert dice["noise floor"] != "–"  # the baseline ran seeds 0 and 1
+    floor = dice["noise floor [95% CI]"]  # the baseline ran seeds 0 and 1: a floor with its own interval
+    assert re.fullmatch(r"\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", floor)
     low, high = map(float, re.findall(r"-?\d+\.\d+", dice["95% CI of Δ"]))
     assert 0 < low < float(dice["mean Δ (variant − baseline)"]) < high
     assert float(dice["Holm p"].lstrip("<")) < 0.05
@@ -137,7 +138,7 @@ def test_one_baseline_seed_two_datasets_and_missing_units(tmp_path):
     md_path, _ = write_report(root, n_resamples=1000)
     md = md_path.read_text()
     dice_rows = [r for r in md_table_rows(md, "variant")[2:] if r[1] == "Dice ↑"]
-    assert dice_rows[0][2] == "7 (1 dropped)"
+    assert dice_rows[0][2] == "7 of 8 (1 dropped)"
     assert "## Dataset901_A — 3d_fullres" in md and "## Dataset902_B — 3d_fullres" in md
     assert "no noise floor" in md
     assert "unreadable record.json" in md

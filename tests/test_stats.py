@@ -122,8 +122,9 @@ def test_too_few_pairs_is_a_statement_not_a_crash():
     assert c.verdict == st.TOO_FEW and c.n == 3
     assert "at least 6" in c.note
     assert math.isnan(c.p_value) and math.isnan(c.p_holm)
-    nothing = one({}, {"x": 1.0})
+    nothing = st.finalise([st.paired_comparison({}, {"x": 1.0}, "dice")], complete_case=True)[0]
     assert nothing.verdict == st.TOO_FEW and nothing.n == 0 and "no complete pairs" in nothing.note
+    assert one({}, {"x": 1.0}).verdict == st.WITHHELD  # the baseline lacks the variant's case
 
 
 def test_nan_none_and_inf_pairs_are_dropped_and_counted():
@@ -156,3 +157,97 @@ def test_identical_arms_are_no_evidence():
 def test_unknown_metric_is_a_value_error():
     with pytest.raises(ValueError, match="unknown metric"):
         st.paired_comparison({"a": 1.0}, {"a": 2.0}, "accuracy")
+
+
+# ------------------------------------------------------------------ issue 12: direction, power, missing cases, floor
+def test_sign_flip_p_exact_by_hand_and_against_scipy():
+    assert st.sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)  # only +++ and --- reach |sum| = 6
+    assert st.sign_flip_p([1.0, 2.0, -3.0]) == pytest.approx(1.0)  # observed sum 0: every pattern is as extreme
+    assert st.sign_flip_p(np.ones(8)) == pytest.approx(2 / 256)
+    assert st.sign_flip_p(np.zeros(5)) == 1.0
+    from scipy.stats import permutation_test
+
+    d = np.random.default_rng(5).normal(0.2, 1.0, 11)
+    ref = permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                           alternative="two-sided").pvalue
+    assert st.sign_flip_p(d) == pytest.approx(ref)
+    big = np.random.default_rng(6).normal(0.3, 1.0, 30)  # Monte-Carlo branch: seeded, close to scipy's estimate
+    assert st.sign_flip_p(big, seed=1) == st.sign_flip_p(big, seed=1)
+    ref = permutation_test((big,), np.mean, permutation_type="samples", n_resamples=200_000, random_state=0,
+                           alternative="two-sided").pvalue
+    assert st.sign_flip_p(big, n_permutations=200_000) == pytest.approx(ref, abs=0.005)
+    with pytest.raises(ValueError, match="non-empty"):
+        st.sign_flip_p([])
+
+
+def test_thirty_six_slightly_worse_four_much_better_is_not_better():
+    """The issue's case: the mean rises, the typical case falls; the old rule (Wilcoxon p + bootstrap CI of the
+    mean) said "better" with r = -0.62."""
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.6, 0.8, 40)
+    diff = np.concatenate([-0.01 - rng.uniform(0, 0.005, 36), 0.3 + rng.uniform(0, 0.02, 4)])
+    c = one(*paired(base, base + diff))
+    assert c.rank_biserial < -0.5 and c.mean_diff > 0
+    assert c.wilcoxon_p < 0.001  # the Wilcoxon test alone sees a significant (downward) shift of the typical case
+    assert c.verdict != st.BETTER
+    assert c.verdict == st.NO_EVIDENCE and c.p_value > 0.05  # the mean rests on 4 cases: 2/16 of sign patterns
+
+
+def test_significant_mean_with_opposite_typical_case_is_mixed():
+    base = np.linspace(0.6, 0.8, 40)
+    diff = np.concatenate([np.full(30, -0.001), np.full(10, 0.1)])
+    c = one(*paired(base, base + diff))
+    assert c.p_holm < 0.05 and c.ci_low > 0
+    assert c.rank_biserial == pytest.approx((355 - 465) / 820)  # ranks 31..40 up, 1..30 down
+    assert c.verdict == st.MIXED and "typical case" in c.note
+
+
+def test_power_eight_pairs_seven_tested_metrics_cannot_decide_six_can():
+    cases = [f"c{i}" for i in range(8)]
+    metrics7 = ["dice", "hd95", "nsd", "cldice", "betti0_error", "betti1_error", "betti2_error"]
+    base = {c: {m: 0.5 + 0.01 * i for m in metrics7 + ["iou"]} for i, c in enumerate(cases)}
+    up = {m: (0.1 if HIB else -0.1) for m, HIB in st.HIGHER_IS_BETTER.items()}
+    win = {c: {m: v + up[m] * (1 + 0.1 * i) for m, v in r.items()} for i, (c, r) in enumerate(base.items())}
+    comps = st.compare_arms({"b": base, "v": win}, "b", metrics7 + ["iou"], n_resamples=1000)
+    tested = [c for c in comps if c.metric != "iou"]
+    assert all(c.p_value == pytest.approx(2 / 256) for c in tested)
+    assert all(c.family_size == 7 and c.p_min_adjusted == pytest.approx(7 * 2 / 256) for c in tested)
+    assert all(c.verdict == st.TOO_FEW for c in tested)
+    assert "n=8, smallest reachable adjusted p=0.05469" in tested[0].note
+    iou = next(c for c in comps if c.metric == "iou")
+    assert iou.verdict == st.NOT_TESTED_VERDICT and math.isnan(iou.p_holm) and "Dice" in iou.note
+    six = st.compare_arms({"b": base, "v": win}, "b", metrics7[:6] + ["iou"], n_resamples=1000)
+    assert [c.verdict for c in six if c.metric != "iou"] == [st.BETTER] * 6
+    assert six[0].p_min_adjusted == pytest.approx(6 * 2 / 256) and six[0].p_holm == pytest.approx(6 * 2 / 256)
+    assert st.smallest_p(8) == 2 / 256 and st.smallest_p(0) == 1.0
+    assert st.smallest_p(40) == pytest.approx(1 / (1 + st.N_PERMUTATIONS))
+
+
+def test_cases_missing_from_one_arm_withhold_the_verdict_unless_complete_case():
+    base = {f"c{i}": {"dice": 0.6 + 0.01 * i} for i in range(12)}
+    variant = {k: {"dice": r["dice"] + 0.05} for k, r in base.items() if k not in ("c3", "c7")}  # a failed fold
+    comps = st.compare_arms({"b": base, "v": variant}, "b", ["dice"], n_resamples=1000)
+    c = comps[0]
+    assert c.n == 10 and c.n_expected == 12 and c.missing_variant == ["c3", "c7"] and c.missing_baseline == []
+    assert c.verdict == st.WITHHELD and "v lacks 2 of 12 cases (c3, c7)" in c.note
+    cc = st.compare_arms({"b": base, "v": variant}, "b", ["dice"], n_resamples=1000, complete_case=True)[0]
+    assert cc.verdict == st.BETTER and "complete-case analysis" in cc.note
+    expected = set(base) | {"c99"}  # the suite expected a case neither arm has
+    c = st.compare_arms({"b": base, "v": dict(base)}, "b", ["dice"], expected=expected, n_resamples=100)[0]
+    assert c.missing_baseline == ["c99"] and c.missing_variant == ["c99"] and c.verdict == st.WITHHELD
+
+
+def test_noise_floor_has_its_own_confidence_interval():
+    base0 = {f"c{i}": {"dice": 0.7 + 0.01 * i} for i in range(10)}
+    base1 = {k: {"dice": r["dice"] - 0.004 + (0.002 if i % 2 else -0.002)} for i, (k, r) in enumerate(base0.items())}
+    floor, low, high = st.noise_floor_ci({k: r["dice"] for k, r in base0.items()},
+                                         {k: r["dice"] for k, r in base1.items()}, n_resamples=2000)
+    assert floor == pytest.approx(0.004)
+    assert 0.002 <= low < 0.004 < high <= 0.006
+    variant = {k: {"dice": r["dice"] + 0.05} for k, r in base0.items()}
+    c = st.compare_arms({"b": base0, "v": variant}, "b", ["dice"], baseline_repeats=[base0, base1],
+                        n_resamples=2000)[0]
+    assert c.noise_floor == pytest.approx(0.004) and c.noise_floor_ci == pytest.approx((low, high))
+    assert c.verdict == st.BETTER
+    one_seed = st.compare_arms({"b": base0, "v": variant}, "b", ["dice"], n_resamples=500)[0]
+    assert one_seed.noise_floor is None and "no noise floor measured" in one_seed.note

@@ -4,9 +4,10 @@
   empty-mask rules in its docstring).
 * :mod:`~nnunet_tubeconv.evaluation.folders`: :func:`evaluate_folders` and ``nnunet-tubeconv evaluate``; the
   results.json schema is documented there.
-* :mod:`~nnunet_tubeconv.evaluation.stats`: paired bootstrap CI, Wilcoxon, rank-biserial, Holm, verdicts.
+* :mod:`~nnunet_tubeconv.evaluation.stats`: paired sign-flip permutation test, bootstrap CI, rank-biserial, Holm,
+  power, noise floor, verdicts.
+* :mod:`~nnunet_tubeconv.evaluation.layout`: the benchmark results layout and record schema (one definition).
 * :mod:`~nnunet_tubeconv.evaluation.report`: ``nnunet-tubeconv report RESULTS_DIR``.
-* :mod:`~nnunet_tubeconv.evaluation.testing`: :func:`fabricate_results_dir` for tests.
 * ``python -m nnunet_tubeconv.evaluation.bench``: metric timings on a 512 x 512 x 128 vessel tree.
 """
 

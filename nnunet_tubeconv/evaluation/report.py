@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from nnunet_tubeconv.evaluation import layout
 from nnunet_tubeconv.evaluation import stats as st
 from nnunet_tubeconv.evaluation.folders import FLOAT_METRICS
 from nnunet_tubeconv.evaluation.metrics import HIGHER_IS_BETTER, METRICS
-
-RECORD_SCHEMA = "nnunet-tubeconv/record/1"
 
 METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "nsd": "NSD", "cldice": "clDice",
                  "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err"}
@@ -44,22 +43,30 @@ _FORMAT = {"dice": "{:.3f}", "iou": "{:.3f}", "nsd": "{:.3f}", "cldice": "{:.3f}
 ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 HOW_TO_READ = (
-    "Each table row is one arm (the baseline first); each metric cell is the mean ± standard deviation over the "
-    "validation cases of all folds (an arm that ran several seeds is averaged over them per case). Arrows say which "
-    "way is good: ↑ higher is better (Dice, IoU, NSD, clDice), ↓ lower is better (HD95, Betti errors). Under each "
-    "variant's value stands the verdict of a paired comparison with the baseline on the same cases: \"better\" or "
-    "\"worse\" only when the Wilcoxon signed-rank p-value, Holm-corrected over all metrics and variants of the table, "
-    "is below alpha, the 95% bootstrap confidence interval of the mean paired difference excludes zero, and the "
-    "difference is larger than the baseline's own seed-to-seed difference (the noise floor); otherwise \"no evidence "
-    "of a difference\". No evidence of a difference is not evidence of no difference: with few cases only large "
-    "effects can show. The detailed table gives every number behind a verdict; r is the matched-pairs rank-biserial "
-    "correlation (+1: the variant is larger on every case)."
+    "One section per data set and configuration, one test family per label (labels and regions as the data set's "
+    "dataset.json defines them; a case enters each label's family once). Each table row is one arm (the baseline "
+    "first); each metric cell is the mean ± standard deviation over the validation cases of all folds (an arm that "
+    "ran several seeds is averaged over them per case); 'cases' says how many of the expected cases the arm has. "
+    "Arrows say which way is good: ↑ higher is better (Dice, IoU, NSD, clDice), ↓ lower is better (HD95, Betti "
+    "errors). Under each variant's value stands the verdict of a paired comparison with the baseline on the same "
+    "cases. The test is a paired sign-flip permutation test of the mean difference, the quantity the 95% bootstrap "
+    "CI estimates; its p-values are Holm-corrected over every variant × metric of the family (IoU is shown but not "
+    "tested: per case it is a monotone function of Dice). \"better\" or \"worse\" only when the adjusted p is below "
+    "alpha, the CI excludes zero, the rank-biserial correlation r has the same sign as the mean difference (the "
+    "typical case moved the same way as the mean; otherwise \"mean and typical case disagree\"), and the difference "
+    "exceeds the baseline's own seed-to-seed difference (the noise floor, shown with its 95% CI) when the baseline "
+    "ran two seeds. \"too few cases to decide\": even a variant that wins on every case could not reach the adjusted "
+    "p below alpha with this n and family size (the smallest reachable adjusted p is m × 2/2^n). \"withheld: cases "
+    "missing\": an arm lacks cases the other has (a failed fold); the complete-case analysis is available with "
+    "--complete-case. Otherwise \"no evidence of a difference\", which is not evidence of no difference."
 )
 
 
 # ------------------------------------------------------------------------------------------------- loading
 @dataclass
 class Unit:
+    """One record found under RESULTS_DIR (the layout and schema: :mod:`nnunet_tubeconv.evaluation.layout`)."""
+
     dataset: str
     configuration: str
     arm: str
@@ -71,35 +78,29 @@ class Unit:
     error: str | None = None
 
 
-_UNIT_DIR = re.compile(r"^fold_(\w+?)_seed_(\d+)$")
-
-
-def _int_or_str(v: str) -> int | str:
-    return int(v) if v.isdigit() else v  # nnU-Net also trains fold "all"
-
-
 def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit]]:
     """``(suite, units)``: the suite and one :class:`Unit` per ``record.json`` (unreadable records become failed
     units whose error says why)."""
     root = Path(results_dir)
-    suite_path = root / "suite.json"
+    suite_path = root / layout.SUITE_FILE
     if not suite_path.is_file():
-        raise FileNotFoundError(f"{suite_path} not found: RESULTS_DIR must hold the harness's suite.json")
+        raise FileNotFoundError(f"{suite_path} not found: RESULTS_DIR must hold the harness's {layout.SUITE_FILE}")
     suite = json.loads(suite_path.read_text())
     units = []
-    for path in sorted((root / "runs").glob("*/*/*/*/record.json")):
+    for path in sorted(root.glob(layout.RECORD_GLOB)):
         dataset, configuration, arm, unit_dir = path.parts[-5:-1]
-        m = _UNIT_DIR.match(unit_dir)
-        fold, seed = (_int_or_str(m.group(1)), int(m.group(2))) if m else (unit_dir, None)
+        parsed = layout.parse_unit_dir(unit_dir)
+        fold, seed = parsed if parsed else (unit_dir, None)
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             units.append(Unit(dataset, configuration, arm, fold, seed, path, None, "failed",
-                              f"unreadable record.json: {e}"))
+                              f"unreadable {layout.RECORD_FILE}: {e}"))
             continue
-        if rec.get("schema") != RECORD_SCHEMA:
+        if rec.get("schema") != layout.RECORD_SCHEMA:
             units.append(Unit(dataset, configuration, arm, fold, seed, path, rec, "failed",
-                              f"record.json has schema {rec.get('schema')!r}, expected {RECORD_SCHEMA!r}"))
+                              f"{layout.RECORD_FILE} has schema {rec.get('schema')!r}, expected "
+                              f"{layout.RECORD_SCHEMA!r}"))
             continue
         status = rec.get("status", "failed")
         error = rec.get("error")
@@ -111,35 +112,19 @@ def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit
     return suite, units
 
 
-def _name(entry) -> str:
-    if isinstance(entry, dict):
-        for key in ("name", "dataset", "id"):
-            if key in entry:
-                return str(entry[key])
-    return str(entry)
-
-
-def expected_units(suite: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
-    """``(dataset, configuration, arm, fold, seed)`` (all as strings) of every unit the suite asks for; an arm entry
-    may narrow its seeds with its own ``"seeds"``, a data-set entry may be a dict with a ``"name"``."""
-    out = set()
-    for ds in suite.get("datasets", []):
-        for cfg in suite.get("configurations", []):
-            for arm, spec in suite.get("arms", {}).items():
-                seeds = spec.get("seeds") if isinstance(spec, dict) else None
-                if seeds is None:  # the harness writes "seeds": null for an arm that runs the suite's seeds
-                    seeds = suite.get("seeds") or []
-                for f in suite.get("folds", []):
-                    for s in seeds:
-                        out.add((_name(ds), _name(cfg), str(arm), str(f), str(s)))
-    return out
+expected_units = layout.expected_units
 
 
 # ------------------------------------------------------------------------------------------------ analysis
 @dataclass
 class GroupAnalysis:
+    """One test family: one (data set, configuration, label). Labels are tested separately: a case enters each
+    label's family once, and a gain on one label cannot make a verdict on another."""
+
     dataset: str
     configuration: str
+    label: str                                                  # label key as in results.json: "1", "(1, 2)"
+    label_name: str
     arms: list[str]
     metrics: list[str]
     values: dict[str, dict[tuple, dict[str, float]]]           # arm -> (case, label) -> metric -> seed mean
@@ -149,6 +134,8 @@ class GroupAnalysis:
     curves: dict[str, list[tuple[str, dict[str, list]]]]        # arm -> [(unit name, curves)]
     settings: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    expected_cases: int = 0
+    first_label: bool = True                                    # the first family of its (data set, configuration)
 
     def comparison(self, arm: str, metric: str) -> st.PairedComparison | None:
         return next((c for c in self.comparisons if c.variant == arm and c.metric == metric), None)
@@ -156,6 +143,17 @@ class GroupAnalysis:
 
 def _label_key(label) -> str:
     return str(tuple(label)) if isinstance(label, list) else str(label)
+
+
+def _label_names(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Label key -> name from the records' results.json ``label_names`` (written when the labels came from the
+    data set's dataset.json)."""
+    out: dict[str, str] = {}
+    for rec in records:
+        names = (rec.get("metrics") or {}).get("label_names") or {}
+        for k, v in names.items():
+            out.setdefault(str(k), str(v))
+    return out
 
 
 def _seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, dict[str, float]]:
@@ -177,8 +175,14 @@ def _seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, 
 
 
 def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RESAMPLES, seed: int = 0,
-            alpha: float = 0.05, min_pairs: int = st.MIN_PAIRS) -> list[GroupAnalysis]:
-    """One :class:`GroupAnalysis` per (data set, configuration) that has at least one completed unit."""
+            alpha: float = st.ALPHA, min_pairs: int = st.MIN_PAIRS, complete_case: bool = False,
+            n_permutations: int = st.N_PERMUTATIONS) -> list[GroupAnalysis]:
+    """One :class:`GroupAnalysis` (test family) per (data set, configuration, label) with a completed unit.
+
+    The cases expected in a family are those any arm has (each case is validated in exactly one fold, so an arm
+    whose fold failed lacks that fold's cases); comparisons where an arm lacks some are withheld unless
+    ``complete_case``.
+    """
     baseline = str(suite.get("baseline"))
     suite_arms = [str(a) for a in suite.get("arms", {})]
     groups: dict[tuple[str, str], list[Unit]] = {}
@@ -194,6 +198,7 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
         notes: list[str] = []
         settings: list[dict[str, Any]] = []
         curves: dict[str, list] = {a: [] for a in arms}
+        label_order: list[str] = []
         for u in sorted(group_units, key=lambda u: (u.arm, u.seed or 0, str(u.fold))):
             rows = per_seed[u.arm].setdefault(int(u.seed or 0), {})
             metrics = u.record["metrics"]
@@ -201,29 +206,48 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
                 settings.append(metrics["settings"])
             for r in metrics["per_case"]:
                 key = (str(r["case"]), _label_key(r["label"]))
+                if key[1] not in label_order:
+                    label_order.append(key[1])
                 if key in rows:
                     notes.append(f"{u.arm} seed {u.seed}: case {key[0]} label {key[1]} appears in more than one fold; "
                                  f"the later fold's value is used")
                 rows[key] = r
             if u.record.get("curves"):
                 curves[u.arm].append((f"fold {u.fold}, seed {u.seed}", u.record["curves"]))
-        values = {a: _seed_mean([per_seed[a][s] for s in sorted(per_seed[a])]) for a in arms}
-        metrics_present = [m for m in METRICS
-                           if any(m in row and row[m] is not None for a in arms for row in values[a].values())]
-        if baseline in values:
-            base_seeds = sorted(per_seed[baseline])
-            repeats = [per_seed[baseline][s] for s in base_seeds[:2]] if len(base_seeds) >= 2 else []
-            comparisons = st.compare_arms(values, baseline, metrics_present, repeats, alpha, n_resamples, seed,
-                                          min_pairs)
-            if not repeats:
-                notes.append("the baseline ran with one seed: there is no noise floor")
-        else:
-            comparisons = []
-            notes.append(f"the baseline arm {baseline!r} has no completed unit here: no paired comparison")
+        names = _label_names([u.record for u in group_units])
+        all_values = {a: _seed_mean([per_seed[a][s] for s in sorted(per_seed[a])]) for a in arms}
+        base_seeds = sorted(per_seed.get(baseline, {}))
         if len(settings) > 1:
             notes.append("the units were evaluated with different metric settings (see Settings)")
-        out.append(GroupAnalysis(ds, cfg, arms, metrics_present, values, {a: sorted(per_seed[a]) for a in arms},
-                                 comparisons, _costs(group_units, arms), curves, settings, notes))
+        costs = _costs(group_units, arms)
+        for li, lab in enumerate(label_order):
+            values = {a: {k: r for k, r in all_values[a].items() if k[1] == lab} for a in arms}
+            expected = {k for a in arms for k in values[a]}
+            metrics_present = [m for m in METRICS
+                               if any(m in row and row[m] is not None for a in arms for row in values[a].values())]
+            lab_notes = list(notes)
+            if baseline in values:
+                repeats = [{k: r for k, r in per_seed[baseline][s].items() if k[1] == lab}
+                           for s in base_seeds[:2]] if len(base_seeds) >= 2 else []
+                comparisons = st.compare_arms(values, baseline, metrics_present, repeats, alpha, n_resamples, seed,
+                                              min_pairs, expected=expected, complete_case=complete_case,
+                                              n_permutations=n_permutations)
+                if not repeats:
+                    lab_notes.append("the baseline ran with one seed: no noise floor was measured, so a verdict cannot "
+                                     "be checked against the seed-to-seed noise")
+            else:
+                comparisons = []
+                lab_notes.append(f"the baseline arm {baseline!r} has no completed unit here: no paired comparison")
+            for a in arms:
+                lacking = st.missing_keys(expected, values[a])
+                if lacking:
+                    lab_notes.append(f"{a} lacks {len(lacking)} of {len(expected)} cases (a failed or missing unit)"
+                                     + ("; complete-case analysis: verdicts use the cases both arms have"
+                                        if complete_case else "; its verdicts are withheld (report --complete-case "
+                                                              "gives the complete-case analysis)"))
+            out.append(GroupAnalysis(ds, cfg, lab, names.get(lab, ""), arms, metrics_present, values,
+                                     {a: sorted(per_seed[a]) for a in arms}, comparisons, costs, curves, settings,
+                                     lab_notes, len(expected), li == 0))
     return out
 
 
@@ -364,7 +388,17 @@ class Block:
     filename: str = ""
 
 
-_VERDICT_CLASS = {st.BETTER: "better", st.WORSE: "worse", st.NO_EVIDENCE: "none", st.TOO_FEW: "few"}
+_VERDICT_CLASS = {st.BETTER: "better", st.WORSE: "worse", st.NO_EVIDENCE: "none", st.TOO_FEW: "few",
+                  st.MIXED: "few", st.WITHHELD: "few", st.NOT_TESTED_VERDICT: "none"}
+
+
+def verdict_text(c: st.PairedComparison) -> str:
+    """The verdict as a table cell shows it: "too few cases to decide" carries its numbers."""
+    if c.verdict == st.TOO_FEW:
+        if math.isfinite(c.p_value):
+            return f"{c.verdict} (n={c.n}, smallest reachable adjusted p={c.p_min_adjusted:.4g})"
+        return f"{c.verdict} (n={c.n})"
+    return c.verdict
 
 
 def _fmt(v, metric: str | None = None) -> str:
@@ -401,9 +435,12 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
                                + f". Budget: {suite.get('budget', '?')}. Units: {len(done)} done, {len(failed)} failed, "
                                f"{len(missing)} without a record"
                                + (" (listed with their errors at the end)." if failed or missing else ".")))]
-    settings_items = [(f"Statistics: paired by (case, label); Wilcoxon signed-rank (two-sided), Holm over every "
-                       f"variant × metric of a table, alpha = {alpha}; percentile bootstrap of the mean difference, "
-                       f"{n_resamples} resamples, seed {seed}; at least {min_pairs} complete pairs per test.")]
+    settings_items = [(f"Statistics: paired by (case, label), one family per (data set, configuration, label); "
+                       f"{st.TEST_NAME}, exact up to {st.EXACT_MAX_N} pairs, else {st.N_PERMUTATIONS} seeded random "
+                       f"sign patterns; Holm over every tested variant × metric of a family, alpha = {alpha}; "
+                       f"percentile bootstrap of the mean difference, {n_resamples} resamples, seed {seed}; at least "
+                       f"{min_pairs} complete pairs per test; Wilcoxon signed-rank p and rank-biserial r shown beside."),
+                      f"Verdict rule: {st.DIRECTION_RULE}"]
     for g in groups:
         for s in g.settings:
             settings_items.append(f"Metrics of {g.dataset} / {g.configuration}: " + _describe_settings(s))
@@ -412,7 +449,7 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
     if not groups:
         blocks.append(Block("p", "No unit completed with metrics: nothing to compare."))
     for g in groups:
-        blocks.extend(_group_blocks(g, baseline))
+        blocks.extend(_group_blocks(g, baseline, alpha))
     blocks.append(Block("h", f"Failed units ({len(failed)})", 2))
     if failed:
         blocks.append(Block("table", headers=["data set", "configuration", "arm", "fold", "seed", "error"],
@@ -449,15 +486,20 @@ def _describe_settings(s: dict[str, Any]) -> str:
     return desc + f", distances by {s.get('distance_method', '?')}, files read with {s.get('reader', '?')}."
 
 
-def _group_blocks(g: GroupAnalysis, baseline: str) -> list[Block]:
-    blocks = [Block("h", f"{g.dataset} — {g.configuration}", 2)]
-    n_pairs = {a: len(g.values[a]) for a in g.arms}
+def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
+    blocks = [Block("h", f"{g.dataset} — {g.configuration}", 2)] if g.first_label else []
+    label = f"Label {g.label}" + (f" ({g.label_name})" if g.label_name else "")
+    blocks.append(Block("h", label, 3))
+    n_cases = {a: len(g.values[a]) for a in g.arms}
     headers = ["arm", "seeds", "cases"] + [f"{METRIC_LABELS[m]} {_arrow(m)}" for m in g.metrics] + [
         "params (M)", "iter. time (s)", "peak mem. (GiB)", "wall time (h, all units)"]
     rows = []
     for a in g.arms:
-        row = [Cell(a + (" (baseline)" if a == baseline and a != "baseline" else "")), Cell(", ".join(map(str, g.seeds[a]))),
-               Cell(str(n_pairs[a]))]
+        lacking = g.expected_cases - n_cases[a]
+        row = [Cell(a + (" (baseline)" if a == baseline and a != "baseline" else "")),
+               Cell(", ".join(map(str, g.seeds[a]))),
+               Cell(f"{n_cases[a]} of {g.expected_cases}", f"lacks {lacking}" if lacking else "",
+                    "few" if lacking else "")]
         for m in g.metrics:
             d = st.describe([r.get(m) for r in g.values[a].values()])
             text = f"{_fmt(d['mean'], m)} ± {_fmt(d['sd'], m)}"
@@ -467,48 +509,65 @@ def _group_blocks(g: GroupAnalysis, baseline: str) -> list[Block]:
             elif c is None:
                 row.append(Cell(text, "not compared", "few"))
             else:
-                row.append(Cell(text, c.verdict, _VERDICT_CLASS[c.verdict]))
+                row.append(Cell(text, verdict_text(c), _VERDICT_CLASS[c.verdict]))
         cost = g.costs[a]
         row += [Cell("–" if cost["parameters"] is None else f"{cost['parameters'] / 1e6:.2f}"),
                 Cell(_fmt(cost["iteration_time_s"])), Cell(_gib(cost["peak_memory_bytes"])),
                 Cell("–" if cost["wall_time_s"] is None else f"{cost['wall_time_s'] / 3600:.2f}")]
         rows.append(row)
     blocks.append(Block("table", headers=headers, rows=rows))
+    tested = [c for c in g.comparisons if c.tested]
+    if tested:
+        c0 = tested[0]
+        blocks.append(Block("p", (
+            f"Power: this table's family holds m = {c0.family_size} tests (every variant × metric except "
+            f"{', '.join(METRIC_LABELS[k] for k in st.NOT_TESTED)}); with n = {c0.n} pairs the smallest p the test can "
+            f"give is 2/2^n = {c0.p_min:.4g}, so the smallest reachable Holm-adjusted p is {c0.p_min_adjusted:.4g} "
+            + (f"(below alpha = {alpha:g}: a verdict is possible)." if c0.p_min_adjusted < alpha else
+               f"(not below alpha = {alpha:g}: too few cases to decide, whatever the data).")))) 
     blocks.append(Block("p", "Costs: parameters and peak memory are maxima over units, iteration time is the mean over "
                              "units, wall time the sum over this arm's completed units."))
     for note in dict.fromkeys(g.notes):
         blocks.append(Block("p", f"Note: {note}."))
     if g.comparisons:
-        blocks.append(Block("h", "Paired comparisons with the baseline", 3))
+        blocks.append(Block("h", "Paired comparisons with the baseline", 4))
         drows = []
         for c in g.comparisons:
             ci = "–" if not math.isfinite(c.ci_low) else f"[{_fmt(c.ci_low, c.metric)}, {_fmt(c.ci_high, c.metric)}]"
+            floor = "–" if c.noise_floor is None else _fmt(c.noise_floor, c.metric)
+            if c.noise_floor_ci is not None:
+                floor += f" [{_fmt(c.noise_floor_ci[0], c.metric)}, {_fmt(c.noise_floor_ci[1], c.metric)}]"
+            elif c.noise_floor is None:
+                floor = "not measured (one seed)"
             drows.append([Cell(c.variant), Cell(f"{METRIC_LABELS[c.metric]} {_arrow(c.metric)}"),
-                          Cell(f"{c.n}" + (f" ({c.n_dropped} dropped)" if c.n_dropped else "")),
+                          Cell(f"{c.n} of {c.n_expected}" + (f" ({c.n_dropped} dropped)" if c.n_dropped else "")),
                           Cell(_fmt(c.baseline_stats.get("median"), c.metric)),
                           Cell(_fmt(c.variant_stats.get("median"), c.metric)),
                           Cell(_fmt(c.mean_diff, c.metric)), Cell(ci), Cell(_fmt_p(c.p_value)), Cell(_fmt_p(c.p_holm)),
+                          Cell("–" if not c.tested else _fmt_p(c.p_min_adjusted)), Cell(_fmt_p(c.wilcoxon_p)),
                           Cell("–" if not math.isfinite(c.rank_biserial) else f"{c.rank_biserial:+.2f}"),
-                          Cell("–" if c.noise_floor is None else _fmt(c.noise_floor, c.metric)),
-                          Cell("", c.verdict, _VERDICT_CLASS[c.verdict]), Cell(c.note)])
-        blocks.append(Block("table", headers=["variant", "metric", "pairs", "median (baseline)", "median (variant)",
-                                              "mean Δ (variant − baseline)", "95% CI of Δ", "Wilcoxon p", "Holm p",
-                                              "r", "noise floor", "verdict", "note"], rows=drows))
-    blocks.append(Block("h", "Figures", 3))
+                          Cell(floor), Cell("", verdict_text(c), _VERDICT_CLASS[c.verdict]), Cell(c.note)])
+        blocks.append(Block("table", headers=["variant", "metric", "pairs (of expected)", "median (baseline)",
+                                              "median (variant)", "mean Δ (variant − baseline)", "95% CI of Δ",
+                                              "sign-flip p", "Holm p", "smallest reachable Holm p", "Wilcoxon p",
+                                              "r", "noise floor [95% CI]", "verdict", "note"], rows=drows))
+    blocks.append(Block("h", "Figures", 4))
+    tag = [g.dataset, g.configuration] + ([] if g.first_label else [f"label{g.label}"])
     blocks.append(Block("img", text="Per-case values by arm (boxes: quartiles; dots: cases).",
-                        png=figure_boxplots(g), filename=_slug("box", g.dataset, g.configuration) + ".png"))
+                        png=figure_boxplots(g), filename=_slug("box", *tag) + ".png"))
     if baseline in g.arms:
         for a in g.arms:
             if a != baseline:
                 blocks.append(Block("img", text=f"Per-case pairs, {a} against {baseline}.",
                                     png=figure_paired(g, a, baseline),
-                                    filename=_slug("paired", g.dataset, g.configuration, a) + ".png"))
-    curves = figure_curves(g)
-    if curves is not None:
-        blocks.append(Block("img", text="Training curves from nnU-Net's logs.", png=curves,
-                            filename=_slug("curves", g.dataset, g.configuration) + ".png"))
-    else:
-        blocks.append(Block("p", "No training curves were recorded."))
+                                    filename=_slug("paired", *tag, a) + ".png"))
+    if g.first_label:
+        curves = figure_curves(g)
+        if curves is not None:
+            blocks.append(Block("img", text="Training curves from nnU-Net's logs.", png=curves,
+                                filename=_slug("curves", g.dataset, g.configuration) + ".png"))
+        else:
+            blocks.append(Block("p", "No training curves were recorded."))
     return blocks
 
 
@@ -616,12 +675,33 @@ def render_html(title: str, blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, seed: int = 0, alpha: float = 0.05,
-                 min_pairs: int = st.MIN_PAIRS) -> tuple[Path, Path]:
-    """Analyse ``results_dir`` and write ``report.md``, ``report.html`` and ``figures/*.png`` into it."""
+REPORT_SCHEMA = "nnunet-tubeconv/report/1"
+REPORT_JSON = "report.json"
+
+
+def report_json(suite: dict[str, Any], groups: list[GroupAnalysis], n_resamples: int, seed: int, alpha: float,
+                min_pairs: int, complete_case: bool, n_permutations: int) -> dict[str, Any]:
+    """The machine-readable verdicts (``report.json``): the test, the verdict rule and every comparison."""
+    return {
+        "schema": REPORT_SCHEMA, "suite": suite.get("name"), "baseline": suite.get("baseline"),
+        "test": st.TEST_NAME, "exact_max_n": st.EXACT_MAX_N, "n_permutations": n_permutations,
+        "direction_rule": st.DIRECTION_RULE, "alpha": alpha, "n_resamples": n_resamples, "seed": seed,
+        "min_pairs": min_pairs, "complete_case": complete_case, "not_tested": dict(st.NOT_TESTED),
+        "families": [{"dataset": g.dataset, "configuration": g.configuration, "label": g.label,
+                      "label_name": g.label_name, "expected_cases": g.expected_cases,
+                      "cases": {a: len(g.values[a]) for a in g.arms}, "seeds": g.seeds,
+                      "comparisons": [c.to_dict() for c in g.comparisons], "notes": list(dict.fromkeys(g.notes))}
+                     for g in groups],
+    }
+
+
+def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, seed: int = 0, alpha: float = st.ALPHA,
+                 min_pairs: int = st.MIN_PAIRS, complete_case: bool = False,
+                 n_permutations: int = st.N_PERMUTATIONS) -> tuple[Path, Path]:
+    """Analyse ``results_dir`` and write ``report.md``, ``report.html``, ``report.json`` and ``figures/*.png``."""
     root = Path(results_dir)
     suite, units = load_results_dir(root)
-    groups = analyse(suite, units, n_resamples, seed, alpha, min_pairs)
+    groups = analyse(suite, units, n_resamples, seed, alpha, min_pairs, complete_case, n_permutations)
     title, blocks = build_document(suite, units, groups, n_resamples, seed, alpha, min_pairs)
     fig_dir = root / "figures"
     fig_dir.mkdir(exist_ok=True)
@@ -631,6 +711,10 @@ def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, see
     md, page = root / "report.md", root / "report.html"
     md.write_text(render_markdown(title, blocks), encoding="utf-8")
     page.write_text(render_html(title, blocks), encoding="utf-8")
+    from nnunet_tubeconv.benchmarks.records import dumps
+
+    (root / REPORT_JSON).write_text(dumps(report_json(suite, groups, n_resamples, seed, alpha, min_pairs,
+                                                      complete_case, n_permutations)), encoding="utf-8")
     return md, page
 
 
@@ -640,7 +724,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-resamples", type=int, default=st.N_RESAMPLES,
                         help="bootstrap resamples (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=st.ALPHA, help="family-wise error rate (default: %(default)s)")
+    parser.add_argument("--complete-case", action="store_true",
+                        help="give verdicts on the cases both arms have even when an arm lacks cases (default: such "
+                             "verdicts are withheld)")
 
 
 def run(args) -> int:
@@ -653,7 +740,8 @@ def run(args) -> int:
         print("nnunet-tubeconv report: error: --n-resamples must be >= 1 and --alpha in (0, 1)", file=sys.stderr)
         return 2
     try:
-        md, page = write_report(args.results_dir, args.n_resamples, args.seed, args.alpha)
+        md, page = write_report(args.results_dir, args.n_resamples, args.seed, args.alpha,
+                                complete_case=args.complete_case)
     except (FileNotFoundError, json.JSONDecodeError) as e:
         print(f"nnunet-tubeconv report: error: {e}", file=sys.stderr)
         return 2

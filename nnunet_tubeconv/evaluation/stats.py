@@ -5,21 +5,37 @@ For each metric and variant:
 
 * descriptive: mean, sd, median, IQR per arm (:func:`describe`);
 * the paired difference ``variant - baseline``: its mean with a seeded percentile-bootstrap 95% CI
-  (>= 10,000 resamples, :func:`bootstrap_ci`), the two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``,
-  zero differences dropped as in Wilcoxon's original test) and the matched-pairs rank-biserial correlation
-  (Kerby, Compr. Psychol. 2014: ``(R+ - R-) / (R+ + R-)`` over the signed ranks; +1 = variant larger in every pair);
-* Holm's step-down correction (Holm, Scand. J. Stat. 1979) over every (variant, metric) test of one family
-  (:func:`holm`);
-* the noise floor: ``|mean(seed_a - seed_b)|`` of the baseline against itself when it ran with two seeds.
+  (>= 10,000 resamples, :func:`bootstrap_ci`);
+* **the test**: a two-sided paired sign-flip permutation test of the *mean* difference (:func:`sign_flip_p`; Fisher
+  1935, Good, "Permutation tests", 2005): under "no difference" every pair's difference is as likely to have either
+  sign, so the p-value is the share of the ``2^n`` sign patterns whose mean is at least as far from 0 as the observed
+  one. Exact enumeration up to :data:`EXACT_MAX_N` pairs, a seeded Monte-Carlo draw of :data:`N_PERMUTATIONS`
+  patterns above (``p = (1 + hits) / (1 + draws)``, never 0). It tests the quantity the CI estimates, so the test
+  and the CI cannot point different ways because they look at different things;
+* beside it, for the reader: the two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``) and the
+  matched-pairs rank-biserial correlation (Kerby, Compr. Psychol. 2014: ``(R+ - R-) / (R+ + R-)`` over the signed
+  ranks; +1 = variant larger in every pair), which say what the *typical* case did;
+* Holm's step-down correction (Holm, Scand. J. Stat. 1979) over every tested (variant, metric) of one family
+  (:func:`holm`); IoU is reported but not tested (per case it is a monotone function of Dice, see
+  :data:`NOT_TESTED`);
+* power: the smallest p the test can give with ``n`` pairs is ``2 / 2^n`` (all differences of one sign; with a
+  Monte-Carlo test also ``>= 1 / (1 + draws)``), so the smallest Holm-adjusted p reachable in a family of ``m``
+  tests is ``m * 2 / 2^n`` (:func:`smallest_p`);
+* the noise floor: ``|mean(seed_a - seed_b)|`` of the baseline against itself when it ran with two seeds, with the
+  bootstrap CI of ``mean(seed_a - seed_b)`` as its uncertainty (:func:`noise_floor_ci`).
 
-Verdicts, with the metric's direction applied (``metrics.HIGHER_IS_BETTER``: a lower HD95 or Betti error is a gain):
+Verdicts (:data:`DIRECTION_RULE`), with the metric's direction applied (``metrics.HIGHER_IS_BETTER``: a lower HD95
+or Betti error is a gain), checked in this order:
 
-* ``"better"``: Holm-adjusted p < alpha, the CI excludes 0 on the favourable side, and the gain exceeds the noise
-  floor (when no noise floor exists the verdict still stands, with a note saying so);
-* ``"worse"``: the mirror image;
-* ``"too few pairs"``: fewer than ``min_pairs`` complete pairs (default 6, the smallest n at which a two-sided
-  Wilcoxon test can reach p < 0.05);
-* otherwise ``"no evidence of a difference"``.
+* ``"withheld: cases missing"``: an arm lacks cases the other has (e.g. a failed fold), unless the caller asks for
+  the complete-case analysis (``complete_case=True``);
+* ``"too few cases to decide"``: fewer than ``min_pairs`` complete pairs, or the smallest adjusted p reachable with
+  this n and family size is not below alpha (the note gives n, m and that p);
+* ``"no evidence of a difference"``: Holm-adjusted p >= alpha, or the CI contains 0;
+* ``"mean and typical case disagree"``: the test and the CI say the mean moved one way but the rank-biserial
+  correlation has the other sign (or is 0): most cases moved the other way (e.g. 36 slightly worse, 4 much better);
+* ``"better"`` / ``"worse"``: otherwise, if the gain exceeds the noise floor (when no noise floor exists the verdict
+  still stands, with a note saying so); within the floor it is "no evidence of a difference" with a note.
 
 Pairs where either value is NaN or infinite are dropped before anything is computed; how many is reported.
 """
@@ -27,7 +43,7 @@ Pairs where either value is NaN or infinite are dropped before anything is compu
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -37,9 +53,31 @@ from nnunet_tubeconv.evaluation.metrics import HIGHER_IS_BETTER
 BETTER = "better"
 WORSE = "worse"
 NO_EVIDENCE = "no evidence of a difference"
-TOO_FEW = "too few pairs"
+TOO_FEW = "too few cases to decide"
+MIXED = "mean and typical case disagree"
+WITHHELD = "withheld: cases missing"
+NOT_TESTED_VERDICT = "not tested"
+VERDICTS = (BETTER, WORSE, NO_EVIDENCE, TOO_FEW, MIXED, WITHHELD, NOT_TESTED_VERDICT)
 MIN_PAIRS = 6
 N_RESAMPLES = 10_000
+N_PERMUTATIONS = 20_000
+EXACT_MAX_N = 16
+ALPHA = 0.05
+
+#: metrics reported but kept out of the tested family, and why
+NOT_TESTED: dict[str, str] = {"iou": "per case a monotone function of Dice (IoU = Dice / (2 - Dice)): tested as Dice"}
+
+TEST_NAME = "paired sign-flip permutation test of the mean difference (two-sided)"
+DIRECTION_RULE = (
+    "'better'/'worse' only when (1) both arms have every case (else 'withheld: cases missing', unless the "
+    "complete-case analysis is asked for), (2) the smallest Holm-adjusted p reachable with n pairs in a family of m "
+    "tests, m * 2 / 2^n, is below alpha (else 'too few cases to decide'), (3) the Holm-adjusted p of the paired "
+    "sign-flip permutation test of the mean difference is below alpha and the 95% bootstrap CI of the mean "
+    "difference excludes 0 (else 'no evidence of a difference'), (4) the matched-pairs rank-biserial correlation "
+    "has the sign of the mean difference, i.e. the typical case moved the same way as the mean (else 'mean and "
+    "typical case disagree'), and (5) the mean difference exceeds the baseline's seed-to-seed noise floor when one "
+    "was measured (else 'no evidence of a difference')."
+)
 
 
 def _finite(values) -> np.ndarray:
@@ -62,7 +100,7 @@ def pair_up(baseline: Mapping[Hashable, float], variant: Mapping[Hashable, float
     """Align two ``{key: value}`` maps on their common keys (sorted by ``str``) and drop non-finite pairs.
 
     Returns ``(baseline_values, variant_values, keys, n_dropped)``; ``n_dropped`` counts common keys whose pair held
-    a NaN/inf/None.
+    a NaN/inf/None. Keys present in only one map are not pairs at all: see :func:`missing_keys`.
     """
     common = sorted(set(baseline) & set(variant), key=str)
     keys, b, v = [], [], []
@@ -74,6 +112,12 @@ def pair_up(baseline: Mapping[Hashable, float], variant: Mapping[Hashable, float
         b.append(float(x))
         v.append(float(y))
     return np.asarray(b), np.asarray(v), keys, len(common) - len(keys)
+
+
+def missing_keys(expected: Iterable[Hashable], present: Iterable[Hashable]) -> list[Hashable]:
+    """The expected keys an arm lacks (sorted by ``str``)."""
+    have = set(present)
+    return sorted((k for k in set(expected) if k not in have), key=str)
 
 
 def bootstrap_ci(diff, n_resamples: int = N_RESAMPLES, confidence: float = 0.95, seed: int = 0
@@ -98,6 +142,53 @@ def bootstrap_ci(diff, n_resamples: int = N_RESAMPLES, confidence: float = 0.95,
     alpha = 1 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def sign_flip_p(diff, n_permutations: int = N_PERMUTATIONS, seed: int = 0, exact_max_n: int = EXACT_MAX_N) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test of ``mean(diff) == 0``.
+
+    Exact (all ``2^n`` sign patterns) for ``n <= exact_max_n``; otherwise ``n_permutations`` seeded random patterns
+    and ``p = (1 + hits) / (1 + n_permutations)``. A pattern is a hit when ``|mean| >= |observed mean|`` (with a
+    relative tolerance of 1e-9 for floating-point ties). 1.0 when every difference is zero.
+    """
+    d = np.asarray(diff, dtype=float)
+    if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all():
+        raise ValueError(f"diff must be a non-empty 1-D array of finite numbers, got shape {d.shape}")
+    if int(n_permutations) < 1:
+        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    observed = abs(d.sum())
+    if observed == 0:
+        return 1.0
+    tol = 1e-9 * np.abs(d).sum()
+    n = d.size
+    if n <= exact_max_n:
+        hits = 0
+        codes = np.arange(2**n, dtype=np.int64)
+        for start in range(0, codes.size, 1 << 16):
+            block = codes[start:start + (1 << 16)]
+            signs = 1.0 - 2.0 * ((block[:, None] >> np.arange(n)) & 1)
+            hits += int(np.count_nonzero(np.abs(signs @ d) >= observed - tol))
+        return float(hits / 2**n)
+    rng = np.random.default_rng(seed)
+    hits = 0
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, int(n_permutations), chunk):
+        k = min(chunk, int(n_permutations) - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(k, n))
+        hits += int(np.count_nonzero(np.abs(signs @ d) >= observed - tol))
+    return float((1 + hits) / (1 + int(n_permutations)))
+
+
+def smallest_p(n: int, n_permutations: int = N_PERMUTATIONS, exact_max_n: int = EXACT_MAX_N) -> float:
+    """The smallest p-value :func:`sign_flip_p` can return with ``n`` pairs: ``2 / 2^n`` (every difference of one
+    sign and none zero), and at least ``1 / (1 + n_permutations)`` when the test is Monte-Carlo (``n > exact_max_n``).
+    """
+    if n <= 0:
+        return 1.0
+    p = min(1.0, 2.0 / 2.0**n)
+    if n > exact_max_n:
+        p = max(p, 1.0 / (1 + int(n_permutations)))
+    return p
 
 
 def wilcoxon_p(diff) -> float:
@@ -143,10 +234,22 @@ def noise_floor(seed_a: Mapping[Hashable, float], seed_b: Mapping[Hashable, floa
     return float(abs(np.mean(a - b)))
 
 
+def noise_floor_ci(seed_a: Mapping[Hashable, float], seed_b: Mapping[Hashable, float],
+                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
+    """``(floor, low, high)``: the noise floor and the bootstrap 95% CI of ``mean(seed_a - seed_b)`` (its
+    uncertainty: with few cases the seed-to-seed difference is itself poorly known). None if no pair."""
+    a, b, _, _ = pair_up(seed_a, seed_b)
+    if a.size == 0:
+        return None
+    low, high = bootstrap_ci(a - b, n_resamples=n_resamples, seed=seed)
+    return float(abs(np.mean(a - b))), low, high
+
+
 @dataclass
 class PairedComparison:
     """One variant-vs-baseline test on one metric. Differences are ``variant - baseline`` (raw, not signed by
-    direction); ``gain`` is the difference turned so that positive means better."""
+    direction); ``gain`` is the difference turned so that positive means better. ``p_value`` is the sign-flip
+    permutation test's (:data:`TEST_NAME`); ``wilcoxon_p`` is shown beside it, not used for the verdict."""
 
     metric: str
     variant: str
@@ -161,8 +264,18 @@ class PairedComparison:
     ci_high: float = math.nan
     p_value: float = math.nan
     p_holm: float = math.nan
+    wilcoxon_p: float = math.nan
     rank_biserial: float = math.nan
     noise_floor: float | None = None
+    noise_floor_ci: tuple[float, float] | None = None
+    n_expected: int = 0
+    missing_baseline: list = field(default_factory=list)
+    missing_variant: list = field(default_factory=list)
+    tested: bool = True
+    family_size: int = 0
+    p_min: float = math.nan
+    p_min_adjusted: float = math.nan
+    complete_case: bool = False
     verdict: str = TOO_FEW
     note: str = ""
 
@@ -170,23 +283,40 @@ class PairedComparison:
     def gain(self) -> float:
         return self.mean_diff if self.higher_is_better else -self.mean_diff
 
+    @property
+    def has_missing(self) -> bool:
+        return bool(self.missing_baseline or self.missing_variant)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["gain"] = self.gain
+        d["missing_baseline"] = [str(k) for k in self.missing_baseline]
+        d["missing_variant"] = [str(k) for k in self.missing_variant]
         return d
 
 
 def paired_comparison(baseline: Mapping[Hashable, float], variant: Mapping[Hashable, float], metric: str,
                       variant_name: str = "variant", baseline_name: str = "baseline",
                       noise: float | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                      min_pairs: int = MIN_PAIRS) -> PairedComparison:
-    """Everything but the Holm step and the verdict for one metric (see :func:`finalise`)."""
+                      min_pairs: int = MIN_PAIRS, expected: Iterable[Hashable] | None = None,
+                      noise_ci: tuple[float, float] | None = None, n_permutations: int = N_PERMUTATIONS,
+                      ) -> PairedComparison:
+    """Everything but the Holm step and the verdict for one metric (see :func:`finalise`).
+
+    expected: the keys both arms should have (default: the union of both maps' keys); the ones an arm lacks are
+    listed in ``missing_baseline`` / ``missing_variant``.
+    """
     if metric not in HIGHER_IS_BETTER:
         raise ValueError(f"unknown metric {metric!r}; known (with direction): {sorted(HIGHER_IS_BETTER)}")
     b, v, _, dropped = pair_up(baseline, variant)
+    expected = set(baseline) | set(variant) if expected is None else set(expected)
     c = PairedComparison(metric=metric, variant=variant_name, baseline=baseline_name,
                          higher_is_better=HIGHER_IS_BETTER[metric], n=int(b.size), n_dropped=dropped,
-                         baseline_stats=describe(b), variant_stats=describe(v), noise_floor=noise)
+                         baseline_stats=describe(b), variant_stats=describe(v), noise_floor=noise,
+                         noise_floor_ci=noise_ci, n_expected=len(expected),
+                         missing_baseline=missing_keys(expected, baseline),
+                         missing_variant=missing_keys(expected, variant), tested=metric not in NOT_TESTED,
+                         p_min=smallest_p(int(b.size), n_permutations))
     if b.size == 0:
         c.note = "no complete pairs"
         return c
@@ -197,59 +327,107 @@ def paired_comparison(baseline: Mapping[Hashable, float], variant: Mapping[Hasha
         c.note = f"only {b.size} complete pairs; at least {min_pairs} are needed for a test at p < 0.05"
         return c
     c.ci_low, c.ci_high = bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
-    c.p_value = wilcoxon_p(d)
+    c.wilcoxon_p = wilcoxon_p(d)
+    if c.tested:
+        c.p_value = sign_flip_p(d, n_permutations=n_permutations, seed=seed)
     return c
 
 
-def finalise(comparisons: Sequence[PairedComparison], alpha: float = 0.05) -> list[PairedComparison]:
-    """Holm-adjust the p-values of one family of comparisons and set each verdict (in place; returns the list)."""
-    adjusted = holm([c.p_value for c in comparisons])
+def finalise(comparisons: Sequence[PairedComparison], alpha: float = ALPHA,
+             complete_case: bool = False) -> list[PairedComparison]:
+    """Holm-adjust the p-values of one family of comparisons and set each verdict (in place; returns the list).
+
+    The family is every tested comparison (IoU and other :data:`NOT_TESTED` metrics stay out); ``m`` is the number
+    of them that have a p-value.
+    """
+    adjusted = holm([c.p_value if c.tested else math.nan for c in comparisons])
+    m = sum(1 for c in comparisons if c.tested and math.isfinite(c.p_value))
     for c, p in zip(comparisons, adjusted):
         c.p_holm = p
-        c.verdict, note = _verdict(c, alpha)
-        c.note = "; ".join(x for x in (c.note, note) if x)
+        c.family_size = m
+        c.complete_case = bool(complete_case)
+        c.p_min_adjusted = min(1.0, max(m, 1) * c.p_min)
+        c.verdict, note = _verdict(c, alpha, complete_case)
+        c.note = _join(c.note, note)
     return list(comparisons)
 
 
-def _verdict(c: PairedComparison, alpha: float) -> tuple[str, str]:
+def _missing_note(c: PairedComparison) -> str:
+    parts = []
+    for arm, keys in ((c.baseline, c.missing_baseline), (c.variant, c.missing_variant)):
+        if keys:
+            shown = ", ".join(str(k[0] if isinstance(k, tuple) else k) for k in keys[:4])
+            parts.append(f"{arm} lacks {len(keys)} of {c.n_expected} cases ({shown}{', ...' if len(keys) > 4 else ''})")
+    return "; ".join(parts)
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(x for x in parts if x)
+
+
+def _verdict(c: PairedComparison, alpha: float, complete_case: bool) -> tuple[str, str]:
+    if not c.tested:
+        return NOT_TESTED_VERDICT, NOT_TESTED.get(c.metric, "not in the tested family")
+    missing = _missing_note(c)
+    if c.has_missing and not complete_case:
+        return WITHHELD, f"{missing}; verdict withheld (rerun the missing units, or ask for the complete-case analysis)"
+    extra = f"complete-case analysis: {missing}" if c.has_missing else ""
     if not math.isfinite(c.p_value):
-        return TOO_FEW, ""
+        return TOO_FEW, extra
+    if not c.p_min_adjusted < alpha:
+        return TOO_FEW, _join(f"n={c.n}, smallest reachable adjusted p={c.p_min_adjusted:.4g} (m={c.family_size} "
+                              f"tests x 2/2^{c.n}) is not below alpha={alpha:g}", extra)
     ci_side = 1 if c.ci_low > 0 else -1 if c.ci_high < 0 else 0
     if not (c.p_holm < alpha and ci_side != 0):
-        return NO_EVIDENCE, ""
+        return NO_EVIDENCE, extra
+    rb_side = 1 if c.rank_biserial > 0 else -1 if c.rank_biserial < 0 else 0
+    if rb_side != ci_side:
+        return MIXED, _join(f"mean difference {c.mean_diff:+.4g} but rank-biserial r = {c.rank_biserial:+.2f}: the "
+                            "typical case moved the other way (or not at all)", extra)
     favourable = ci_side == (1 if c.higher_is_better else -1)
     gain = abs(c.mean_diff)
     if c.noise_floor is None:
-        return (BETTER if favourable else WORSE), "no noise floor (baseline ran with one seed)"
+        return (BETTER if favourable else WORSE), _join("no noise floor measured (baseline ran with one seed)", extra)
     if gain <= c.noise_floor:
-        return NO_EVIDENCE, f"|difference| {gain:.4g} within the baseline's seed-to-seed noise {c.noise_floor:.4g}"
-    return (BETTER if favourable else WORSE), ""
+        return NO_EVIDENCE, _join(f"|difference| {gain:.4g} within the baseline's seed-to-seed noise "
+                                  f"{c.noise_floor:.4g}", extra)
+    return (BETTER if favourable else WORSE), extra
 
 
 def compare_arms(values: Mapping[str, Mapping[Hashable, Mapping[str, float]]], baseline: str,
                  metrics: Sequence[str], baseline_repeats: Sequence[Mapping[Hashable, Mapping[str, float]]] = (),
-                 alpha: float = 0.05, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                 min_pairs: int = MIN_PAIRS) -> list[PairedComparison]:
+                 alpha: float = ALPHA, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 min_pairs: int = MIN_PAIRS, expected: Iterable[Hashable] | None = None,
+                 complete_case: bool = False, n_permutations: int = N_PERMUTATIONS) -> list[PairedComparison]:
     """Every variant against ``baseline`` on every metric, Holm-corrected together as one family.
 
     values: ``{arm: {pair_key: {metric: value}}}``. baseline_repeats: the baseline's per-seed values (two or more
-    runs) for the noise floor, taken from the first two.
+    runs) for the noise floor, taken from the first two. expected: the pair keys every arm should have (default:
+    the union over all arms).
     """
     if baseline not in values:
         raise ValueError(f"baseline arm {baseline!r} not among the arms {sorted(values)}")
-    floors: dict[str, float | None] = {}
+    if expected is None:
+        expected = {k for rows in values.values() for k in rows}
+    expected = set(expected)
+    floors: dict[str, tuple[float, float, float] | None] = {}
     for m in metrics:
         floors[m] = None
         if len(baseline_repeats) >= 2:
-            floors[m] = noise_floor(_column(baseline_repeats[0], m), _column(baseline_repeats[1], m))
+            floors[m] = noise_floor_ci(_column(baseline_repeats[0], m), _column(baseline_repeats[1], m),
+                                       n_resamples=n_resamples, seed=seed)
     out = []
     for arm in values:
         if arm == baseline:
             continue
         for m in metrics:
+            fl = floors[m]
             out.append(paired_comparison(_column(values[baseline], m), _column(values[arm], m), m, arm, baseline,
-                                         floors[m], n_resamples, seed, min_pairs))
-    return finalise(out, alpha)
+                                         None if fl is None else fl[0], n_resamples, seed, min_pairs,
+                                         expected={k for k in expected},
+                                         noise_ci=None if fl is None else (fl[1], fl[2]),
+                                         n_permutations=n_permutations))
+    return finalise(out, alpha, complete_case)
 
 
 def _column(rows: Mapping[Hashable, Mapping[str, float]], metric: str) -> dict[Hashable, float]:

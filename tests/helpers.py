@@ -3,10 +3,11 @@
 :func:`fabricate_results_dir` writes ``suite.json`` and ``runs/<dataset>/<configuration>/<arm>/fold_<f>_seed_<s>/
 record.json`` files (schema ``nnunet-tubeconv/record/1``) whose ``metrics`` follow ``nnunet-tubeconv/results/1``, with
 per-case values drawn so that the answer is known: the variant arm gains ``effect`` Dice / IoU / NSD / clDice on every
-case and is indistinguishable from the baseline on HD95 and the Betti errors. It is plain library code (no pytest
-import) so that both the report's tests and the harness's tests can call it (and :func:`write_segmentation` writes small segmentation folders in nnU-Net's formats)::
+case and is indistinguishable from the baseline on HD95 and the Betti errors. Test-only code (``tests/`` is on
+``sys.path`` under pytest), used by the report's and the evaluation's tests; :func:`write_segmentation` writes small
+segmentation folders in nnU-Net's formats::
 
-    from nnunet_tubeconv.evaluation.testing import fabricate_results_dir
+    from helpers import fabricate_results_dir
     root = fabricate_results_dir(tmp_path / "results")   # both arms seeds 0 and 1, folds 0-1,
                                                          # variant fold 1 seed 1 failed
 """
@@ -23,9 +24,9 @@ import numpy as np
 
 from nnunet_tubeconv.evaluation.folders import SCHEMA as RESULTS_SCHEMA
 from nnunet_tubeconv.evaluation.folders import mean_per_label
+from nnunet_tubeconv.evaluation.layout import RECORD_SCHEMA, SUITE_FILE, unit_rel_dir
 from nnunet_tubeconv.evaluation.metrics import MetricSettings
 
-RECORD_SCHEMA = "nnunet-tubeconv/record/1"
 FABRICATED_ERROR = ("Traceback (most recent call last):\n  File \"run_training.py\", line 1, in <module>\n"
                     "torch.OutOfMemoryError: CUDA out of memory (fabricated)")
 
@@ -99,7 +100,7 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
              "configurations": [configuration], "folds": list(folds),
              "seeds": sorted(set(baseline_seeds) | set(variant_seeds)), "budget": "smoke"}
     root.mkdir(parents=True, exist_ok=True)
-    (root / "suite.json").write_text(json.dumps(suite, indent=1))
+    (root / SUITE_FILE).write_text(json.dumps(suite, indent=1))
     settings = MetricSettings().to_json()
     settings.update(file_ending=".nii.gz", reader="SimpleITKIO", dimensions=[ndim], nnunet_tubeconv="0.1.0")
     for dataset in datasets:
@@ -109,7 +110,7 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
             gain = effect if arm == variant else 0.0
             for s in seeds:
                 for fi, fold in enumerate(folds):
-                    unit = root / "runs" / dataset / configuration / arm / f"fold_{fold}_seed_{s}"
+                    unit = root / unit_rel_dir(dataset, configuration, arm, fold, s)
                     unit.mkdir(parents=True, exist_ok=True)
                     is_failed = (arm, int(fold), int(s)) in failed_set
                     case_ids = range(fi * cases_per_fold, (fi + 1) * cases_per_fold)
