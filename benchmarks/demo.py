@@ -72,7 +72,9 @@ def _demo_dataset_matches(raw_root: Path, dataset_id: int, num_cases: int, shape
         have = json.loads((raw_root / name / "dataset.json").read_text()).get("synthetic")
     except (OSError, ValueError):
         return False
-    want = {"seed": seed, "dim": 2, "shape": list(shape), "num_cases": num_cases}
+    from nnunet_tubeconv.data.synthetic import synthetic_stamp
+
+    want = synthetic_stamp(seed, 2, shape, num_cases)
     return have == want and len(list((raw_root / name / "labelsTr").glob("*.nii.gz"))) == num_cases
 
 

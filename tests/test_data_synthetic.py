@@ -9,7 +9,14 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_tubeconv.cli import main
-from nnunet_tubeconv.data.synthetic import generate_case, murray_angles, rasterise, write_synthetic_dataset
+from nnunet_tubeconv.data.synthetic import (
+    GENERATOR_VERSION,
+    generate_case,
+    murray_angles,
+    rasterise,
+    write_synthetic_dataset,
+)
+from nnunet_tubeconv.evaluation.metrics import betti_numbers
 
 
 @pytest.mark.parametrize("dim,shape", [(2, (64, 72)), (3, (32, 36, 40))])
@@ -33,7 +40,12 @@ def test_rasterise_2d_partial_volume_and_centre_label():
     cov, lab = rasterise(thin, (21, 32))
     assert cov[:, 15].sum() == pytest.approx(0.6, abs=1e-5)  # area conserved: width 2r
     assert cov[10, 15] == pytest.approx(0.3, abs=1e-5) and cov[11, 15] == pytest.approx(0.3, abs=1e-5)
-    assert lab.sum() == 0  # sub-voxel vessel missing from the label, visible in the image
+    # default rule: the centreline is drawn one pixel wide (row rint(10.5) = 10), so the thin tube stays one piece
+    assert lab[10, 2:30].all() and lab.sum() == 28
+    _, noisy = rasterise(thin, (21, 32), label_rule="centre-in-tube")
+    assert noisy.sum() == 0  # label-noise rule: sub-voxel vessel missing from the label, visible in the image
+    with pytest.raises(ValueError, match="label_rule must be one of"):
+        rasterise(thin, (21, 32), label_rule="dist")
     thick = np.array([[10.0, 2.0, 10.0, 29.0, 2.0, 2.0]])
     cov, lab = rasterise(thick, (21, 32))
     assert cov[:, 15].sum() == pytest.approx(4.0, abs=1e-5)
@@ -74,24 +86,34 @@ def test_murray_angles():
     assert math.degrees(t_trunk) < 6.0 and 70.0 < math.degrees(t_side) < 90.0
 
 
-@pytest.mark.parametrize("dim,shape,connectivity", [(2, (160, 160), 8), (3, (64, 64, 64), 26)])
-def test_trees_mostly_connected_and_reach_subvoxel_radii(dim, shape, connectivity):
-    for case_index in range(3):
+@pytest.mark.parametrize("dim,shape,connectivity,cases", [(2, (160, 160), 8, 12), (3, (64, 64, 64), 26, 4),
+                                                         (3, (96, 96, 96), 26, 2)])
+def test_every_tree_is_one_component_of_the_label(dim, shape, connectivity, cases):
+    """Label Betti-0 equals the number of trees, for every case; each tree alone is one component."""
+    for case_index in range(cases):
         case = generate_case(seed=0, case_index=case_index, dim=dim, shape=shape)
         radii = case.radii
-        assert radii.min() < 0.5 and radii.max() > 1.5
+        assert radii.min() < 0.5 and radii.max() > 1.5  # the trees still end in sub-voxel twigs
         trees = np.unique(case.segments[:, -1])
-        assert len(trees) >= 2
+        assert trees.tolist() == list(range(len(trees))) and len(trees) >= 2
+        _, n = cc3d.connected_components(case.label, connectivity=connectivity, return_N=True)
+        assert n == len(trees), (case_index, n, len(trees))
+        assert betti_numbers(case.label.astype(bool))[0] == len(trees)  # the metric's own count agrees
         for k in trees:
             _, lab = rasterise(case.segments[case.segments[:, -1] == k], shape)
-            cc, n = cc3d.connected_components(lab.astype(np.uint8), connectivity=connectivity, return_N=True)
-            sizes = np.bincount(cc.ravel())[1:]
-            if sizes.sum() < 50:  # a tree that left the image almost at once
-                continue
-            # sub-voxel twigs break off in the label by design; the trunk keeps most of the tree together
-            assert sizes.max() / sizes.sum() > 0.6, (case_index, k, n)
-        fg = case.label.mean()
-        assert 0.001 < fg < 0.4
+            assert cc3d.connected_components(lab.astype(np.uint8), connectivity=connectivity, return_N=True)[1] == 1
+        assert 0.001 < case.label.mean() < 0.4
+
+
+@pytest.mark.parametrize("dim,shape,connectivity", [(2, (160, 160), 8), (3, (64, 64, 64), 26)])
+def test_label_noise_rule_fragments_the_same_trees(dim, shape, connectivity):
+    clean = generate_case(seed=0, case_index=0, dim=dim, shape=shape)
+    noisy = generate_case(seed=0, case_index=0, dim=dim, shape=shape, label_rule="centre-in-tube")
+    assert clean.image.tobytes() == noisy.image.tobytes()  # same trees, same image: only the label differs
+    np.testing.assert_array_equal(clean.segments, noisy.segments)
+    assert not np.any(noisy.label & ~clean.label)  # the noisy label is the clean one minus twig voxels
+    _, n = cc3d.connected_components(noisy.label, connectivity=connectivity, return_N=True)
+    assert n > 3 * len(np.unique(clean.segments[:, -1]))  # sub-voxel twigs break into fragments
 
 
 def test_write_dataset_is_valid_nnunet_raw(tmp_path):
@@ -161,3 +183,9 @@ def test_cli_synth(tmp_path, monkeypatch, capsys):
     assert sitk.ReadImage(str(out / "imagesTr" / "tubes_001_0000.nii.gz")).GetSize() == (40, 32)
     assert main(["synth", "--num-cases", "1", "--shape", "32x40", "--dataset-id", "916", "--name", "Other"]) == 2
     assert "already used" in capsys.readouterr().err
+    stamp = json.loads((out / "dataset.json").read_text())["synthetic"]
+    assert stamp == {"seed": 5, "dim": 2, "shape": [32, 40], "num_cases": 2, "version": GENERATOR_VERSION,
+                     "label_rule": "connected"} and GENERATOR_VERSION == 2
+    assert main(["synth", "--num-cases", "1", "--shape", "32x40", "--dataset-id", "917", "--label-noise"]) == 0
+    stamp = json.loads((tmp_path / "Dataset917_SynthTubes2D" / "dataset.json").read_text())["synthetic"]
+    assert stamp["label_rule"] == "centre-in-tube"

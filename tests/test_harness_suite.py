@@ -235,6 +235,12 @@ def test_demo_data_set_is_written_once(tmp_path):
     assert not _demo_dataset_matches(raw, 991, 4, (32, 32), 0)  # other settings: written again
     ensure_demo_dataset(raw, 991, 4, (32, 32), 0)
     assert len(list((raw / name / "labelsTr").iterdir())) == 4
+    # a data set made by an older generator (no version in its stamp: fragmented labels) is not reused
+    dj = raw / name / "dataset.json"
+    meta = json.loads(dj.read_text())
+    meta["synthetic"].pop("version")
+    dj.write_text(json.dumps(meta))
+    assert not _demo_dataset_matches(raw, 991, 4, (32, 32), 0)
 
 
 # ------------------------------------------------------------------------------------------------ records

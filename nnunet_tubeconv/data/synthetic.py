@@ -12,12 +12,18 @@ Generator (per case, all randomness from ``numpy.random.default_rng([seed, dim, 
    exponentially with path length; at random bifurcations (Poisson in path length) the radius splits by Murray's
    law ``r^3 = r1^3 + r2^3`` (Murray, PNAS 1926) with a random asymmetry, and the daughters leave at Murray's
    minimum-work angles (J. Gen. Physiol. 1926) plus jitter, so thin side branches leave at wide angles.
-   Branches stop below a minimum radius of ~0.3 voxel, so every tree ends in sub-voxel vessels.
+   Branches stop below a minimum radius of ~0.3 voxel, so every tree ends in sub-voxel vessels; a branch also stops
+   where it leaves the image, and where it would come within ``CLEARANCE`` voxels (plus its radius) of an earlier
+   tree, so trees never touch and each stays its own component.
 2. Rasterisation. Each segment is a capsule with linearly varying radius; distances to it are computed only inside
    a bounded box around it. The *image* gets the partial-volume fraction of each voxel covered by the tube
    (analytic 1D box overlap across the tube, times the cross-section factor in 3D), so a radius-0.3 vessel appears
-   as a faint line. The *label* is the set of voxels whose centre lies within the radius, so sub-voxel vessels are
-   thin and broken in the label, as in manual annotations.
+   as a faint line. The *label* (rule ``"connected"``, the default) is the set of voxels whose centre lies within
+   the radius plus the centreline drawn at least one voxel wide (points every <= 1/4 voxel along each segment,
+   rounded to voxels, so consecutive ones are 8-/26-neighbours): every tree is exactly one 8-/26-connected
+   component of the label, and holes appear only where branches of one tree cross. Rule ``"centre-in-tube"``
+   (``--label-noise``) keeps only the voxels whose centre lies within the radius: sub-voxel twigs then break into
+   many small fragments (2D: 35-109 components for 2-4 trees), a model of label noise, not of the trees.
 3. Imaging model: ``image = bias * (background + contrast * blur(coverage)) + noise`` with a smooth random texture
    plus blob distractors as background, Gaussian blur as point-spread function, a smooth multiplicative bias field
    (exp of a random quadratic), and Gaussian noise.
@@ -52,6 +58,12 @@ DEFAULT_NAME = {2: "SynthTubes2D", 3: "SynthTubes3D"}
 DEFAULT_SHAPE = {2: (160, 160), 3: (96, 96, 96)}
 DEFAULT_NUM_CASES = {2: 24, 3: 12}
 CASE_PREFIX = "tubes"
+#: bumped whenever the same seed gives different arrays (written into dataset.json "synthetic")
+GENERATOR_VERSION = 2
+LABEL_RULES = ("connected", "centre-in-tube")
+#: voxels kept between a branch's surface and any earlier tree's label: well above the 8-/26-neighbour distance
+CLEARANCE = 3.5
+_CENTRELINE_STEP = 0.25
 
 
 @dataclass(frozen=True)
@@ -144,8 +156,30 @@ def murray_angles(r0: float, r1: float, r2: float) -> tuple[float, float]:
     return math.acos(min(1.0, max(-1.0, c1))), math.acos(min(1.0, max(-1.0, c2)))
 
 
-def grow_tree(rng: np.random.Generator, shape: Sequence[int], params: TreeParams = TreeParams()) -> np.ndarray:
-    """Grow one vessel tree; return its segments, float64 (M, 2*dim + 2): ``[p0, p1, r0, r1]`` in voxels."""
+def _clear(clearance: np.ndarray | None, points: np.ndarray, r: float) -> bool:
+    """Whether every point (k, dim) lies more than ``max(r, sqrt(dim)/2) + CLEARANCE`` voxels from earlier trees.
+
+    ``clearance`` is the Euclidean distance of each voxel to the nearest earlier-tree voxel (inf where none); points
+    are clamped into the image first (projection onto the box only moves a point closer to anything inside it).
+    """
+    if clearance is None:
+        return True
+    hi = np.asarray(clearance.shape) - 1
+    idx = np.rint(np.clip(points, 0, hi)).astype(int)
+    dim = clearance.ndim
+    # rounding a point moves it by <= sqrt(dim)/2, a label voxel lies <= max(r, sqrt(dim)/2) from its centreline
+    need = max(r, 0.5 * math.sqrt(dim)) + CLEARANCE + 0.5 * math.sqrt(dim)
+    return bool(np.all(clearance[tuple(idx.T)] > need))
+
+
+def grow_tree(rng: np.random.Generator, shape: Sequence[int], params: TreeParams = TreeParams(),
+              clearance: np.ndarray | None = None) -> np.ndarray:
+    """Grow one vessel tree; return its segments, float64 (M, 2*dim + 2): ``[p0, p1, r0, r1]`` in voxels.
+
+    A branch ends where it leaves the image (its last segment may reach up to one step outside) and before a
+    segment that would come within ``CLEARANCE`` of an earlier tree (``clearance``: distance map of the earlier
+    trees' label, see :func:`_clear`); an empty array when the root itself is not clear.
+    """
     shape_arr = np.asarray(shape, dtype=float)
     dim = shape_arr.size
     size = float(shape_arr.min())
@@ -163,7 +197,7 @@ def grow_tree(rng: np.random.Generator, shape: Sequence[int], params: TreeParams
     rho = math.exp(-params.step / params.turn_corr)
     kick = math.sqrt(1.0 - rho * rho) * params.turn_std
     p_branch = params.step / params.branch_every
-    lo, hi = -0.5 - 2.0, shape_arr - 0.5 + 2.0
+    lo, hi = -0.5, shape_arr - 0.5
 
     segments: list[np.ndarray] = []
     # FIFO so the cap on segments trims the finest generations, not whole sub-trees
@@ -185,6 +219,8 @@ def grow_tree(rng: np.random.Generator, shape: Sequence[int], params: TreeParams
                 d = _unit(d + params.step * k_perp)
             r_next = r * taper
             nxt = pos + params.step * d
+            if not _clear(clearance, np.stack([pos, 0.5 * (pos + nxt), nxt]), r):
+                break
             segments.append(np.concatenate([pos, nxt, [r, r_next]]))
             pos, r = nxt, r_next
             if np.any(pos < lo) or np.any(pos > hi) or r < r_min:
@@ -205,8 +241,31 @@ def grow_tree(rng: np.random.Generator, shape: Sequence[int], params: TreeParams
     return np.asarray(segments, dtype=np.float64).reshape(-1, 2 * dim + 2)
 
 
-def rasterise(segments: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Partial-volume coverage (float32, [0, 1]) and centre-in-tube label (bool) of capsule segments.
+def centreline_voxels(segments: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Voxel indices (k, dim) of the centreline of every segment: points at most 1/4 voxel apart along each segment,
+    clamped into the image and rounded, so consecutive points of a chain are equal or 8-/26-neighbours."""
+    dim = len(shape)
+    p0, p1 = segments[:, :dim], segments[:, dim:2 * dim]
+    if len(segments) == 0:
+        return np.zeros((0, dim), dtype=int)
+    # samples per segment from its own length only, so a segment draws the same voxels alone or in a batch
+    counts = np.maximum(np.ceil(np.linalg.norm(p1 - p0, axis=1) / _CENTRELINE_STEP).astype(int) + 1, 2)
+    out = []
+    for n in np.unique(counts):
+        sel = counts == n
+        t = np.linspace(0.0, 1.0, int(n))[None, :, None]
+        pts = p0[sel][:, None, :] + t * (p1[sel] - p0[sel])[:, None, :]
+        out.append(np.rint(np.clip(pts.reshape(-1, dim), 0, np.asarray(shape) - 1)).astype(int))
+    return np.unique(np.concatenate(out), axis=0)
+
+
+def rasterise(segments: np.ndarray, shape: Sequence[int], label_rule: str = "connected"
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Partial-volume coverage (float32, [0, 1]) and label (bool) of capsule segments.
+
+    label_rule ``"connected"``: centre-in-tube voxels plus :func:`centreline_voxels` (each connected chain of
+    segments is one 8-/26-connected component); ``"centre-in-tube"``: only voxels whose centre lies within the
+    radius (sub-voxel vessels break up).
 
     segments: (M, 2*dim + 2) rows ``[p0, p1, r0, r1]`` (extra trailing columns ignored); shape: (*spatial).
     Coverage per voxel at perpendicular distance ``d`` from a tube of local radius ``r``: the overlap of
@@ -219,10 +278,14 @@ def rasterise(segments: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, n
     if segments.ndim != 2 or segments.shape[1] < 2 * dim + 2:
         raise ValueError(f"segments must be (M, >= {2 * dim + 2}) rows [p0, p1, r0, r1] for {dim}D, "
                          f"got {segments.shape}")
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}")
     cover = np.zeros(shape, dtype=np.float32)
     label = np.zeros(shape, dtype=bool)
     for chunk in _chunks(segments[:, : 2 * dim + 2], dim):
         _rasterise_chunk(chunk, cover, label)
+    if label_rule == "connected":
+        label[tuple(centreline_voxels(segments, shape).T)] = True
     return cover, label
 
 
@@ -316,8 +379,14 @@ def generate_case(
     spacing: Sequence[float] | None = None,
     tree_params: TreeParams | None = None,
     image_params: ImageParams = ImageParams(),
+    label_rule: str = "connected",
 ) -> SyntheticCase:
-    """Generate case ``case_index`` of the data set with ``seed`` (independent of how many cases are generated)."""
+    """Generate case ``case_index`` of the data set with ``seed`` (independent of how many cases are generated).
+
+    The trees, the image and the tree index of every segment do not depend on ``label_rule`` (only the label does).
+    """
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {list(LABEL_RULES)}, got {label_rule!r}")
     shape = _check_shape(dim, shape)
     spacing = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * dim))
     if len(spacing) != dim or min(spacing) <= 0:
@@ -325,14 +394,29 @@ def generate_case(
     rng = np.random.default_rng([int(seed), int(dim), int(case_index)])
     tree_params = TREE_PARAMS[dim] if tree_params is None else tree_params
     num_trees = int(rng.integers(NUM_TREES[dim][0], NUM_TREES[dim][1] + 1))
-    trees = []
-    for k in range(num_trees):
-        seg = grow_tree(rng, shape, tree_params)
-        trees.append(np.concatenate([seg, np.full((len(seg), 1), float(k))], axis=1))
+    trees: list[np.ndarray] = []
+    occupied = np.zeros(shape, dtype=bool)
+    for _ in range(num_trees):
+        clearance = ndimage.distance_transform_edt(~occupied) if occupied.any() else None
+        for _attempt in range(20):  # a root that starts too close to an earlier tree grows nothing: try another
+            seg = grow_tree(rng, shape, tree_params, clearance)
+            if len(seg):
+                break
+        if not len(seg):
+            continue
+        trees.append(np.concatenate([seg, np.full((len(seg), 1), float(len(trees)))], axis=1))
+        occupied |= rasterise(seg, shape, "connected")[1]
     segments = np.concatenate(trees, axis=0)
-    cover, label = rasterise(segments, shape)
+    cover, label = rasterise(segments, shape, label_rule)
     image = render_image(rng, cover, image_params)
     return SyntheticCase(image=image, label=label.astype(np.uint8), segments=segments, spacing=spacing)
+
+
+def synthetic_stamp(seed: int, dim: int, shape: Sequence[int], num_cases: int, label_rule: str = "connected"
+                    ) -> dict:
+    """The generator settings written into dataset.json ``"synthetic"``: same stamp, same arrays."""
+    return {"seed": int(seed), "dim": int(dim), "shape": [int(s) for s in shape], "num_cases": int(num_cases),
+            "version": GENERATOR_VERSION, "label_rule": label_rule}
 
 
 def write_synthetic_dataset(
@@ -345,6 +429,7 @@ def write_synthetic_dataset(
     name: str | None = None,
     spacing: Sequence[float] | None = None,
     force: bool = False,
+    label_rule: str = "connected",
 ) -> Path:
     """Write ``raw_root/DatasetXXX_Name`` (nnU-Net v2 raw format) with ``num_cases`` synthetic vessel cases.
 
@@ -361,7 +446,7 @@ def write_synthetic_dataset(
     dataset_folder_name(dataset_id, name)  # validate before touching the disk
     out = prepare_dataset_folder(Path(raw_root), dataset_id, name, force=force)
     for i in range(int(num_cases)):
-        case = generate_case(seed, i, dim, shape, spacing)
+        case = generate_case(seed, i, dim, shape, spacing, label_rule=label_rule)
         cid = f"{CASE_PREFIX}_{i:03d}"
         write_nifti(out / "imagesTr" / f"{cid}_0000.nii.gz", case.image, case.spacing)
         write_nifti(out / "labelsTr" / f"{cid}.nii.gz", case.label, case.spacing)
@@ -373,11 +458,14 @@ def write_synthetic_dataset(
         dataset_name=name,
         description=(
             f"Synthetic {dim}D branching vessel trees (nnunet-tubeconv synth), seed {seed}, shape {list(shape)}. "
-            "Label: voxel centres inside the tube radius; image: partial-volume tubes, texture, blur, bias, noise."
+            + ("Label: voxel centres inside the tube radius plus the centreline at least one voxel wide (each tree one "
+               "connected component); " if label_rule == "connected" else
+               "Label (label noise): only voxel centres inside the tube radius, so sub-voxel twigs are fragmented; ")
+            + "image: partial-volume tubes, texture, blur, bias, noise."
         ),
         license="CC0 (synthetic)",
         converted_by="nnunet-tubeconv",
-        synthetic={"seed": int(seed), "dim": int(dim), "shape": list(shape), "num_cases": int(num_cases)},
+        synthetic=synthetic_stamp(seed, dim, shape, num_cases, label_rule),
     )
     return out
 
@@ -407,6 +495,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical arrays")
     parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--label-noise", action="store_true",
+                        help="label only voxel centres inside the tube radius, so sub-voxel twigs break into fragments "
+                             "(for studying label noise; default: every tree one connected component)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -419,7 +510,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         raw_root = resolve_raw_root(args.output)
         out = write_synthetic_dataset(
-            raw_root, dataset_id, dim, num_cases, shape=args.shape, seed=args.seed, name=args.name, force=args.force
+            raw_root, dataset_id, dim, num_cases, shape=args.shape, seed=args.seed, name=args.name, force=args.force,
+            label_rule="centre-in-tube" if args.label_noise else "connected",
         )
     except ValueError as e:
         print(f"nnunet-tubeconv synth: error: {e}", file=sys.stderr)
