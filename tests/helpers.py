@@ -78,7 +78,9 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
                           baseline_seeds: Sequence[int] = (0, 1), variant_seeds: Sequence[int] = (0, 1),
                           folds: Sequence[int] = (0, 1), cases_per_fold: int = 8, labels: Sequence[int] = (1,),
                           effect: float = 0.06, noise: float = 0.01, epochs: int = 12,
-                          failed: Sequence[tuple[str, int, int]] | None = None, seed: int = 0) -> Path:
+                          failed: Sequence[tuple[str, int, int]] | None = None, seed: int = 0,
+                          effect_labels: Sequence[int] | None = None,
+                          label_names: dict[int, str] | None = None) -> Path:
     """Write a fabricated RESULTS_DIR under ``root`` and return it.
 
     The variant gains ``effect`` on Dice/IoU/NSD/clDice of every case (with Gaussian noise of sd ``noise`` per run),
@@ -86,7 +88,9 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
     arm's folds pool into ``len(folds) * cases_per_fold`` cases. ``failed`` lists ``(arm, fold, seed)`` units written
     as ``status: "failed"`` with an error and no metrics; default: the variant's last fold at its last seed.
     ``suite.json["seeds"]`` is the union of both arms' seeds; when they differ, the arm that ran fewer simply has
-    no record for the others (the report lists those units as not run).
+    no record for the others (the report lists those units as not run). ``effect_labels``: the labels that get the
+    effect (default: all); ``label_names``: written into each results.json as ``label_names`` (as the harness does
+    when the labels come from dataset.json).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -108,6 +112,7 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
         truth = {lab: _case_truth(rng, n_cases, ndim) for lab in labels}
         for arm, seeds in ((baseline, baseline_seeds), (variant, variant_seeds)):
             gain = effect if arm == variant else 0.0
+            gain_of = {lab: gain if effect_labels is None or lab in effect_labels else 0.0 for lab in labels}
             for s in seeds:
                 for fi, fold in enumerate(folds):
                     unit = root / unit_rel_dir(dataset, configuration, arm, fold, s)
@@ -115,13 +120,14 @@ def fabricate_results_dir(root: str | Path, *, datasets: Sequence[str] = ("Datas
                     is_failed = (arm, int(fold), int(s)) in failed_set
                     case_ids = range(fi * cases_per_fold, (fi + 1) * cases_per_fold)
                     per_case = [{"case": f"{dataset.split('_')[-1]}_{c:03d}", "label": lab,
-                                 **_draw_metrics(truth[lab][c], rng, gain, noise, ndim)}
+                                 **_draw_metrics(truth[lab][c], rng, gain_of[lab], noise, ndim)}
                                 for c in case_ids for lab in labels]
                     metrics = None if is_failed else {
                         "schema": RESULTS_SCHEMA, "pred_dir": str(unit / "validation"),
                         "ref_dir": f"nnUNet_preprocessed/{dataset}/gt_segmentations", "labels": list(labels),
                         "spacing_source": "image header", "settings": dict(settings, num_cases=cases_per_fold),
-                        "per_case": per_case, "mean": mean_per_label(per_case)}
+                        "per_case": per_case, "mean": mean_per_label(per_case),
+                        **({"label_names": {str(k): v for k, v in label_names.items()}} if label_names else {})}
                     record = {
                         "schema": RECORD_SCHEMA, "status": "failed" if is_failed else "done",
                         "dataset": dataset, "configuration": configuration, "arm": arm,

@@ -198,3 +198,65 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (2000, 1280)
     assert img.std() > 20 and len(np.unique(img.reshape(-1, 3), axis=0)) > 200  # not a blank page
+
+
+# ------------------------------------------------------------------ issue 12: labels, missing cases, power, report.json
+def _dice_row(md: str, section: str) -> dict[str, str]:
+    part = md[md.index(section):]
+    rows = md_table_rows(part, "variant")
+    return dict(zip(rows[0], next(r for r in rows[2:] if r[1] == "Dice ↑")))
+
+
+def test_each_label_is_its_own_family_and_table(tmp_path):
+    """A gain on label 2 only must not make label 1 'better'; each label gets its own table and Holm family."""
+    root = fabricate_results_dir(tmp_path / "r", labels=(1, 2), effect_labels=(2,),
+                                 label_names={1: "vessel", 2: "tumour"}, failed=[])
+    md = write_report(root, n_resamples=1000)[0].read_text()
+    assert "### Label 1 (vessel)" in md and "### Label 2 (tumour)" in md
+    one, two = _dice_row(md, "### Label 1 (vessel)"), _dice_row(md, "### Label 2 (tumour)")
+    assert one["pairs (of expected)"] == "16 of 16" and two["pairs (of expected)"] == "16 of 16"  # not 32 pooled
+    assert one["verdict"] != "better" and two["verdict"] == "better"
+    rep = json.loads((root / "report.json").read_text())
+    fams = {f["label"]: f for f in rep["families"]}
+    assert set(fams) == {"1", "2"} and fams["2"]["label_name"] == "tumour"
+    for f in fams.values():  # Holm within the label: 7 tested metrics in 3D (IoU out), one variant
+        tested = [c for c in f["comparisons"] if c["tested"]]
+        assert len(tested) == 7 and all(c["family_size"] == 7 for c in tested)
+        assert next(c for c in f["comparisons"] if c["metric"] == "iou")["verdict"] == "not tested"
+
+
+def test_failed_fold_withholds_verdicts_unless_complete_case(tmp_path, capsys):
+    root = fabricate_results_dir(tmp_path / "r", failed=[("dsconv", 1, 0), ("dsconv", 1, 1)], cases_per_fold=10)
+    md = write_report(root, n_resamples=1000)[0].read_text()
+    dice = _dice_row(md, "### Label 1")
+    assert dice["pairs (of expected)"] == "10 of 20" and dice["verdict"] == "withheld: cases missing"
+    assert "dsconv lacks 10 of 20 cases" in dice["note"]
+    arm_rows = md_table_rows(md, "arm")
+    assert dict(zip(arm_rows[0], arm_rows[3]))["cases"] == "10 of 20 (lacks 10)"
+    assert main(["report", str(root), "--complete-case", "--n-resamples", "500"]) == 0
+    md = (root / "report.md").read_text()
+    dice = _dice_row(md, "### Label 1")
+    assert dice["verdict"] == "better" and "complete-case analysis" in dice["note"]
+    assert json.loads((root / "report.json").read_text())["complete_case"] is True
+
+
+def test_eight_pairs_and_seven_metrics_are_too_few_to_decide(tmp_path):
+    """The demo's situation with 3D metrics: 2/2^8 * 7 = 0.0547 >= 0.05, whatever the data."""
+    root = fabricate_results_dir(tmp_path / "r", cases_per_fold=4, failed=[], effect=0.2)
+    md = write_report(root, n_resamples=500)[0].read_text()
+    dice = _dice_row(md, "### Label 1")
+    assert dice["verdict"] == "too few cases to decide (n=8, smallest reachable adjusted p=0.05469)"
+    assert dice["smallest reachable Holm p"] == "0.0547"
+    assert "not below alpha = 0.05: too few cases to decide" in md
+    assert "no evidence of a difference" not in dice["verdict"]
+
+
+def test_report_json_states_test_and_direction_rule(report):
+    from nnunet_tubeconv.evaluation import stats as st
+
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["test"] == st.TEST_NAME and rep["direction_rule"] == st.DIRECTION_RULE
+    assert "rank-biserial" in rep["direction_rule"] and rep["alpha"] == 0.05
+    dice = next(c for c in rep["families"][0]["comparisons"] if c["metric"] == "dice")
+    assert dice["verdict"] == "better" and dice["n"] == 16 and dice["p_min"] == pytest.approx(2 / 2**16)  # exact test up to 16 pairs
+    assert dice["noise_floor_ci"] is not None and len(dice["noise_floor_ci"]) == 2
