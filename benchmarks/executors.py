@@ -292,11 +292,18 @@ def evaluate_validation(ctx: UnitContext) -> dict[str, Any]:
     folder), so a validation folder missing a case is an error, not a smaller sample.
     """
     from nnunet_tubeconv.evaluation import evaluate_folders
+    from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
 
     u = ctx.unit
     pre = Path(ctx.env["nnUNet_preprocessed"]) / u.dataset
     gt = pre / "gt_segmentations"
-    ending = (_load_json(pre / "dataset.json") or {}).get("file_ending", ".nii.gz")
+    dataset_json = _load_json(pre / "dataset.json") or {}
+    ending = dataset_json.get("file_ending", ".nii.gz")
+    # labels (regions where the data set defines them) and their names from dataset.json: one test family each
+    labels, names = labels_from_dataset_json(dataset_json) if dataset_json.get("labels") else (None, None)
+    # field-of-view masks (convert drive writes raw masksTr): every metric is restricted to them
+    masks = Path(ctx.env.get("nnUNet_raw", "")) / u.dataset / "masksTr" if ctx.env.get("nnUNet_raw") else None
+    masks = masks if masks is not None and masks.is_dir() else None
     keys = validation_keys(pre, u.fold)
     with tempfile.TemporaryDirectory(prefix="tubeconv_ref_") as tmp:
         for k in keys:
@@ -307,10 +314,20 @@ def evaluate_validation(ctx: UnitContext) -> dict[str, Any]:
                 os.symlink(src, Path(tmp) / src.name)
             except OSError:  # pragma: no cover - file systems without symlinks
                 shutil.copyfile(src, Path(tmp) / src.name)
+        mask_tmp = None
+        if masks is not None:
+            mask_tmp = Path(tmp) / "masks"
+            mask_tmp.mkdir()
+            for k in keys:
+                src = masks / f"{k}{ending}"
+                if src.is_file():
+                    shutil.copyfile(src, mask_tmp / src.name)
         results = evaluate_folders(
-            ctx.nnunet_fold_dir / "validation", tmp, labels=None, num_processes=1, progress=False,
-            file_ending=ending, **ctx.evaluation,
+            ctx.nnunet_fold_dir / "validation", tmp, labels=labels, num_processes=1, progress=False,
+            file_ending=ending, mask_dir=mask_tmp, label_names=names, **ctx.evaluation,
         )
+        if masks is not None:
+            results["mask_dir"] = str(masks)
     results["ref_dir"] = str(gt)
     return results
 

@@ -192,3 +192,82 @@ def test_file_ending_detection_prefers_nii_gz(folders):
     (ref_dir / "notes.txt").write_text("ignored")
     assert detect_file_ending(ref_dir) == ".nii.gz"
     assert Path(evaluate_folders(pred_dir, ref_dir, progress=False)["ref_dir"]) == ref_dir
+
+
+# ------------------------------------------------------------------ issue 12: field of view, labels from dataset.json
+def test_mask_dir_restricts_every_metric_to_the_field_of_view(tmp_path):
+    """A false-positive blob outside the FOV mask costs Dice and a component without the mask, nothing with it."""
+    ref = np.zeros((1, 20, 20), np.uint8)
+    ref[0, 5:15, 8:11] = 1
+    pred = ref.copy()
+    pred[0, 1:3, 1:3] = 1  # outside the field of view
+    fov = np.zeros_like(ref)
+    fov[0, 4:18, 4:18] = 1
+    write_case(tmp_path / "ref", "c0", ref, (1.0, 1.0, 1.0))
+    write_case(tmp_path / "pred", "c0", pred, (1.0, 1.0, 1.0))
+    write_case(tmp_path / "fov", "c0", fov, (1.0, 1.0, 1.0))
+    plain = evaluate_folders(tmp_path / "pred", tmp_path / "ref", progress=False)["per_case"][0]
+    assert plain["dice"] == pytest.approx(2 * 30 / (30 + 34)) and plain["betti0_error"] == 1
+    res = evaluate_folders(tmp_path / "pred", tmp_path / "ref", progress=False, mask_dir=tmp_path / "fov")
+    row = res["per_case"][0]
+    assert row["dice"] == 1.0 and row["betti0_error"] == 0 and row["n_pred"] == 30
+    assert res["mask_dir"] == str(tmp_path / "fov")
+    (tmp_path / "fov2").mkdir()
+    with pytest.raises(EvaluationInputError, match="no .nii.gz mask in .* for 1 case"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", progress=False, mask_dir=tmp_path / "fov2")
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--mask-dir",
+                 str(tmp_path / "fov"), "-o", str(out), "--no-progress", "-np", "1"]) == 0
+    assert json.loads(out.read_text())["per_case"][0]["dice"] == 1.0
+
+
+def test_labels_and_regions_come_from_dataset_json(folders, tmp_path):
+    from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
+
+    plain = {"labels": {"background": 0, "vessel": 1, "tumour": 2}, "file_ending": ".nii.gz"}
+    assert labels_from_dataset_json(plain) == ([1, 2], {"1": "vessel", "2": "tumour"})
+    regions = {"labels": {"background": 0, "whole": [1, 2], "core": 2}, "regions_class_order": [1, 2]}
+    assert labels_from_dataset_json(regions) == ([(1, 2), 2], {"(1, 2)": "whole", "2": "core"})
+    pred_dir, ref_dir = folders
+    dj = tmp_path / "dataset.json"
+    dj.write_text(json.dumps(regions))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred_dir), "--ref", str(ref_dir), "--dataset-json", str(dj), "-o",
+                 str(out), "--no-progress", "-np", "1"]) == 0
+    res = json.loads(out.read_text())
+    assert res["labels"] == [[1, 2], 2] and res["label_names"] == {"(1, 2)": "whole", "2": "core"}
+    whole = next(r for r in res["per_case"] if r["case"] == "c1" and r["label"] == [1, 2])
+    assert whole["n_ref"] == 4 * 20 * 3 + 2 * 4 * 4  # the region is the union of labels 1 and 2
+    assert whole["betti0_error"] == 1  # two components in the reference, three after the cut
+
+
+def test_harness_evaluation_uses_dataset_json_labels_and_fov_masks(tmp_path):
+    """The harness's per-unit evaluation: labels and names from the preprocessed dataset.json, and the raw data
+    set's masksTr (what convert drive writes) as field of view."""
+    from nnunet_tubeconv.benchmarks.executors import UnitContext, evaluate_validation
+    from nnunet_tubeconv.benchmarks.suite import Unit
+
+    ds = "Dataset950_Fov"
+    pre, raw, res = tmp_path / "pre" / ds, tmp_path / "raw" / ds, tmp_path / "res"
+    (pre / "gt_segmentations").mkdir(parents=True)
+    (pre / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "vessel": 1}, "file_ending": ".nii.gz"}))
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["c1"], "val": ["c0"]}]))
+    ctx = UnitContext(unit=Unit(ds, "2d", "base", 0, 0), results_dir=str(res), trainer="nnUNetTrainer",
+                      generated_trainer="T", plans="nnUNetPlans", budget={}, device="cpu", npz=False,
+                      env={"nnUNet_preprocessed": str(tmp_path / "pre"), "nnUNet_raw": str(tmp_path / "raw"),
+                           "nnUNet_results": str(res)})
+    ref = np.zeros((1, 20, 20), np.uint8)
+    ref[0, 5:15, 8:11] = 1
+    pred = ref.copy()
+    pred[0, 1:3, 1:3] = 1  # outside the field of view
+    fov = np.zeros_like(ref)
+    fov[0, 4:18, 4:18] = 1
+    write_case(pre / "gt_segmentations", "c0", ref, (1.0, 1.0, 1.0))
+    write_case(ctx.nnunet_fold_dir / "validation", "c0", pred, (1.0, 1.0, 1.0))
+    no_mask = evaluate_validation(ctx)
+    assert no_mask["mask_dir"] is None and no_mask["per_case"][0]["betti0_error"] == 1
+    assert no_mask["labels"] == [1] and no_mask["label_names"] == {"1": "vessel"}
+    write_case(raw / "masksTr", "c0", fov, (1.0, 1.0, 1.0))
+    with_mask = evaluate_validation(ctx)
+    assert with_mask["mask_dir"] == str(raw / "masksTr")
+    assert with_mask["per_case"][0]["dice"] == 1.0 and with_mask["per_case"][0]["betti0_error"] == 0

@@ -18,6 +18,8 @@ results.json schema ``nnunet-tubeconv/results/1`` (stable; additions only ever a
      "pred_dir": str, "ref_dir": str,            # as given
      "labels": [int | [int, ...], ...],          # evaluated labels (lists are nnU-Net regions)
      "spacing_source": "image header",
+     "mask_dir": str | null,                     # every metric restricted to these masks (field of view)
+     "label_names": {"<label>": str},            # only when the labels came from a dataset.json
      "settings": {"nsd_tolerance_mm": float,     # NSD tolerance in the header's unit
                   "hd_percentile": float,        # 95 -> "hd95"
                   "connectivity": {"mode": "full" | "face",
@@ -137,15 +139,18 @@ def _read(reader_cls, path: str) -> tuple[np.ndarray, tuple[float, ...]]:
 
 # ------------------------------------------------------------------------------------------------- workers
 def _check_pair(job: tuple) -> dict[str, Any]:
-    case, ref_path, pred_path, reader_cls, want_labels = job
+    case, ref_path, pred_path, reader_cls, want_labels, mask_path = job
     try:
         ref, sp_ref = _read(reader_cls, ref_path)
         pred, sp_pred = _read(reader_cls, pred_path)
+        mask = None if mask_path is None else _read(reader_cls, mask_path)[0]
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported by case, not as a traceback
         return {"case": case, "error": f"cannot read: {type(e).__name__}: {e}"}
     out: dict[str, Any] = {"case": case, "error": None, "ndim": ref.ndim}
     if ref.shape != pred.shape:
         out["error"] = f"shape {tuple(pred.shape)} (prediction) != {tuple(ref.shape)} (reference)"
+    elif mask is not None and mask.shape != ref.shape:
+        out["error"] = f"shape {tuple(mask.shape)} (mask) != {tuple(ref.shape)} (reference)"
     elif not np.allclose(sp_ref, sp_pred, rtol=SPACING_RTOL, atol=0):
         out["error"] = (f"spacing {tuple(round(s, 6) for s in sp_pred)} (prediction) != "
                         f"{tuple(round(s, 6) for s in sp_ref)} (reference)")
@@ -155,9 +160,12 @@ def _check_pair(job: tuple) -> dict[str, Any]:
 
 
 def _evaluate_pair(job: tuple) -> list[dict[str, Any]]:
-    case, ref_path, pred_path, reader_cls, labels, settings = job
+    case, ref_path, pred_path, reader_cls, labels, settings, mask_path = job
     ref, spacing = _read(reader_cls, ref_path)
     pred, _ = _read(reader_cls, pred_path)
+    if mask_path is not None:  # field of view: everything outside the mask is background in both
+        inside = _read(reader_cls, mask_path)[0] > 0
+        ref, pred = np.where(inside, ref, 0), np.where(inside, pred, 0)
     from nnunet_tubeconv.evaluation.metrics import evaluate_masks
 
     rows = []
@@ -190,8 +198,33 @@ def _pool(num_processes: int, n_jobs: int):
 
 
 # ------------------------------------------------------------------------------------------------ main API
+def labels_from_dataset_json(dataset_json: dict[str, Any]) -> tuple[list[Label], dict[str, str]]:
+    """The foreground labels of an nnU-Net dataset.json (its regions when it defines regions, as nnU-Net's
+    ``LabelManager`` reads them; the ignore label left out) and ``{label key: name}``."""
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    if not isinstance(dataset_json.get("labels"), dict):
+        raise EvaluationInputError("dataset.json has no 'labels' table")
+    lm = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
+    raw = lm.foreground_regions if lm.has_regions else lm.foreground_labels
+    labels: list[Label] = []
+    for w in raw:
+        lab = tuple(int(x) for x in w) if isinstance(w, (list, tuple)) and len(w) > 1 else int(
+            w[0] if isinstance(w, (list, tuple)) else w)
+        if lab != lm.ignore_label:
+            labels.append(lab)
+    names = {}
+    for name, v in dataset_json["labels"].items():
+        v = tuple(int(x) for x in v) if isinstance(v, (list, tuple)) and len(v) > 1 else int(
+            v[0] if isinstance(v, (list, tuple)) else v)
+        if v in labels:
+            names[_label_key(v)] = str(name)
+    return labels, names
+
+
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels=None, num_processes: int = 1,
                      progress: bool = True, file_ending: str | None = None, cases: str | Sequence[str] | None = None,
+                     mask_dir: str | os.PathLike | None = None, label_names: dict[str, str] | None = None,
                      **settings) -> dict[str, Any]:
     """Evaluate every case of ``pred_dir`` against ``ref_dir``; returns the results.json schema of the module doc.
 
@@ -200,6 +233,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     cases: ``None`` -> both folders must hold the same case ids; ``"pred"`` -> the cases found in ``pred_dir``,
     each of which needs a reference (extra references are ignored: one fold's ``validation/`` folder against
     ``gt_segmentations/``); a list of case ids -> exactly those, each needed in both folders.
+    mask_dir: a folder with one mask per case (same ids and ending, e.g. DRIVE's field-of-view masks that
+    ``convert drive`` writes to ``masksTr``): every metric is computed on ``ref * mask`` and ``pred * mask``.
+    label_names: ``{label key: name}`` written into the results (see :func:`labels_from_dataset_json`).
     settings: fields of :class:`~nnunet_tubeconv.evaluation.metrics.MetricSettings` (``nsd_tolerance_mm``,
     ``hd_percentile``, ``connectivity``, ``crop_margin``, ``distance_method``).
     Raises :class:`EvaluationInputError` for mismatched case lists, shapes, spacings or unreadable files.
@@ -249,13 +285,23 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     case_ids = sorted(refs)
+    masks: dict[str, str | None] = {c: None for c in case_ids}
+    if mask_dir is not None:
+        if not Path(mask_dir).is_dir():
+            raise EvaluationInputError(f"mask folder {mask_dir} does not exist or is not a folder")
+        found_masks = list_cases(mask_dir, ending)
+        lacking = [c for c in case_ids if c not in found_masks]
+        if lacking:
+            raise EvaluationInputError(f"no {ending} mask in {mask_dir} for {len(lacking)} case(s): "
+                                       + ", ".join(lacking))
+        masks = {c: found_masks[c] for c in case_ids}
     try:
         reader_cls = determine_reader_writer_from_file_ending(ending, refs[case_ids[0]], verbose=False)
     except RuntimeError as e:
         raise EvaluationInputError(f"no nnU-Net reader can open {refs[case_ids[0]]}: {e}") from None
 
     with _pool(int(num_processes), len(case_ids)) as pool:
-        checks = _map(_check_pair, [(c, refs[c], preds[c], reader_cls, wanted is None) for c in case_ids],
+        checks = _map(_check_pair, [(c, refs[c], preds[c], reader_cls, wanted is None, masks[c]) for c in case_ids],
                       pool, progress, "checking")
         bad = [f"{c['case']}: {c['error']}" for c in checks if c["error"]]
         if bad:
@@ -265,7 +311,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
             if not found:
                 raise EvaluationInputError("no foreground label in any file; pass labels to score empty masks")
             wanted = found
-        jobs = [(c, refs[c], preds[c], reader_cls, wanted, metric_settings) for c in case_ids]
+        jobs = [(c, refs[c], preds[c], reader_cls, wanted, metric_settings, masks[c]) for c in case_ids]
         per_case = [row for rows in _map(_evaluate_pair, jobs, pool, progress, "evaluating") for row in rows]
 
     settings_json = metric_settings.to_json()
@@ -277,9 +323,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
         "ref_dir": str(ref_dir),
         "labels": [list(w) if isinstance(w, tuple) else w for w in wanted],
         "spacing_source": "image header",
+        "mask_dir": None if mask_dir is None else str(mask_dir),
         "settings": settings_json,
         "per_case": per_case,
         "mean": mean_per_label(per_case),
+        **({"label_names": dict(label_names)} if label_names else {}),
     }
 
 
@@ -360,6 +408,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pred-cases-only", action="store_true",
                         help="evaluate only the cases found in --pred (e.g. one fold's validation folder against "
                              "gt_segmentations); by default both folders must hold the same cases")
+    parser.add_argument("--mask-dir", default=None,
+                        help="folder with one mask per case (same ids and ending, e.g. DRIVE's masksTr written by "
+                             "convert drive): every metric is restricted to the mask (field of view)")
+    parser.add_argument("--dataset-json", default=None,
+                        help="nnU-Net dataset.json: evaluate its labels (its regions where it defines regions), "
+                             "with their names; overrides --labels")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -367,10 +421,17 @@ def run(args) -> int:
     import sys
 
     try:
-        results = evaluate_folders(args.pred, args.ref, labels=args.labels, num_processes=args.num_processes,
+        labels, names = args.labels, None
+        if args.dataset_json:
+            try:
+                labels, names = labels_from_dataset_json(json.loads(Path(args.dataset_json).read_text()))
+            except (OSError, ValueError) as e:
+                raise EvaluationInputError(f"cannot read --dataset-json {args.dataset_json}: {e}") from None
+        results = evaluate_folders(args.pred, args.ref, labels=labels, num_processes=args.num_processes,
                                    progress=not args.no_progress, file_ending=args.file_ending,
-                                   cases="pred" if args.pred_cases_only else None,
-                                   nsd_tolerance_mm=args.nsd_tolerance, connectivity=args.connectivity)
+                                   cases="pred" if args.pred_cases_only else None, mask_dir=args.mask_dir,
+                                   label_names=names, nsd_tolerance_mm=args.nsd_tolerance,
+                                   connectivity=args.connectivity)
     except EvaluationInputError as e:
         print(f"nnunet-tubeconv evaluate: error: {e}", file=sys.stderr)
         return 2
