@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from nnunet_tubeconv.evaluation.metrics import betti_errors, betti_numbers, cldice, skeleton
+from nnunet_tubeconv.evaluation.metrics import (
+    MetricSettings,
+    betti_errors,
+    betti_numbers,
+    cldice,
+    evaluate_masks,
+    skeleton,
+)
 
 
 def ring_2d(size: int = 12) -> np.ndarray:
@@ -173,3 +180,61 @@ def test_cldice_rewards_connectivity_more_than_dice():
     thin[19:21, 2:38] = True  # continuous but half as thick
     assert dice_iou(ref, gap)[0] > dice_iou(ref, thin)[0]
     assert cldice(ref, thin) > cldice(ref, gap)
+
+
+# ------------------------------------------------------------------ issue 12: topology that copes with fragments
+def test_filtered_betti_errors_ignore_specks_below_the_stated_size():
+    from nnunet_tubeconv.evaluation.metrics import filtered_betti_errors, remove_small_components
+
+    ref = np.zeros((40, 40), bool)
+    ref[20, 5:35] = True  # one vessel, 30 px
+    pred = ref.copy()
+    for k in range(5):
+        pred[5, 3 + 6 * k] = True  # five 1-px specks
+    assert betti_errors(ref, pred)[0] == 5
+    assert filtered_betti_errors(ref, pred, 10) == (0, 0, None)
+    assert filtered_betti_errors(ref, pred, 1) == (5, 0, None)  # size 1 removes nothing
+    cleaned = remove_small_components(pred, 10)
+    assert cleaned.sum() == 30 and np.array_equal(cleaned, ref)
+    big_gap = ref.copy()
+    big_gap[20, 17:20] = False  # a real break: both pieces are >= 10 px, the filter keeps it
+    assert filtered_betti_errors(ref, big_gap, 10)[0] == 1
+
+
+def test_patch_betti_error_counts_local_errors_that_cancel_globally():
+    from nnunet_tubeconv.evaluation.metrics import patch_betti_error
+
+    ref = np.zeros((128, 128), bool)
+    ref[10, 5:60] = True  # vessel A in tile (0, 0)
+    ref[100, 70:120] = True  # vessel B in tile (1, 1)
+    pred = ref.copy()
+    pred[10, 30] = False  # A broken in two
+    pred[100, 70:120] = False  # B missed
+    assert betti_errors(ref, pred)[0] == 0  # 2 components each: the whole-image error cancels
+    assert patch_betti_error(ref, pred, 64) == pytest.approx(1.0)  # tile (0,0): |2-1|, tile (1,1): |0-1|
+    assert patch_betti_error(ref, ref, 64) == 0.0 and patch_betti_error(ref & False, ref & False, 64) == 0.0
+    # evaluate_masks crops to the foreground first; the tile grid stays anchored at the full image's origin
+    row = evaluate_masks(ref, pred, (1.0, 1.0), MetricSettings(betti_patch_size=64, min_component_size=3))
+    assert row["betti_error_patch"] == pytest.approx(1.0) and row["betti0_error"] == 0
+    assert row["betti0_error_filtered"] == 0 and row["betti2_error_filtered"] is None
+    shifted = patch_betti_error(ref[3:], pred[3:], 64, origin=(3, 0))
+    assert shifted == pytest.approx(1.0)
+    settings = MetricSettings(min_component_size=7, betti_patch_size=32).to_json()
+    assert settings["min_component_size"] == 7 and settings["betti_patch_size"] == 32
+    assert "7 voxels" in settings["betti_filtered"] and "32-voxel tiles" in settings["betti_patch"]
+    with pytest.raises(ValueError, match="betti_patch_size"):
+        MetricSettings(betti_patch_size=1)
+    with pytest.raises(ValueError, match="min_component_size"):
+        MetricSettings(min_component_size=0)
+
+
+def test_patch_betti_error_3d_sums_all_dimensions():
+    from nnunet_tubeconv.evaluation.metrics import patch_betti_error
+
+    ref = np.zeros((16, 16, 16), bool)
+    ref[4:12, 4:12, 4:12] = True
+    pred = ref.copy()
+    pred[7:9, 7:9, 7:9] = False  # a cavity: b2 +1 in the single tile
+    assert patch_betti_error(ref, pred, 16) == pytest.approx(1.0)
+    # 8-voxel tiles cut the cavity into eight open corners: no tile holds a cavity or a tunnel
+    assert patch_betti_error(ref, pred, 8) == 0.0

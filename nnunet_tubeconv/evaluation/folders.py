@@ -26,6 +26,7 @@ results.json schema ``nnunet-tubeconv/results/1`` (stable; additions only ever a
                                    "2d": {"foreground": 8, "background": 4},
                                    "3d": {"foreground": 26, "background": 6}},
                   "crop_margin": int, "distance_method": "kdtree" | "edt",
+                  "min_component_size": int, "betti_patch_size": int,   # parameters of the fragment-robust Betti
                   "hd": str, "nsd": str, "skeleton": str, "betti": str,   # one-line definitions
                   "empty": {metric: rule},       # what empty masks score, see metrics.EMPTY_RULES
                   "file_ending": str, "reader": str, "num_cases": int, "dimensions": [2] | [3] | [2, 3],
@@ -33,6 +34,8 @@ results.json schema ``nnunet-tubeconv/results/1`` (stable; additions only ever a
      "per_case": [{"case": str, "label": int | [int, ...],
                    "dice": float, "iou": float, "hd95": float, "nsd": float, "cldice": float,
                    "betti0_error": int, "betti1_error": int, "betti2_error": int | null,   # null in 2D
+                   "betti0_error_filtered": int, "betti1_error_filtered": int,             # small specks removed
+                   "betti2_error_filtered": int | null, "betti_error_patch": float,       # patch-wise (Hu et al.)
                    "n_ref": int, "n_pred": int},                                           # voxel counts
                   ...],                          # sorted by case, then label order
      "mean": {"<label>": {metric: float | null}}}   # nanmean over cases; key as nnU-Net writes it: "1", "(1, 2)"

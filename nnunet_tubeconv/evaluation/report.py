@@ -38,7 +38,9 @@ from nnunet_tubeconv.evaluation.folders import FLOAT_METRICS
 from nnunet_tubeconv.evaluation.metrics import HIGHER_IS_BETTER, METRICS
 
 METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "nsd": "NSD", "cldice": "clDice",
-                 "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err"}
+                 "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err",
+                 "betti0_error_filtered": "Betti-0 err (filtered)", "betti1_error_filtered": "Betti-1 err (filtered)",
+                 "betti2_error_filtered": "Betti-2 err (filtered)", "betti_error_patch": "patch Betti err"}
 _FORMAT = {"dice": "{:.3f}", "iou": "{:.3f}", "nsd": "{:.3f}", "cldice": "{:.3f}", "hd95": "{:.2f}"}
 ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
@@ -51,7 +53,8 @@ HOW_TO_READ = (
     "errors). Under each variant's value stands the verdict of a paired comparison with the baseline on the same "
     "cases. The test is a paired sign-flip permutation test of the mean difference, the quantity the 95% bootstrap "
     "CI estimates; its p-values are Holm-corrected over every variant × metric of the family (IoU is shown but not "
-    "tested: per case it is a monotone function of Dice). \"better\" or \"worse\" only when the adjusted p is below "
+    "tested: per case it is a monotone function of Dice; so are the fragment-robust Betti errors, shown beside the "
+    "raw ones that are tested). \"better\" or \"worse\" only when the adjusted p is below "
     "alpha, the CI excludes zero, the rank-biserial correlation r has the same sign as the mean difference (the "
     "typical case moved the same way as the mean; otherwise \"mean and typical case disagree\"), and the difference "
     "exceeds the baseline's own seed-to-seed difference (the noise floor, shown with its 95% CI) when the baseline "
