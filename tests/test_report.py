@@ -260,3 +260,21 @@ def test_report_json_states_test_and_direction_rule(report):
     dice = next(c for c in rep["families"][0]["comparisons"] if c["metric"] == "dice")
     assert dice["verdict"] == "better" and dice["n"] == 16 and dice["p_min"] == pytest.approx(2 / 2**16)  # exact test up to 16 pairs
     assert dice["noise_floor_ci"] is not None and len(dice["noise_floor_ci"]) == 2
+
+
+def test_across_data_sets_summary_ranks_and_stratified_test(tmp_path):
+    root = fabricate_results_dir(tmp_path / "r", datasets=("Dataset901_A", "Dataset902_B"), failed=[])
+    md = write_report(root, n_resamples=500)[0].read_text()
+    assert "## Across data sets" in md
+    ranks = md_table_rows(md[md.index("## Across data sets"):], "arm")
+    header = ranks[0]
+    by_arm = {r[0]: dict(zip(header, r)) for r in ranks[2:]}
+    assert by_arm["dsconv"]["Dice ↑ (mean rank)"] == "1.00" and by_arm["baseline"]["Dice ↑ (mean rank)"] == "2.00"
+    rows = md_table_rows(md[md.index("## Across data sets"):], "variant")
+    dice = dict(zip(rows[0], next(r for r in rows[2:] if r[1] == "Dice ↑")))
+    assert dice["families"] == "2" and dice["wins"] == "2 of 2" and dice["verdict"] == "better"
+    rep = json.loads((root / "report.json").read_text())
+    assert rep["across_datasets"]["mean_rank"]["dsconv"]["dice"] == 1.0
+    single = fabricate_results_dir(tmp_path / "s", failed=[])
+    assert "Across data sets" not in write_report(single, n_resamples=200)[0].read_text()
+    assert json.loads((single / "report.json").read_text())["across_datasets"] is None

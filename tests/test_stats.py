@@ -251,3 +251,10 @@ def test_noise_floor_has_its_own_confidence_interval():
     assert c.verdict == st.BETTER
     one_seed = st.compare_arms({"b": base0, "v": variant}, "b", ["dice"], n_resamples=500)[0]
     assert one_seed.noise_floor is None and "no noise floor measured" in one_seed.note
+
+
+def test_stratified_sign_flip_weighs_every_data_set_the_same():
+    stat, p = st.stratified_sign_flip_p([[1.0, 1.0], [3.0]])
+    assert stat == pytest.approx((1.0 + 3.0) / 2)  # mean of the per-stratum means, not of the 3 cases (5/3)
+    assert p == pytest.approx(2 / 8)  # weighted values 0.25, 0.25, 0.5: only +++ and --- reach |sum| = 1
+    assert all(math.isnan(x) for x in st.stratified_sign_flip_p([[], []]))

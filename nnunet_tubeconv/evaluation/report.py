@@ -26,7 +26,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,96 @@ def _costs(units: list[Unit], arms: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------- across data sets
+@dataclass
+class AcrossRow:
+    variant: str
+    metric: str
+    families: int
+    wins: int                      # families where the variant's mean is better than the baseline's
+    statistic: float               # mean over families of the mean paired difference (variant - baseline)
+    p_value: float
+    p_holm: float = math.nan
+    verdict: str = st.NO_EVIDENCE
+
+
+def across_datasets(groups: list[GroupAnalysis], baseline: str, alpha: float = st.ALPHA, seed: int = 0,
+                    n_permutations: int = st.N_PERMUTATIONS) -> tuple[dict[str, dict[str, float]], list[AcrossRow]]:
+    """Summary over every family (data set, configuration, label) when there are several data sets.
+
+    Mean rank: per family, the arms are ranked on each tested metric by their mean over cases (1 = best, ties share
+    the mean rank), then the ranks are averaged over the families that have the metric. Test: per variant and metric,
+    a sign-flip test stratified by family (:func:`stats.stratified_sign_flip_p`) on the complete pairs of each
+    family, Holm over every variant × metric of this summary; "better"/"worse" when the adjusted p is below alpha,
+    else "no evidence of a difference".
+    """
+    from scipy.stats import rankdata
+
+    ranks: dict[str, dict[str, list[float]]] = {}
+    for g in groups:
+        for m in g.metrics:
+            if m in st.NOT_TESTED:
+                continue
+            means = [st.describe([r.get(m) for r in g.values[a].values()])["mean"] for a in g.arms]
+            ok = [(a, v) for a, v in zip(g.arms, means) if math.isfinite(v)]
+            if len(ok) < 2:
+                continue
+            signed = [-v if HIGHER_IS_BETTER[m] else v for _, v in ok]
+            for (a, _), r in zip(ok, rankdata(signed)):
+                ranks.setdefault(a, {}).setdefault(m, []).append(float(r))
+    mean_rank = {a: {m: float(np.mean(v)) for m, v in per.items()} for a, per in ranks.items()}
+    rows: list[AcrossRow] = []
+    variants = list(dict.fromkeys(a for g in groups for a in g.arms if a != baseline))
+    metrics = list(dict.fromkeys(m for g in groups for m in g.metrics if m not in st.NOT_TESTED))
+    for a in variants:
+        for m in metrics:
+            diffs, wins = [], 0
+            for g in groups:
+                if baseline not in g.values or a not in g.values:
+                    continue
+                b, v, _, _ = st.pair_up({k: r.get(m) for k, r in g.values[baseline].items()},
+                                        {k: r.get(m) for k, r in g.values[a].items()})
+                if b.size:
+                    diffs.append(v - b)
+                    gain = float(np.mean(v - b)) * (1 if HIGHER_IS_BETTER[m] else -1)
+                    wins += gain > 0
+            if len(diffs) < 2:
+                continue
+            stat, p = st.stratified_sign_flip_p(diffs, n_permutations, seed)
+            rows.append(AcrossRow(a, m, len(diffs), wins, stat, p))
+    for row, p in zip(rows, st.holm([r.p_value for r in rows])):
+        row.p_holm = p
+        if math.isfinite(p) and p < alpha and row.statistic != 0:
+            favourable = (row.statistic > 0) == HIGHER_IS_BETTER[row.metric]
+            row.verdict = st.BETTER if favourable else st.WORSE
+    return mean_rank, rows
+
+
+def _across_blocks(groups: list[GroupAnalysis], baseline: str, alpha: float, seed: int) -> list[Block]:
+    if len({g.dataset for g in groups}) < 2:
+        return []
+    mean_rank, rows = across_datasets(groups, baseline, alpha, seed)
+    metrics = list(dict.fromkeys(m for g in groups for m in g.metrics if m not in st.NOT_TESTED))
+    arms = list(dict.fromkeys(a for g in groups for a in g.arms))
+    fams = len(groups)
+    blocks = [Block("h", "Across data sets", 2), Block("p", (
+        f"Mean rank of each arm over the {fams} families (data set × configuration × label; 1 = best on that metric, "
+        "ties share the mean rank), then, per variant and metric, a sign-flip test of the data-set-averaged mean "
+        "difference stratified by family (each case's sign flips within its family; every family weighs the same), "
+        "on the complete pairs of each family, Holm-corrected over this table. 'wins' counts the families whose mean "
+        "moved the good way."))]
+    blocks.append(Block("table", headers=["arm"] + [f"{METRIC_LABELS[m]} {_arrow(m)} (mean rank)" for m in metrics],
+                        rows=[[Cell(a)] + [Cell(_fmt(mean_rank.get(a, {}).get(m))) for m in metrics] for a in arms]))
+    if rows:
+        blocks.append(Block("table", headers=["variant", "metric", "families", "wins", "mean of family mean Δ",
+                                              "stratified sign-flip p", "Holm p", "verdict"],
+                            rows=[[Cell(r.variant), Cell(f"{METRIC_LABELS[r.metric]} {_arrow(r.metric)}"),
+                                   Cell(str(r.families)), Cell(f"{r.wins} of {r.families}"),
+                                   Cell(_fmt(r.statistic, r.metric)), Cell(_fmt_p(r.p_value)), Cell(_fmt_p(r.p_holm)),
+                                   Cell("", r.verdict, _VERDICT_CLASS[r.verdict])] for r in rows]))
+    return blocks
+
+
 # ------------------------------------------------------------------------------------------------- figures
 def _figure(ncols: int, nrows: int = 1, w: float = 3.2, h: float = 2.8):
     from matplotlib.figure import Figure
@@ -451,6 +541,7 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
                Block("list", items=settings_items)]
     if not groups:
         blocks.append(Block("p", "No unit completed with metrics: nothing to compare."))
+    blocks.extend(_across_blocks(groups, baseline, alpha, seed))
     for g in groups:
         blocks.extend(_group_blocks(g, baseline, alpha))
     blocks.append(Block("h", f"Failed units ({len(failed)})", 2))
@@ -695,7 +786,18 @@ def report_json(suite: dict[str, Any], groups: list[GroupAnalysis], n_resamples:
                       "cases": {a: len(g.values[a]) for a in g.arms}, "seeds": g.seeds,
                       "comparisons": [c.to_dict() for c in g.comparisons], "notes": list(dict.fromkeys(g.notes))}
                      for g in groups],
+        "across_datasets": _across_json(groups, str(suite.get("baseline")), alpha, seed, n_permutations),
     }
+
+
+def _across_json(groups: list[GroupAnalysis], baseline: str, alpha: float, seed: int,
+                 n_permutations: int) -> dict[str, Any] | None:
+    if len({g.dataset for g in groups}) < 2:
+        return None
+    mean_rank, rows = across_datasets(groups, baseline, alpha, seed, n_permutations)
+    return {"method": "mean rank per family; sign-flip test of the family-averaged mean difference stratified by "
+                      "family, Holm over variant x metric", "mean_rank": mean_rank,
+            "tests": [asdict(r) for r in rows]}
 
 
 def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, seed: int = 0, alpha: float = st.ALPHA,

@@ -199,6 +199,19 @@ def smallest_p(n: int, n_permutations: int = N_PERMUTATIONS, exact_max_n: int = 
     return p
 
 
+def stratified_sign_flip_p(diffs: Sequence[Sequence[float]], n_permutations: int = N_PERMUTATIONS, seed: int = 0,
+                           exact_max_n: int = EXACT_MAX_N) -> tuple[float, float]:
+    """``(statistic, p)`` of a sign-flip test stratified by data set: the statistic is the mean over strata of each
+    stratum's mean difference (every data set weighs the same, however many cases it has); under "no difference"
+    each case's sign flips independently, which keeps every case in its stratum. Returns ``(nan, nan)`` when no
+    stratum has a case."""
+    parts = [np.asarray(d, dtype=float) for d in diffs if len(d)]
+    if not parts:
+        return math.nan, math.nan
+    weighted = np.concatenate([d / (len(parts) * d.size) for d in parts])
+    return float(weighted.sum()), sign_flip_p(weighted, n_permutations, seed, exact_max_n)
+
+
 def wilcoxon_p(diff) -> float:
     """Two-sided Wilcoxon signed-rank p-value of ``diff``; 1.0 when every difference is zero."""
     from scipy.stats import wilcoxon
