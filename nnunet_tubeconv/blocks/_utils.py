@@ -1,7 +1,12 @@
-"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors.
+"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors, the tracing rule.
 
 Blocks import nothing from nnunetv2; they speak dynamic-network-architectures' vocabulary
 (``conv_op``, ``norm_op``, ``nonlin`` ...) so that nnU-Net plans can configure them.
+
+The tracing rule: a block whose eager forward uses something a graph capture cannot take (a custom autograd
+Function, the compiled CPU kernels, an op without an ONNX symbolic, a memory-format conversion) asks
+:func:`_tracing` and, while it is True, computes the same maths in plain tensor operations. So
+``torch.onnx.export``, ``torch.jit.trace`` and ``torch.compile`` work on any network of these blocks as it stands.
 """
 
 from __future__ import annotations
@@ -12,6 +17,15 @@ import torch
 from torch import nn
 
 _CONV_TO_DIM: dict[type, int] = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _tracing() -> bool:
+    """True while a graph is being captured (ONNX export, TorchScript tracing or scripting, torch.compile): the one
+    rule by which every block leaves its eager-only paths for plain, traceable tensor operations."""
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
 
 
 def conv_op_to_dim(conv_op: type) -> int:

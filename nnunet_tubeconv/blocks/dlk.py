@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.blocks._utils import _tracing, as_tuple, check_channels, check_input, conv_op_to_dim, numel
 from nnunet_tubeconv.vocabulary import DLK_MODES
 
 
@@ -37,8 +37,9 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     """On CPU, ``x`` in channels-last layout, for the input of a k > 1 convolution: oneDNN's depth-wise, dilated
     and few-channel kernels run 2-4x faster (forward + backward) in it than in the default layout. (A 1x1
     convolution returns the default layout whatever it is given, hence a conversion before each large kernel.)
-    Other devices keep their layout."""
-    if x.device.type != "cpu":
+    Other devices keep their layout, and so does a graph capture (:func:`_tracing`): ONNX tensors have no memory
+    format, and the TorchScript exporter refuses ``contiguous(memory_format=...)``."""
+    if x.device.type != "cpu" or _tracing():
         return x
     return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
 

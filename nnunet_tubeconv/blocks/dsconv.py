@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_tubeconv.blocks import _native
+from nnunet_tubeconv.blocks._traceable import traceable_snake_conv
 from nnunet_tubeconv.blocks._utils import (
+    _tracing,
     build_nonlin,
     build_norm,
     check_channels,
@@ -62,7 +64,8 @@ def _cumulative_outer(delta: torch.Tensor, n_swing: int, kernel_size: int) -> to
     ``Delta_{+j} = delta_{+1} + ... + delta_{+j}`` and ``Delta_{-j} = delta_{-1} + ... + delta_{-j}``.
     """
     c = kernel_size // 2
-    d = delta.unflatten(1, (n_swing, kernel_size - 1))
+    # reshape with the traced sizes (not unflatten, whose trace fixes the batch size): graph capture uses this too
+    d = delta.reshape(delta.shape[0], n_swing, kernel_size - 1, *delta.shape[2:])
     return torch.cat([d[:, :, :c].flip(2).cumsum(2).flip(2), d[:, :, c:].cumsum(2)], dim=2)
 
 
@@ -456,7 +459,17 @@ def snake_conv(
     swing_axes = tuple(swing_axes)
     if delta is not None and not swing_axes:
         raise ValueError("delta was given but swing_axes is empty")
+    if _tracing():
+        return _traced_snake_conv(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
     return _SnakeConvFunction.apply(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
+
+
+def _traced_snake_conv(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
+    """The snake convolution in plain tensor operations, for graph capture (the rule of ``_utils._tracing``)."""
+    offsets = None
+    if delta is not None and swing_axes:
+        offsets = _cumulative_swing(delta.float(), len(swing_axes), weight.shape[2]) * extend_scope
+    return traceable_snake_conv(x, offsets, weight, bias, axis, swing_axes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -597,7 +610,10 @@ class DSConv(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        y = _SnakeConvFunction.apply(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
+        if _tracing():
+            y = _traced_snake_conv(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
+        else:
+            y = _SnakeConvFunction.apply(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
         return self.nonlin(self.norm(y))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:

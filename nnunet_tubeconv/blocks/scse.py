@@ -13,16 +13,8 @@ import torch
 from torch import nn
 
 from nnunet_tubeconv.blocks import _native
-from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.blocks._utils import _tracing, as_tuple, check_channels, check_input, conv_op_to_dim, numel
 from nnunet_tubeconv.vocabulary import SCSE_MODES
-
-
-def _tracing() -> bool:
-    """True while a graph is being captured (ONNX export, TorchScript, torch.compile): they need the plain ops."""
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
 
 
 class _ScseAddFunction(torch.autograd.Function):
