@@ -243,7 +243,7 @@ class _Runner:
         return self.clock() - t0
 
     def saved_bytes(self, module, inputs) -> int:
-        from nnunet_tubeconv.blocks._utils import measure_saved_tensors
+        from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 
         def forward():
             with self._autocast():

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 from nnunet_tubeconv.blocks import DLK, DLKBlock
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 from nnunet_tubeconv.vocabulary import DLK_MODES
 
 CONVS = [pytest.param(nn.Conv2d, id="2d"), pytest.param(nn.Conv3d, id="3d")]
@@ -214,7 +214,8 @@ def test_feature_map_size_matches_saved_tensors(conv_op, make):
     measured = elements / batch
     estimate = m.compute_conv_feature_map_size(size)
     assert isinstance(estimate, int)
-    assert abs(estimate - measured) <= 0.15 * measured, (estimate, measured)
+    # measured: exact, except the block with drop path (within 0.024%)
+    assert abs(estimate - measured) <= 0.001 * measured, (estimate, measured)
 
 
 @pytest.mark.parametrize("cls", [DLK, DLKBlock])

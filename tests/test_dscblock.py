@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 from nnunet_tubeconv.blocks import DSCBlock
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 
 torch.manual_seed(0)
 
@@ -124,7 +124,9 @@ def test_feature_map_size_matches_what_autograd_saves(dim, stride):
     x = torch.randn(2, 3, *size)
     elements, _ = measure_saved_tensors(lambda: block(x), exclude=list(block.parameters()))
     estimate = block.compute_conv_feature_map_size(size)
-    assert abs(estimate - elements / 2) <= 0.15 * elements / 2
+    # measured: within 0.3-2.1% of what autograd saves (small per-channel tensors are left out, largest share on
+    # the smallest inputs)
+    assert abs(estimate - elements / 2) <= 0.025 * elements / 2, (estimate, elements / 2)
 
 
 def test_snake_kernel_size_changes_the_snakes_not_the_output():

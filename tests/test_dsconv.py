@@ -8,11 +8,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 import nnunet_tubeconv.blocks.dsconv as dsconv_module
 from nnunet_tubeconv.blocks import DSConv, _native
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 from nnunet_tubeconv.blocks.dsconv import snake_conv
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -277,7 +277,8 @@ def test_feature_map_size_matches_what_autograd_saves(dim, axis, with_norm):
     x = torch.randn(2, 8, *size, requires_grad=True)
     elements, _ = measure_saved_tensors(lambda: m(x), exclude=list(m.parameters()))
     estimate = m.compute_conv_feature_map_size(size)
-    assert abs(estimate - elements / 2) <= 0.15 * elements / 2
+    # measured: within 0.19-0.93% of what autograd saves (the estimate leaves out (B, C)-sized norm statistics)
+    assert abs(estimate - elements / 2) <= 0.01 * elements / 2, (estimate, elements / 2)
     assert elements / 2 < 9 * x[0].numel()  # never a K-times enlarged sample tensor
 
 

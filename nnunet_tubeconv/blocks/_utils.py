@@ -32,8 +32,9 @@ def conv_op_to_dim(conv_op: type) -> int:
     """Number of spatial dimensions of ``conv_op`` (``nn.Conv2d`` -> 2, ``nn.Conv3d`` -> 3)."""
     if isinstance(conv_op, str):
         raise ValueError(
-            f"conv_op must be a class, got the string {conv_op!r}; pass torch.nn.Conv2d or torch.nn.Conv3d "
-            "(nnU-Net plans store it as a string and resolve it with pydoc.locate before building)"
+            f"conv_op must be a class, got the string {conv_op!r}; pass torch.nn.Conv2d or torch.nn.Conv3d, or build "
+            "the network with nnunetv2's get_network_from_plans, which imports the names listed in the plans' "
+            "'_kw_requires_import' (nnU-Net plans store them as strings)"
         )
     for cls, dim in _CONV_TO_DIM.items():
         if conv_op is cls or (isinstance(conv_op, type) and issubclass(conv_op, cls)):
@@ -121,29 +122,3 @@ def build_dropout(dropout_op: type | None, dropout_op_kwargs: dict | None) -> nn
 
 def is_batch_norm(norm_op: type | None) -> bool:
     return isinstance(norm_op, type) and issubclass(norm_op, nn.modules.batchnorm._BatchNorm)
-
-
-def measure_saved_tensors(fn, exclude: Sequence[torch.Tensor] = ()) -> tuple[int, int]:
-    """Run ``fn()`` (let it return the output: its graph must live while counting) and return ``(elements, bytes)``
-    that autograd saved for backward.
-
-    Counts what ``torch.autograd.graph.saved_tensors_hooks`` sees, de-duplicated by storage (a storage counts
-    once, at its full size, however many views of it were saved); storages of ``exclude`` (pass the module's
-    parameters) are left out. Elements are the storage's bytes over its element size.
-    """
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, tuple[int, int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in excluded:
-            nbytes = storage.nbytes()
-            seen[ptr] = (nbytes // t.element_size(), nbytes)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = fn()  # keeps the graph (and so the saved storages) alive while counting
-    counts = sum(e for e, _ in seen.values()), sum(b for _, b in seen.values())
-    del result
-    return counts
