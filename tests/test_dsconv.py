@@ -1,4 +1,4 @@
-"""DSConv (dynamic snake convolution, SPEC section 1), 2D and 3D: invariants, a naive reference, gradients.
+"""DSConv (dynamic snake convolution, docs/maths.md section 1), 2D and 3D: invariants, a naive reference, gradients.
 
 Every test runs twice on CPU: with the compiled kernels (``_cpu_kernels.c``) and with the PyTorch implementation
 (the fallback, and the code that runs on GPU)."""
@@ -39,7 +39,7 @@ def perturb(m: DSConv, std: float = 0.5, seed: int = 0) -> DSConv:
 
 
 def replicate_axis_conv(x, weight, bias, axis, k):
-    """The SPEC's zero-swing reference: replicate padding of k // 2 along ``axis``, then a conv of kernel k there."""
+    """The zero-swing reference of docs/maths.md: replicate padding of k // 2 along ``axis``, then a conv of kernel k there."""
     d = x.ndim - 2
     pad = [0] * (2 * d)
     pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = k // 2  # F.pad lists the last axis first

@@ -1,4 +1,4 @@
-"""scSE (Roy et al., MICCAI 2018; SPEC section 5).
+"""scSE (Roy et al., MICCAI 2018; docs/maths.md section 5).
 
 Every test runs twice on CPU: with the compiled "add"-mode kernels (``_cpu_kernels.c``, used for float32/float64 on
 CPU) and with the plain PyTorch expression (the fallback, autocast, and the GPU path)."""

@@ -1,5 +1,5 @@
 """Modulated deformable convolution (DCNv2): Dai et al., "Deformable Convolutional Networks", ICCV 2017, and Zhu et
-al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: SPEC-blocks.md section 6.
+al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: docs/maths.md section 6.
 
 The free-form baseline next to the snake: every one of the ``P = prod(kernel)`` sample points of every output
 position has its own free offset (``d`` values) and a modulation ``m = sigmoid(.)``, both predicted by a

@@ -1,10 +1,10 @@
 """Dynamic large kernel (DLK) and the D-Net block around it.
 
 Yang et al., "D-Net: Dynamic Large Kernel with Dynamic Feature Fusion for Volumetric Medical Image Segmentation",
-arXiv 2403.10674. The maths is SPEC-blocks.md section 3. One N-D implementation: the dimension comes
+arXiv 2403.10674. The maths is docs/maths.md section 3. One N-D implementation: the dimension comes
 from ``conv_op`` (``nn.Conv2d`` or ``nn.Conv3d``).
 
-The paper and the authors' two code versions disagree on the spatial selection (SPEC step 4). ``mode="paper"``
+The paper and the authors' two code versions disagree on the spatial selection (step 4 there). ``mode="paper"``
 (default) weights each branch by its own map, ``concat(a1 * w0, a2 * w1)``; ``mode="authors2025"`` multiplies the
 whole concatenation by ``w0 + w1`` as the authors' 2025 code does. The mode that ran is stored in ``DLK.mode`` and
 shown in ``repr``, so every benchmark records it.
@@ -52,7 +52,7 @@ def _layout_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class DLK(nn.Module):
     """Dynamic large kernel: two depth-wise large kernels in series, selected per voxel, gated per channel.
 
-    ``x: (B, C, *S) -> (B, C, *S)``, residual included (SPEC section 3, steps 1-6):
+    ``x: (B, C, *S) -> (B, C, *S)``, residual included (docs/maths.md section 3, steps 1-6):
 
     1. ``u = conv1x1(x)``: ``C -> C/2``;
     2. ``a1 = dwconv_5(u)``, ``a2 = dwconv_7,dilation 3(a1)`` (receptive fields 5 and 23), ``C/2`` channels each;
@@ -145,7 +145,7 @@ class DLKBlock(nn.Module):
     are per-channel layer scales initialised to ``layer_scale_init_value`` (1e-6: the block starts close to the
     identity); LN is a channel LayerNorm; ``drop_path`` is the per-sample probability, in training, of dropping a
     residual branch (stochastic depth), survivors rescaled by ``1 / (1 - drop_path)``.
-    Yang et al., arXiv 2403.10674; SPEC section 3.
+    Yang et al., arXiv 2403.10674; docs/maths.md section 3.
 
     Parameters keep the paper's form (1x1 convolutions, a channel LayerNorm module per branch). The MLP runs its
     1x1 convolutions as ``F.linear`` on channels-last views; on CPU the large kernels run channels-last. The

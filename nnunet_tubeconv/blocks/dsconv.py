@@ -1,5 +1,5 @@
 """Dynamic snake convolution (DSConv), Qi et al., "Dynamic Snake Convolution based on Topological Geometric
-Constraints for Tubular Structure Segmentation", ICCV 2023 (arXiv 2307.08388). Maths: SPEC-blocks.md section 1.
+Constraints for Tubular Structure Segmentation", ICCV 2023 (arXiv 2307.08388). Maths: docs/maths.md section 1.
 
 A length-``K`` convolution laid along one spatial axis (the *morph* axis ``a``) whose sample points swing sideways
 along the other (*swing*) axes. The swing of kernel point ``j`` is accumulated outward from the centre, so the kernel
@@ -20,7 +20,7 @@ in compiled C loops (``_cpu_kernels.c`` via :mod:`nnunet_tubeconv.blocks._native
 summed in the loop); elsewhere, or without a C compiler, in PyTorch (``embedding_bag`` for the fused gather +
 interpolation, ``scatter_add_``, forward-difference tables). Both give the same numbers; the tests run both.
 
-Deliberate differences from the authors' code (SPEC section 1, "Defects"): batch elements never mix, the centre
+Deliberate differences from the authors' code (docs/maths.md section 1, defects): batch elements never mix, the centre
 point never moves (its swing channel is not even predicted, so no parameter is unused), all ``K - 1`` outer points
 get the accumulated swing, indices are int64, the swing branch norm is the stage's ``norm_op`` (GroupNorm when none
 or a BatchNorm is given) and sampling coordinates stay float32 under autocast.
@@ -559,7 +559,7 @@ class DSConv(nn.Module):
             nn.init.zeros_(self.swing_conv.weight)
             self.swing_conv._tubeconv_keep_init = True
             if norm_op is None or is_batch_norm(norm_op):
-                # BatchNorm would couple the samples of a batch and drift between train and eval (SPEC, defects)
+                # BatchNorm would couple the samples of a batch and drift between train and eval (docs/maths.md section 1)
                 self.swing_norm = nn.GroupNorm(n_swing_channels // 2, n_swing_channels)
             else:
                 self.swing_norm = norm_op(n_swing_channels, **(norm_op_kwargs or {}))

@@ -1,7 +1,7 @@
 """Concurrent spatial and channel squeeze & excitation (scSE).
 
 Roy, Navab and Wachinger, "Concurrent Spatial and Channel 'Squeeze & Excitation' in Fully Convolutional Networks",
-MICCAI 2018 (arXiv 1803.02579); SPEC-blocks.md section 5. One N-D implementation, dimension from ``conv_op``; the
+MICCAI 2018 (arXiv 1803.02579); maths: docs/maths.md section 5. One N-D implementation, dimension from ``conv_op``; the
 channel squeeze pools over every spatial axis (a 3D block that pools per slice is a known defect elsewhere).
 """
 
