@@ -363,6 +363,10 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
             make_executor(suite.executor, results_dir, suite.name).run(contexts)
 
         records = {u: read_record(results_dir / u.rel_dir) for u in units}
+        from nnunet_tubeconv.benchmarks.heldout import run_heldout
+
+        n_test = run_heldout(suite, datasets, results_dir, env, records,
+                             lambda trainer, seed: arms_mod.generated_class_name(trainer, b.name, seed), stream)
         done = sum(1 for r in records.values() if r and r["status"] == "done")
         failed = sum(1 for r in records.values() if r and r["status"] == "failed")
         table = comparison_table(suite, datasets, records)
@@ -375,7 +379,7 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
         if report and done:
             html = results_dir / "report.html"
             newest = max((results_dir / u.rel_dir / "record.json").stat().st_mtime for u in units if records[u])
-            if todo or not html.is_file() or html.stat().st_mtime < newest:
+            if todo or n_test or not html.is_file() or html.stat().st_mtime < newest:
                 html = _write_report(results_dir)
             else:
                 print(f"report: {html} (up to date)", flush=True)

@@ -80,7 +80,17 @@ def world(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("harness")
     env = nnunet_env(base)
-    write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, 2, 6, shape=(48, 48), seed=3, name="HarnessTubes")
+    raw = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, 2, 6, shape=(48, 48), seed=3, name="HarnessTubes")
+    # a held-out test set (imagesTs/labelsTs): the harness predicts it with each arm's folds as an ensemble
+    from nnunet_tubeconv.data.common import write_nifti
+    from nnunet_tubeconv.data.synthetic import generate_case
+
+    (raw / "imagesTs").mkdir(exist_ok=True)
+    (raw / "labelsTs").mkdir(exist_ok=True)
+    for i in (6, 7):
+        case = generate_case(3, i, 2, (48, 48))
+        write_nifti(raw / "imagesTs" / f"tubes_{i:03d}_0000.nii.gz", case.image, case.spacing)
+        write_nifti(raw / "labelsTs" / f"tubes_{i:03d}.nii.gz", case.label, case.spacing)
     ext = base / "user_trainers"
     ext.mkdir()
     (ext / "harness_user_trainers.py").write_text(USER_TRAINERS)
@@ -89,8 +99,9 @@ def world(tmp_path_factory):
 
 
 def _suite(path: Path, arms: dict[str, str], epochs: int) -> Path:
-    path.write_text(SUITE.format(dataset_id=DATASET_ID, epochs=epochs,
-                                 arms="\n".join(f'{k} = "{v}"' for k, v in arms.items())))
+    # the baseline pins one seed (by default it would run two for the noise floor): these tests are about the harness
+    path.write_text(SUITE.format(dataset_id=DATASET_ID, epochs=epochs, arms="\n".join(
+        f'{k} = {{ trainer = "{v}", seeds = [0] }}' if k == "vanilla" else f'{k} = "{v}"' for k, v in arms.items())))
     return path
 
 
@@ -134,6 +145,14 @@ def test_benchmark_end_to_end_records_metrics_report_failed_unit_and_submitit_re
     suite_json = json.loads((results / "suite.json").read_text())
     assert suite_json["datasets"] == [DATASET] and suite_json["baseline"] == "vanilla"
     assert suite_json["arms"]["lowlr"] == {"trainer": "nnUNetTrainerHarnessLowLR", "plans": "nnUNetPlans"}
+    # held-out test set: every arm whose folds all finished predicted imagesTs (folds as an ensemble) and was scored
+    for arm in ("vanilla", "lowlr"):
+        test = json.loads((results / "runs" / DATASET / "2d" / arm / "test_seed_0" / "record.json").read_text())
+        assert test["status"] == "done" and test["split"] == "test" and test["folds"] == [0], test.get("error")
+        assert sorted({row["case"] for row in test["metrics"]["per_case"]}) == ["tubes_006", "tubes_007"]
+        assert test["metrics"]["label_names"] == {"1": "vessel"}
+    assert not (results / "runs" / DATASET / "2d" / "boom" / "test_seed_0").exists()  # its fold failed
+    assert "## Held-out test set: Dataset950_HarnessTubes — 2d" in (results / "report.md").read_text()
 
     pre = Path(env["nnUNet_preprocessed"]) / DATASET
     splits = json.loads((pre / "splits_final.json").read_text())

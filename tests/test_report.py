@@ -278,3 +278,32 @@ def test_across_data_sets_summary_ranks_and_stratified_test(tmp_path):
     single = fabricate_results_dir(tmp_path / "s", failed=[])
     assert "Across data sets" not in write_report(single, n_resamples=200)[0].read_text()
     assert json.loads((single / "report.json").read_text())["across_datasets"] is None
+
+
+def test_heldout_test_records_get_their_own_labelled_tables(tmp_path):
+    """Records under test_seed_<s> (split "test") are reported in a separate held-out section, never pooled with
+    the validation cases."""
+    from nnunet_tubeconv.evaluation.layout import test_rel_dir
+
+    root = fabricate_results_dir(tmp_path / "r", failed=[])
+    for arm, gain in (("baseline", 0.0), ("dsconv", 0.1)):
+        for s in (0, 1):
+            src = json.loads((root / "runs" / "Dataset901_SynthTubes" / "3d_fullres" / arm / f"fold_0_seed_{s}"
+                              / "record.json").read_text())
+            for row in src["metrics"]["per_case"]:
+                row["case"] = "test_" + row["case"]
+                row["dice"] = 0.5 + gain + 0.001 * int(row["case"][-3:])
+            src.update(split="test", fold=None, folds=[0, 1])
+            out = root / test_rel_dir("Dataset901_SynthTubes", "3d_fullres", arm, s) / "record.json"
+            out.parent.mkdir(parents=True)
+            out.write_text(json.dumps(src))
+    md = write_report(root, n_resamples=500)[0].read_text()
+    main_part, test_part = md.split("## Held-out test set: Dataset901_SynthTubes — 3d_fullres")
+    assert "nothing (arms, options, budgets) was chosen on them" in test_part
+    assert "test_" not in main_part.split("## Failed units")[0]  # validation tables hold validation cases only
+    assert md_table_rows(main_part[main_part.index("## Dataset901"):], "arm")[2][2] == "16 of 16"
+    test_rows = md_table_rows(test_part, "arm")
+    assert test_rows[2][2] == "8 of 8" and dict(zip(test_rows[0], test_rows[3]))["Dice ↑"].startswith("0.6")
+    assert "## Units without a record (0)" not in md and "Failed units (0)" in md
+    rep = json.loads((root / "report.json").read_text())
+    assert rep["heldout_test"][0]["cases"] == {"baseline": 8, "dsconv": 8}

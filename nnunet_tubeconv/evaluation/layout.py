@@ -5,8 +5,11 @@
     RESULTS_DIR/
       suite.json                                                    # the resolved suite (benchmarks.suite)
       runs/<dataset>/<configuration>/<arm>/fold_<f>_seed_<s>/record.json   # one per unit, schema RECORD_SCHEMA
+      runs/<dataset>/<configuration>/<arm>/test_seed_<s>/record.json       # held-out test set (imagesTs/labelsTs)
+                                                                           # predicted by the arm's folds as ensemble
 
-A record (``RECORD_SCHEMA``) is a JSON object with at least :data:`RECORD_KEYS`; ``status`` is ``"done"`` or
+A record (``RECORD_SCHEMA``) is a JSON object with at least :data:`RECORD_KEYS` (a held-out record has ``"split":
+"test"`` and ``"folds"``, the folds whose models were ensembled; ``fold`` is null); ``status`` is ``"done"`` or
 ``"failed"``; a done record's ``metrics`` is a results.json object (``nnunet-tubeconv/results/1``, see
 :mod:`nnunet_tubeconv.evaluation.folders`). The harness may add keys (``benchmarks.records.EXTRA_KEYS``); readers
 ignore what they do not know.
@@ -31,6 +34,19 @@ RECORD_KEYS = ("schema", "status", "dataset", "configuration", "arm", "trainer",
 #: glob of every record under RESULTS_DIR
 RECORD_GLOB = f"{RUNS_DIR}/*/*/*/*/{RECORD_FILE}"
 _UNIT_DIR = re.compile(r"^fold_(\w+?)_seed_(\d+)$")
+_TEST_DIR = re.compile(r"^test_seed_(\d+)$")
+TEST_SPLIT = "test"
+
+
+def test_rel_dir(dataset: str, configuration: str, arm: str, seed: int) -> Path:
+    """``runs/<dataset>/<configuration>/<arm>/test_seed_<s>``: the held-out test set of one arm and seed."""
+    return Path(RUNS_DIR) / dataset / configuration / arm / f"test_seed_{seed}"
+
+
+def parse_test_dir(name: str) -> int | None:
+    """The seed of a ``test_seed_<s>`` folder name, or None."""
+    m = _TEST_DIR.match(name)
+    return int(m.group(1)) if m else None
 
 
 def unit_dir_name(fold: int | str, seed: int) -> str:

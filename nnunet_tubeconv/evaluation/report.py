@@ -79,6 +79,7 @@ class Unit:
     record: dict[str, Any] | None
     status: str
     error: str | None = None
+    split: str = "validation"                  # or layout.TEST_SPLIT: a held-out test set record
 
 
 def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit]]:
@@ -93,25 +94,29 @@ def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit
     for path in sorted(root.glob(layout.RECORD_GLOB)):
         dataset, configuration, arm, unit_dir = path.parts[-5:-1]
         parsed = layout.parse_unit_dir(unit_dir)
-        fold, seed = parsed if parsed else (unit_dir, None)
+        test_seed = layout.parse_test_dir(unit_dir)
+        fold, seed = parsed if parsed else ((layout.TEST_SPLIT, test_seed) if test_seed is not None else (unit_dir, None))
+        split = layout.TEST_SPLIT if test_seed is not None else "validation"
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             units.append(Unit(dataset, configuration, arm, fold, seed, path, None, "failed",
-                              f"unreadable {layout.RECORD_FILE}: {e}"))
+                              f"unreadable {layout.RECORD_FILE}: {e}", split))
             continue
         if rec.get("schema") != layout.RECORD_SCHEMA:
             units.append(Unit(dataset, configuration, arm, fold, seed, path, rec, "failed",
                               f"{layout.RECORD_FILE} has schema {rec.get('schema')!r}, expected "
-                              f"{layout.RECORD_SCHEMA!r}"))
+                              f"{layout.RECORD_SCHEMA!r}", split))
             continue
         status = rec.get("status", "failed")
         error = rec.get("error")
         if status == "done" and not (isinstance(rec.get("metrics"), dict) and rec["metrics"].get("per_case")):
             status, error = "failed", error or "status 'done' but the record has no per-case metrics"
+        split = layout.TEST_SPLIT if rec.get("split") == layout.TEST_SPLIT else split
         units.append(Unit(str(rec.get("dataset", dataset)), str(rec.get("configuration", configuration)),
-                          str(rec.get("arm", arm)), rec.get("fold", fold), rec.get("seed", seed), path, rec,
-                          "done" if status == "done" else "failed", error))
+                          str(rec.get("arm", arm)), layout.TEST_SPLIT if split == layout.TEST_SPLIT else
+                          rec.get("fold", fold), rec.get("seed", seed), path, rec,
+                          "done" if status == "done" else "failed", error, split))
     return suite, units
 
 
@@ -139,6 +144,7 @@ class GroupAnalysis:
     notes: list[str] = field(default_factory=list)
     expected_cases: int = 0
     first_label: bool = True                                    # the first family of its (data set, configuration)
+    heldout: bool = False                                       # the held-out test set, not the validation folds
 
     def comparison(self, arm: str, metric: str) -> st.PairedComparison | None:
         return next((c for c in self.comparisons if c.variant == arm and c.metric == metric), None)
@@ -179,7 +185,7 @@ def _seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, 
 
 def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RESAMPLES, seed: int = 0,
             alpha: float = st.ALPHA, min_pairs: int = st.MIN_PAIRS, complete_case: bool = False,
-            n_permutations: int = st.N_PERMUTATIONS) -> list[GroupAnalysis]:
+            n_permutations: int = st.N_PERMUTATIONS, split: str = "validation") -> list[GroupAnalysis]:
     """One :class:`GroupAnalysis` (test family) per (data set, configuration, label) with a completed unit.
 
     The cases expected in a family are those any arm has (each case is validated in exactly one fold, so an arm
@@ -190,7 +196,7 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
     suite_arms = [str(a) for a in suite.get("arms", {})]
     groups: dict[tuple[str, str], list[Unit]] = {}
     for u in units:
-        if u.status == "done":
+        if u.status == "done" and u.split == split:
             groups.setdefault((u.dataset, u.configuration), []).append(u)
     out = []
     for (ds, cfg), group_units in sorted(groups.items()):
@@ -250,7 +256,7 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
                                                               "gives the complete-case analysis)"))
             out.append(GroupAnalysis(ds, cfg, lab, names.get(lab, ""), arms, metrics_present, values,
                                      {a: sorted(per_seed[a]) for a in arms}, comparisons, costs, curves, settings,
-                                     lab_notes, len(expected), li == 0))
+                                     lab_notes, len(expected), li == 0, split == layout.TEST_SPLIT))
     return out
 
 
@@ -515,12 +521,13 @@ def _gib(v) -> str:
 
 
 def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupAnalysis], n_resamples: int,
-                   seed: int, alpha: float, min_pairs: int) -> tuple[str, list[Block]]:
+                   seed: int, alpha: float, min_pairs: int,
+                   heldout: list[GroupAnalysis] | None = None) -> tuple[str, list[Block]]:
     title = f"Benchmark report: {suite.get('name', 'unnamed suite')}"
     baseline = str(suite.get("baseline"))
     done = [u for u in units if u.status == "done"]
     failed = [u for u in units if u.status != "done"]
-    found = {(u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed)) for u in units}
+    found = {(u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed)) for u in units if u.split != layout.TEST_SPLIT}
     missing = sorted(expected_units(suite) - found)
     blocks = [Block("p", text=(f"Baseline arm: {baseline}. Arms: "
                                + "; ".join(f"{a} ({s.get('trainer', '?')}, {s.get('plans', '?')})"
@@ -543,6 +550,8 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
         blocks.append(Block("p", "No unit completed with metrics: nothing to compare."))
     blocks.extend(_across_blocks(groups, baseline, alpha, seed))
     for g in groups:
+        blocks.extend(_group_blocks(g, baseline, alpha))
+    for g in heldout or []:
         blocks.extend(_group_blocks(g, baseline, alpha))
     blocks.append(Block("h", f"Failed units ({len(failed)})", 2))
     if failed:
@@ -581,7 +590,13 @@ def _describe_settings(s: dict[str, Any]) -> str:
 
 
 def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
-    blocks = [Block("h", f"{g.dataset} — {g.configuration}", 2)] if g.first_label else []
+    title = (f"Held-out test set: {g.dataset} — {g.configuration}" if g.heldout
+             else f"{g.dataset} — {g.configuration}")
+    blocks = [Block("h", title, 2)] if g.first_label else []
+    if g.heldout and g.first_label:
+        blocks.append(Block("p", "Test cases (imagesTs/labelsTs) predicted by each arm with nnU-Net's predictor, the "
+                                 "arm's trained folds as an ensemble, one prediction per seed. Reported beside the "
+                                 "cross-validation results; nothing (arms, options, budgets) was chosen on them."))
     label = f"Label {g.label}" + (f" ({g.label_name})" if g.label_name else "")
     blocks.append(Block("h", label, 3))
     n_cases = {a: len(g.values[a]) for a in g.arms}
@@ -646,7 +661,8 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
                                               "sign-flip p", "Holm p", "smallest reachable Holm p", "Wilcoxon p",
                                               "r", "noise floor [95% CI]", "verdict", "note"], rows=drows))
     blocks.append(Block("h", "Figures", 4))
-    tag = [g.dataset, g.configuration] + ([] if g.first_label else [f"label{g.label}"])
+    tag = (["test"] if g.heldout else []) + [g.dataset, g.configuration] + (
+        [] if g.first_label else [f"label{g.label}"])
     blocks.append(Block("img", text="Per-case values by arm (boxes: quartiles; dots: cases).",
                         png=figure_boxplots(g), filename=_slug("box", *tag) + ".png"))
     if baseline in g.arms:
@@ -655,7 +671,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
                 blocks.append(Block("img", text=f"Per-case pairs, {a} against {baseline}.",
                                     png=figure_paired(g, a, baseline),
                                     filename=_slug("paired", *tag, a) + ".png"))
-    if g.first_label:
+    if g.first_label and not g.heldout:
         curves = figure_curves(g)
         if curves is not None:
             blocks.append(Block("img", text="Training curves from nnU-Net's logs.", png=curves,
@@ -807,7 +823,9 @@ def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, see
     root = Path(results_dir)
     suite, units = load_results_dir(root)
     groups = analyse(suite, units, n_resamples, seed, alpha, min_pairs, complete_case, n_permutations)
-    title, blocks = build_document(suite, units, groups, n_resamples, seed, alpha, min_pairs)
+    heldout = analyse(suite, units, n_resamples, seed, alpha, min_pairs, complete_case, n_permutations,
+                      split=layout.TEST_SPLIT)
+    title, blocks = build_document(suite, units, groups, n_resamples, seed, alpha, min_pairs, heldout)
     fig_dir = root / "figures"
     fig_dir.mkdir(exist_ok=True)
     for b in blocks:
@@ -818,8 +836,10 @@ def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, see
     page.write_text(render_html(title, blocks), encoding="utf-8")
     from nnunet_tubeconv.benchmarks.records import dumps
 
-    (root / REPORT_JSON).write_text(dumps(report_json(suite, groups, n_resamples, seed, alpha, min_pairs,
-                                                      complete_case, n_permutations)), encoding="utf-8")
+    rep = report_json(suite, groups, n_resamples, seed, alpha, min_pairs, complete_case, n_permutations)
+    rep["heldout_test"] = report_json(suite, heldout, n_resamples, seed, alpha, min_pairs, complete_case,
+                                      n_permutations)["families"]
+    (root / REPORT_JSON).write_text(dumps(rep), encoding="utf-8")
     return md, page
 
 
