@@ -408,3 +408,27 @@ def test_generated_arm_trainers_load_through_nnunet_and_apply_budget_and_seed(tm
         assert t.initial_lr == base_lr  # everything but the budget is the arm's own
         assert torch.initial_seed() == seed and np.random.get_state()[1][0] == seed
         assert t.output_folder.endswith(f"{name}__nnUNetPlans__2d/fold_0")
+
+
+def test_records_written_by_the_harness_and_the_test_helper_follow_the_one_schema(tmp_path):
+    """The record schema is defined once (evaluation/layout.py); the harness's records and the fabricated ones the
+    report's tests read both carry every key it lists."""
+    from helpers import fabricate_results_dir
+    from nnunet_tubeconv.benchmarks import records
+    from nnunet_tubeconv.benchmarks.executors import UnitContext, _base_record
+    from nnunet_tubeconv.benchmarks.suite import Unit
+
+    from nnunet_tubeconv.evaluation import layout
+
+    assert records.RECORD_SCHEMA is layout.RECORD_SCHEMA and records.RECORD_FILE is layout.RECORD_FILE
+    ctx = UnitContext(unit=Unit("Dataset900_X", "2d", "base", 0, 0), results_dir=str(tmp_path), trainer="T",
+                      generated_trainer="T_smoke_s0", plans="nnUNetPlans", budget={"name": "smoke"}, device="cpu",
+                      npz=False, env={"nnUNet_results": str(tmp_path)})
+    rec = _base_record(ctx, "2026-01-01T00:00:00+00:00")
+    assert set(layout.RECORD_KEYS) <= set(rec) and rec["schema"] == layout.RECORD_SCHEMA
+    root = fabricate_results_dir(tmp_path / "fab")
+    for path in root.glob(layout.RECORD_GLOB):
+        assert set(layout.RECORD_KEYS) <= set(json.loads(path.read_text()))
+    assert ctx.unit_dir == tmp_path / layout.unit_rel_dir("Dataset900_X", "2d", "base", 0, 0)
+    assert layout.parse_unit_dir("fold_all_seed_3") == ("all", 3) and layout.parse_unit_dir("test_seed_0") is None
+    assert layout.parse_test_dir("test_seed_2") == 2
