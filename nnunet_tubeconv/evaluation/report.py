@@ -1,21 +1,28 @@
-"""``nnunet-tubeconv report RESULTS_DIR``: the benchmark report (``report.md`` and a self-contained ``report.html``).
+"""``nnunet-tubeconv report RESULTS_DIR``: the benchmark report (``report.md``, a self-contained ``report.html`` and
+the machine-readable ``report.json``).
 
-Reads a results folder as laid out by the harness (``suite.json`` and ``runs/<dataset>/<configuration>/<arm>/
-fold_<f>_seed_<s>/record.json``, schema ``nnunet-tubeconv/record/1``) and writes, into the same folder:
+Reads a results folder as laid out by the harness (:mod:`nnunet_tubeconv.evaluation.layout`: ``suite.json`` and
+``runs/<dataset>/<configuration>/<arm>/fold_<f>_seed_<s>/record.json``, plus ``test_seed_<s>`` records for held-out
+test sets) and writes, into the same folder:
 
 * ``report.md`` with PNG figures under ``figures/``;
-* ``report.html``: the same content with every figure embedded as base64 PNG (no external file, script or font).
+* ``report.html``: the same content with every figure embedded as base64 PNG (no external file, script or font);
+* ``report.json``: the test, the verdict rule (:data:`stats.DIRECTION_RULE`) and every comparison.
 
-Per (data set, configuration): a table with one row per arm (baseline first) and one column per metric
-(mean ± sd over cases, plus the paired verdict against the baseline, see :mod:`nnunet_tubeconv.evaluation.stats`),
-cost columns (parameters, iteration time, peak memory, wall time); the detailed paired statistics; box plots per
-metric; per-case paired scatter plots (baseline vs variant); training curves from the records' ``curves``. Then every
-failed unit with its error, and the units the suite expected but that have no record.
+Per (data set, configuration) and per label (one test family each; labels and names from the records'
+results.json, i.e. from the data set's dataset.json): a table with one row per arm (baseline first; cases present
+of the cases expected) and one column per metric (mean ± sd over cases, plus the paired verdict against the baseline,
+see :mod:`nnunet_tubeconv.evaluation.stats`), cost columns (parameters, iteration time, peak memory, wall time); the
+power of the family (n, m, smallest reachable Holm p); the detailed paired statistics; box plots per metric;
+per-case paired scatter plots (baseline vs variant); training curves from the records' ``curves``. With several data
+sets, a summary across them first; held-out test sets in their own sections; then every failed unit with its error,
+and the units the suite expected but that have no record.
 
 Pooling: the validation cases of all folds form one sample per arm and seed (each case is validated in exactly one
-fold); pairs are matched on (case, label); an arm's value for a pair is the mean over the seeds it ran. The noise
-floor is the baseline's first two seeds against each other. All verdicts of one (data set, configuration) are
-Holm-corrected together.
+fold); pairs are matched on (case, label); an arm's value for a pair is the mean over the seeds it ran. The cases
+expected in a family are those any arm has: an arm lacking some (a failed fold) gets its verdicts withheld unless
+``--complete-case``. The noise floor is the baseline's first two seeds against each other. All verdicts of one
+(data set, configuration, label) are Holm-corrected together.
 """
 
 from __future__ import annotations
