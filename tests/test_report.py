@@ -273,6 +273,7 @@ def test_across_data_sets_summary_ranks_and_stratified_test(tmp_path):
     rows = md_table_rows(md[md.index("## Across data sets"):], "variant")
     dice = dict(zip(rows[0], next(r for r in rows[2:] if r[1] == "Dice ↑")))
     assert dice["families"] == "2" and dice["wins"] == "2 of 2" and dice["verdict"] == "better"
+    assert dice["pairs"] == "32" and dice["smallest reachable Holm p"] == "0.0003"  # 7 tests x 1/20001 = 0.00035
     rep = json.loads((root / "report.json").read_text())
     assert rep["across_datasets"]["mean_rank"]["dsconv"]["dice"] == 1.0
     single = fabricate_results_dir(tmp_path / "s", failed=[])

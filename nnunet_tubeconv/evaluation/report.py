@@ -292,7 +292,9 @@ class AcrossRow:
     wins: int                      # families where the variant's mean is better than the baseline's
     statistic: float               # mean over families of the mean paired difference (variant - baseline)
     p_value: float
+    n_pairs: int = 0
     p_holm: float = math.nan
+    p_min_adjusted: float = math.nan
     verdict: str = st.NO_EVIDENCE
 
 
@@ -339,10 +341,13 @@ def across_datasets(groups: list[GroupAnalysis], baseline: str, alpha: float = s
             if len(diffs) < 2:
                 continue
             stat, p = st.stratified_sign_flip_p(diffs, n_permutations, seed)
-            rows.append(AcrossRow(a, m, len(diffs), wins, stat, p))
+            rows.append(AcrossRow(a, m, len(diffs), wins, stat, p, int(sum(d.size for d in diffs))))
     for row, p in zip(rows, st.holm([r.p_value for r in rows])):
         row.p_holm = p
-        if math.isfinite(p) and p < alpha and row.statistic != 0:
+        row.p_min_adjusted = min(1.0, len(rows) * st.smallest_p(row.n_pairs, n_permutations))
+        if not row.p_min_adjusted < alpha:
+            row.verdict = st.TOO_FEW
+        elif math.isfinite(p) and p < alpha and row.statistic != 0:
             favourable = (row.statistic > 0) == HIGHER_IS_BETTER[row.metric]
             row.verdict = st.BETTER if favourable else st.WORSE
     return mean_rank, rows
@@ -364,11 +369,13 @@ def _across_blocks(groups: list[GroupAnalysis], baseline: str, alpha: float, see
     blocks.append(Block("table", headers=["arm"] + [f"{METRIC_LABELS[m]} {_arrow(m)} (mean rank)" for m in metrics],
                         rows=[[Cell(a)] + [Cell(_fmt(mean_rank.get(a, {}).get(m))) for m in metrics] for a in arms]))
     if rows:
-        blocks.append(Block("table", headers=["variant", "metric", "families", "wins", "mean of family mean Δ",
-                                              "stratified sign-flip p", "Holm p", "verdict"],
+        blocks.append(Block("table", headers=["variant", "metric", "families", "pairs", "wins",
+                                              "mean of family mean Δ", "stratified sign-flip p", "Holm p",
+                                              "smallest reachable Holm p", "verdict"],
                             rows=[[Cell(r.variant), Cell(f"{METRIC_LABELS[r.metric]} {_arrow(r.metric)}"),
-                                   Cell(str(r.families)), Cell(f"{r.wins} of {r.families}"),
+                                   Cell(str(r.families)), Cell(str(r.n_pairs)), Cell(f"{r.wins} of {r.families}"),
                                    Cell(_fmt(r.statistic, r.metric)), Cell(_fmt_p(r.p_value)), Cell(_fmt_p(r.p_holm)),
+                                   Cell(_fmt_p(r.p_min_adjusted)),
                                    Cell("", r.verdict, _VERDICT_CLASS[r.verdict])] for r in rows]))
     return blocks
 
