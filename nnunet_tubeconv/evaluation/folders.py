@@ -421,23 +421,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    try:
-        labels, names = args.labels, None
-        if args.dataset_json:
-            try:
-                labels, names = labels_from_dataset_json(json.loads(Path(args.dataset_json).read_text()))
-            except (OSError, ValueError) as e:
-                raise EvaluationInputError(f"cannot read --dataset-json {args.dataset_json}: {e}") from None
-        results = evaluate_folders(args.pred, args.ref, labels=labels, num_processes=args.num_processes,
-                                   progress=not args.no_progress, file_ending=args.file_ending,
-                                   cases="pred" if args.pred_cases_only else None, mask_dir=args.mask_dir,
-                                   label_names=names, nsd_tolerance_mm=args.nsd_tolerance,
-                                   connectivity=args.connectivity)
-    except EvaluationInputError as e:
-        print(f"nnunet-tubeconv evaluate: error: {e}", file=sys.stderr)
-        return 2
+    # an EvaluationInputError (a ValueError) is reported by the CLI with exit status 2
+    labels, names = args.labels, None
+    if args.dataset_json:
+        try:
+            labels, names = labels_from_dataset_json(json.loads(Path(args.dataset_json).read_text()))
+        except (OSError, ValueError) as e:
+            raise EvaluationInputError(f"cannot read --dataset-json {args.dataset_json}: {e}") from None
+    results = evaluate_folders(args.pred, args.ref, labels=labels, num_processes=args.num_processes,
+                               progress=not args.no_progress, file_ending=args.file_ending,
+                               cases="pred" if args.pred_cases_only else None, mask_dir=args.mask_dir,
+                               label_names=names, nsd_tolerance_mm=args.nsd_tolerance,
+                               connectivity=args.connectivity)
     save_results(results, args.output)
     print(f"wrote {args.output}: {len(results['per_case'])} rows ({results['settings']['num_cases']} cases x "
           f"{len(results['labels'])} labels)")
