@@ -137,7 +137,7 @@ def test_one_baseline_seed_two_datasets_and_missing_units(tmp_path):
         rec_path.write_text(json.dumps(rec))
     md_path, _ = write_report(root, n_resamples=1000)
     md = md_path.read_text()
-    dice_rows = [r for r in md_table_rows(md, "variant")[2:] if r[1] == "Dice ↑"]
+    dice_rows = [r for r in md_table_rows(md[md.index("## Dataset901_A"):], "variant")[2:] if r[1] == "Dice ↑"]
     assert dice_rows[0][2] == "7 of 8 (1 dropped)"
     assert "## Dataset901_A — 3d_fullres" in md and "## Dataset902_B — 3d_fullres" in md
     assert "no noise floor" in md
