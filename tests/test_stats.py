@@ -244,6 +244,11 @@ def test_noise_floor_has_its_own_confidence_interval():
                                          {k: r["dice"] for k, r in base1.items()}, n_resamples=2000)
     assert floor == pytest.approx(0.004)
     assert 0.002 <= low < 0.004 < high <= 0.006
+    # the interval is that of |mean seed difference|: the same numbers with the seeds swapped give the same interval
+    assert st.noise_floor_ci({k: r["dice"] for k, r in base1.items()}, {k: r["dice"] for k, r in base0.items()},
+                             n_resamples=2000) == pytest.approx((floor, low, high), abs=1e-3)
+    around_zero = st.noise_floor_ci({"a": 0.1, "b": 0.2, "c": 0.3}, {"a": 0.2, "b": 0.1, "c": 0.3}, n_resamples=500)
+    assert around_zero[0] == 0.0 and around_zero[1] == 0.0 and around_zero[2] > 0
     variant = {k: {"dice": r["dice"] + 0.05} for k, r in base0.items()}
     c = st.compare_arms({"b": base0, "v": variant}, "b", ["dice"], baseline_repeats=[base0, base1],
                         n_resamples=2000)[0]

@@ -257,13 +257,16 @@ def noise_floor(seed_a: Mapping[Hashable, float], seed_b: Mapping[Hashable, floa
 
 def noise_floor_ci(seed_a: Mapping[Hashable, float], seed_b: Mapping[Hashable, float],
                    n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float, float] | None:
-    """``(floor, low, high)``: the noise floor and the bootstrap 95% CI of ``mean(seed_a - seed_b)`` (its
-    uncertainty: with few cases the seed-to-seed difference is itself poorly known). None if no pair."""
+    """``(floor, low, high)``: the noise floor ``|mean(seed_a - seed_b)|`` and its 95% CI (its uncertainty: with few
+    cases the seed-to-seed difference is itself poorly known): the bootstrap CI ``[l, h]`` of ``mean(seed_a -
+    seed_b)`` mapped through ``|.|``, i.e. ``[min(|l|, |h|), max(|l|, |h|)]``, or ``[0, max(|l|, |h|)]`` when it
+    contains 0. None if no pair."""
     a, b, _, _ = pair_up(seed_a, seed_b)
     if a.size == 0:
         return None
     low, high = bootstrap_ci(a - b, n_resamples=n_resamples, seed=seed)
-    return float(abs(np.mean(a - b))), low, high
+    lo_abs = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
+    return float(abs(np.mean(a - b))), lo_abs, max(abs(low), abs(high))
 
 
 @dataclass
