@@ -107,13 +107,15 @@ def write_case_figure(results_dir: Path, raw_dataset: Path, out: Path) -> Path |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    suite = json.loads((results_dir / "suite.json").read_text())
+    from nnunet_tubeconv.evaluation.layout import RECORD_FILE, SUITE_FILE, unit_rel_dir
+
+    suite = json.loads((results_dir / SUITE_FILE).read_text())
     ds, cfg, baseline = suite["datasets"][0], suite["configurations"][0], suite["baseline"]
     arms = [baseline, *[a for a in suite["arms"] if a != baseline]]
     fold, seed = suite["folds"][0], suite["seeds"][0]
     recs = {}
     for a in arms:
-        p = results_dir / "runs" / ds / cfg / a / f"fold_{fold}_seed_{seed}" / "record.json"
+        p = results_dir / unit_rel_dir(ds, cfg, a, fold, seed) / RECORD_FILE
         if p.is_file():
             r = json.loads(p.read_text())
             if r.get("status") == "done":
