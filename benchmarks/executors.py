@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 from nnunet_tubeconv.benchmarks.arms import SEED_NOTE
 from nnunet_tubeconv.benchmarks.records import (
+    RECORD_FILE,
     RECORD_SCHEMA,
     curves_from_logging,
     json_safe,
@@ -506,7 +507,7 @@ def run_unit(ctx: UnitContext) -> dict[str, Any]:
                      f"(full error in {unit_dir / 'record.json'})", always=True)
     rec["wall_time_s"] = time.perf_counter() - t0
     rec["finished"] = utc_now()
-    write_json_atomic(unit_dir / "record.json", json_safe(rec))
+    write_json_atomic(unit_dir / RECORD_FILE, json_safe(rec))
     return rec
 
 
@@ -672,7 +673,7 @@ class SubmititExecutor:
             failed = _base_record(ctx, started)
             failed.update(error=f"submitit job {job.job_id} failed without a record:\n{str(e)[-ERROR_TAIL_CHARS:]}",
                           finished=utc_now())
-            write_json_atomic(ctx.unit_dir / "record.json", json_safe(failed))
+            write_json_atomic(ctx.unit_dir / RECORD_FILE, json_safe(failed))
             return "failed"
         return str(status)
 

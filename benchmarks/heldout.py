@@ -16,7 +16,7 @@ from typing import Any
 
 from nnunet_tubeconv.benchmarks.records import read_record, utc_now, write_json_atomic
 
-from nnunet_tubeconv.evaluation.layout import RECORD_SCHEMA, TEST_SPLIT, test_rel_dir
+from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA, TEST_SPLIT, test_rel_dir
 
 
 def has_test_set(raw_dataset: Path) -> bool:
@@ -84,7 +84,7 @@ def predict_and_score(suite, ds: str, cfg: str, arm: str, seed: int, results_dir
     except Exception:  # noqa: BLE001 - recorded, the other arms go on
         record["error"] = traceback.format_exc()
     record.update(finished=utc_now(), wall_time_s=time.perf_counter() - t0)
-    write_json_atomic(out_dir / "record.json", record)
+    write_json_atomic(out_dir / RECORD_FILE, record)
     return record
 
 

@@ -44,6 +44,8 @@ from nnunet_tubeconv.benchmarks.suite import (
     parse_suite,
 )
 
+from nnunet_tubeconv.evaluation.layout import RECORD_FILE, SUITE_FILE
+
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SPLIT_SEED = 12345  # nnU-Net's own seed for splits_final.json
 
@@ -269,7 +271,7 @@ def _write_suite_json(results_dir: Path, suite: Suite, datasets: list[str]) -> N
     data = suite.to_json()
     data["datasets"] = datasets
     data["dataset_specs"] = list(suite.datasets)
-    path = results_dir / "suite.json"
+    path = results_dir / SUITE_FILE
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -378,7 +380,7 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
         html = None
         if report and done:
             html = results_dir / "report.html"
-            newest = max((results_dir / u.rel_dir / "record.json").stat().st_mtime for u in units if records[u])
+            newest = max((results_dir / u.rel_dir / RECORD_FILE).stat().st_mtime for u in units if records[u])
             if todo or n_test or not html.is_file() or html.stat().st_mtime < newest:
                 html = _write_report(results_dir)
             else:
