@@ -23,7 +23,8 @@ Generator (per case, all randomness from ``numpy.random.default_rng([seed, dim, 
    rounded to voxels, so consecutive ones are 8-/26-neighbours): every tree is exactly one 8-/26-connected
    component of the label, and holes appear only where branches of one tree cross. Rule ``"centre-in-tube"``
    (``--label-noise``) keeps only the voxels whose centre lies within the radius: sub-voxel twigs then break into
-   many small fragments (2D: 35-109 components for 2-4 trees), a model of label noise, not of the trees.
+   many small fragments (default seed and cases: up to 110 components for 2-4 trees in 2D, 82-261 for 3-5 trees
+   in 3D), a model of label noise, not of the trees.
 3. Imaging model: ``image = bias * (background + contrast * blur(coverage)) + noise`` with a smooth random texture
    plus blob distractors as background, Gaussian blur as point-spread function, a smooth multiplicative bias field
    (exp of a random quadratic), and Gaussian noise.
