@@ -158,6 +158,12 @@ def test_group_without_baseline_says_so_and_2d_has_no_betti2(tmp_path):
 def test_cli_errors_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "suite.json" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "suite.json").write_text("{ not json")
+    assert main(["report", str(tmp_path / "broken")]) == 2
+    assert capsys.readouterr().err.startswith("nnunet-tubeconv report: error: ")
+    assert main(["report", str(tmp_path / "broken"), "--alpha", "1.5"]) == 2
+    assert "--alpha in (0, 1)" in capsys.readouterr().err
 
 
 def _chromium() -> str | None:

@@ -870,19 +870,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
     import matplotlib
 
     matplotlib.use("Agg")
+    # bad input (ValueError, FileNotFoundError; a broken suite.json is a JSONDecodeError, a ValueError) is reported by
+    # the CLI with exit status 2
     if args.n_resamples < 1 or not 0 < args.alpha < 1:
-        print("nnunet-tubeconv report: error: --n-resamples must be >= 1 and --alpha in (0, 1)", file=sys.stderr)
-        return 2
-    try:
-        md, page = write_report(args.results_dir, args.n_resamples, args.seed, args.alpha,
-                                complete_case=args.complete_case)
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        print(f"nnunet-tubeconv report: error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--n-resamples must be >= 1 and --alpha in (0, 1), got {args.n_resamples} and {args.alpha}")
+    md, page = write_report(args.results_dir, args.n_resamples, args.seed, args.alpha,
+                            complete_case=args.complete_case)
     print(f"wrote {md} and {page}")
     return 0
