@@ -23,9 +23,9 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nnunet_tubeconv.vocabulary import DLK_MODES, SCSE_MODES
+
 CONV_BLOCKS: tuple[str, ...] = ("conv", "dsc", "deform")
-DLK_MODES: tuple[str, ...] = ("paper", "authors2025")
-SCSE_MODES: tuple[str, ...] = ("add", "max")
 
 #: Every option with its neutral default: with all defaults the network is nnU-Net's PlainConvUNet.
 DEFAULT_BLOCK_OPTIONS: dict[str, Any] = {

@@ -9,9 +9,9 @@ from torch import nn
 
 from nnunet_tubeconv.blocks import DLK, DLKBlock
 from nnunet_tubeconv.blocks._utils import measure_saved_tensors
+from nnunet_tubeconv.vocabulary import DLK_MODES
 
 CONVS = [pytest.param(nn.Conv2d, id="2d"), pytest.param(nn.Conv3d, id="3d")]
-MODES = ["paper", "authors2025"]
 # odd, anisotropic sizes: the dilated kernel (receptive field 23) is larger than the input, padding must cope
 SIZES = {nn.Conv2d: (9, 6), nn.Conv3d: (5, 7, 4)}
 
@@ -86,7 +86,7 @@ def _randomise(m: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("conv_op", CONVS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DLK_MODES)
 def test_dlk_matches_reference(conv_op, mode):
     torch.manual_seed(0)
     m = DLK(conv_op, 6, mode=mode).double()
@@ -112,7 +112,7 @@ def test_dlk_modes_differ_and_are_recorded(conv_op):
 
 
 @pytest.mark.parametrize("conv_op", CONVS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DLK_MODES)
 def test_dlk_block_matches_reference(conv_op, mode):
     torch.manual_seed(0)
     m = DLKBlock(conv_op, 4, mlp_ratio=2, dlk_mode=mode).double()

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
-
-DLK_MODES = ("paper", "authors2025")
+from nnunet_tubeconv.vocabulary import DLK_MODES
 
 
 def _check_mode(mode: str) -> str:

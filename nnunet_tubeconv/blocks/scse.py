@@ -14,8 +14,7 @@ from torch import nn
 
 from nnunet_tubeconv.blocks import _native
 from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
-
-SCSE_MODES = ("add", "max")
+from nnunet_tubeconv.vocabulary import SCSE_MODES
 
 
 def _tracing() -> bool:
