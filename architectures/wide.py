@@ -31,7 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nnunet_tubeconv.architectures.variants import PLAIN_CONV_UNET_CLASS, VARIANTS, variant_architecture
+from nnunet_tubeconv.architectures.variants import (
+    PLAIN_CONV_UNET_CLASS,
+    VARIANTS,
+    is_plain_conv_unet,
+    variant_architecture,
+)
 
 #: what a Wide network can be matched on
 MATCH_MEASURES: tuple[str, ...] = ("params", "flops")
@@ -67,7 +72,7 @@ class WidthMatch:
 
 def _check_plain(entry: Mapping[str, Any]) -> None:
     name = entry.get("network_class_name") if isinstance(entry, Mapping) else None
-    if name not in (PLAIN_CONV_UNET_CLASS, "PlainConvUNet"):
+    if not is_plain_conv_unet(name):
         raise ValueError(f"a Wide network is widened from nnU-Net's {PLAIN_CONV_UNET_CLASS} plans entry, got "
                          f"network class {name!r}; use the default planner's plans (nnUNetPlans)")
 
@@ -118,7 +123,7 @@ def training_flops(entry: Mapping[str, Any], in_channels: int, out_channels: int
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = "meta" if entry["network_class_name"] in (PLAIN_CONV_UNET_CLASS, "PlainConvUNet") else "cpu"
+    device = "meta" if is_plain_conv_unet(entry["network_class_name"]) else "cpu"
     net = _build(entry, in_channels, out_channels, device).train()
     size = list(patch_size) if patch_size is not None else flops_input(entry)
     x = torch.zeros((1, in_channels, *size), device=device)

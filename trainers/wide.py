@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 from nnunet_tubeconv.architectures.wide import match_width, widened_entry
+from nnunet_tubeconv.trainers.tubeconv_base import architecture_entry
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -35,14 +36,6 @@ from torch import nn
 WIDE_KEY = "tubeconv_wide"
 
 _CUDA = torch.device("cuda")
-
-
-def _entry(cm: ConfigurationManager) -> dict:
-    return copy.deepcopy({
-        "network_class_name": cm.network_arch_class_name,
-        "arch_kwargs": cm.network_arch_init_kwargs,
-        "_kw_requires_import": cm.network_arch_init_kwargs_req_import,
-    })
 
 
 class nnUNetTrainerWide(nnUNetTrainer):
@@ -74,13 +67,13 @@ class nnUNetTrainerWide(nnUNetTrainer):
         """(widened architecture entry, match record) for one configuration; an entry already widened stays."""
         record = cm.configuration.get(WIDE_KEY)
         if record is not None:
-            return _entry(cm), copy.deepcopy(record)
+            return architecture_entry(cm), copy.deepcopy(record)
         try:
-            match = match_width(_entry(cm), cls.wide_match_variant, in_channels, out_channels,
+            match = match_width(architecture_entry(cm), cls.wide_match_variant, in_channels, out_channels,
                                 cls.wide_match_measure, cls.wide_width_multiple)
         except ValueError as e:
             raise ValueError(f"{cls.__name__}: {e}") from e
-        return widened_entry(_entry(cm), match.features_per_stage), match.as_dict()
+        return widened_entry(architecture_entry(cm), match.features_per_stage), match.as_dict()
 
     @classmethod
     def plans_with_wide_architecture(cls, plans: Mapping[str, Any], configuration: str, dataset_json: dict) -> dict:
