@@ -101,14 +101,21 @@ class SkeletonRecallMixin:
             transform = SkeletonTargetTransform(num_regions=len(regions),
                                                 dilation_iterations=cls.skeleton_dilation_iterations)
         else:
-            if not foreground_labels:
-                raise ValueError(f"{cls.__name__}: Skeleton Recall needs at least one foreground label, got "
-                                 f"{foreground_labels}")
             transform = SkeletonTargetTransform(labels=foreground_labels,
                                                 dilation_iterations=cls.skeleton_dilation_iterations)
         return insert_before_deep_supervision(pipeline, transform)
 
+    @classmethod
+    def loss_problem(cls, label_manager) -> str | None:
+        """Why this loss cannot train on a data set with these labels (None: it can). ``doctor`` asks this too."""
+        if not label_manager.has_regions and not label_manager.foreground_labels:
+            return f"{cls.__name__}: Skeleton Recall needs at least one foreground label"
+        return None
+
     def _build_loss(self):
+        problem = self.loss_problem(self.label_manager)
+        if problem:
+            raise ValueError(problem)
         if self.skeleton_recall_weight < 0:
             raise ValueError(f"{type(self).__name__}: skeleton_recall_weight must be >= 0, got "
                              f"{self.skeleton_recall_weight}")
@@ -131,18 +138,26 @@ class ClDiceMixin:
     #: weight of the clDice term next to nnU-Net's Dice (1) + CE (1)
     cldice_weight: ClassVar[float] = CLDICE_WEIGHT
 
+    @classmethod
+    def loss_problem(cls, label_manager) -> str | None:
+        """Why this loss cannot train on a data set with these labels (None: it can). ``doctor`` asks this too."""
+        if label_manager.has_ignore_label:
+            return (
+                f"{cls.__name__}: soft clDice cannot be used with an ignore label (label "
+                f"{label_manager.ignore_label} in dataset.json): its precision term counts predicted centre lines in "
+                f"unannotated voxels as wrong. Use Skeleton Recall (nnUNetTrainerSkeletonRecall), which only "
+                f"looks at annotated structures, or remove 'ignore' from the labels."
+            )
+        return None
+
     def _build_loss(self):
         if self.cldice_weight < 0 or self.cldice_iterations < 0:
             raise ValueError(f"{type(self).__name__}: cldice_weight and cldice_iterations must be >= 0, got "
                              f"{self.cldice_weight} and {self.cldice_iterations}")
+        problem = self.loss_problem(self.label_manager)
+        if problem:
+            raise ValueError(problem)
         lm = self.label_manager
-        if lm.has_ignore_label:
-            raise ValueError(
-                f"{type(self).__name__}: soft clDice cannot be used with an ignore label (label "
-                f"{lm.ignore_label} in dataset.json): its precision term counts predicted centre lines in "
-                f"unannotated voxels as wrong. Use Skeleton Recall (nnUNetTrainerSkeletonRecall), which only "
-                f"looks at annotated structures, or remove 'ignore' from the labels."
-            )
         return _wrap_loss(
             super()._build_loss(),
             lambda base: ClDiceCompound(base, lm.has_regions, self.cldice_iterations, self.cldice_weight),
