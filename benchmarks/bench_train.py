@@ -21,8 +21,18 @@ Peak memory:
   GPU (autocast + GradScaler, cudnn.benchmark), each model alone on the device. (Written for completeness; the
   development machines had no GPU, so this path is untested.)
 
-Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, on both time and
-memory; ``deform`` and ``tubeconv`` have none and are reported for comparison.
+Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, skeleton_recall <=
+1.15x, on both time and memory; ``deform``, ``tubeconv``, ``wide``, ``cldice`` and ``dsconv+skeleton_recall`` have
+none and are reported for comparison.
+
+Arms besides the block variants (:data:`EXTRA_ARMS`): ``wide`` is vanilla widened to dsconv's parameter count as
+``nnUNetTrainerWide`` builds it; ``skeleton_recall`` / ``cldice`` train vanilla's network with the loss of
+``nnUNetTrainerSkeletonRecall`` / ``nnUNetTrainerClDice`` (``dsconv+skeleton_recall``: dsconv's network). Every arm
+trains on the same synthetic vessel-tree labels (:mod:`nnunet_tubeconv.data.synthetic`). Skeleton Recall's tubed
+skeletons are made in nnU-Net's data-augmentation worker processes, in parallel with the training step, so the time
+column holds the step only (nnU-Net's loss plus the recall term); the skeleton transform is timed separately on the
+same batch, one sample at a time with one thread as a worker runs it (``skeleton_s_per_batch``), and
+``serial_time_ratio`` is the worst case where one process does both (``nnUNet_n_proc_DA=0``).
 
 Default placements (measured with this command)
 -----------------------------------------------
