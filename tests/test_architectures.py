@@ -233,7 +233,7 @@ def test_plain_feature_map_size_matches_saved_tensors(plan, ds):
             rec.add(o)
     estimate = net.compute_conv_feature_map_size(patch)
     measured = rec.elements / 2
-    assert abs(estimate - measured) / measured < 0.03, (estimate, measured)
+    assert abs(estimate - measured) / measured < 0.001, (estimate, measured)  # measured: 0.03-0.07%
     # ours counts what is really kept; dynamic_network_architectures counts one tensor per conv
     vanilla = build(entry, 2, 3, ds, init=False)
     assert estimate > 1.5 * vanilla.compute_conv_feature_map_size(patch)
@@ -255,7 +255,7 @@ def test_plain_feature_map_size_other_layer_settings(extra):
         for o in net(x):
             rec.add(o)
     estimate = net.compute_conv_feature_map_size([8, 32, 32])
-    assert abs(estimate - rec.elements) / rec.elements < 0.05, (estimate, rec.elements)
+    assert abs(estimate - rec.elements) / rec.elements < 0.001, (estimate, rec.elements)  # measured: 0-0.07%
 
 
 def test_bad_network_arguments_raise_value_error():
@@ -292,3 +292,16 @@ def test_initialize_keeps_marked_convs():
     w = net.encoder.stages[3][0].convs[1].conv.weight
     expected = (2 / (1 + 1e-4) / w[0].numel()) ** 0.5
     assert abs(w.std().item() - expected) / expected < 0.1
+
+
+def test_class_paths_name_the_classes_nnunet_builds():
+    """The class paths in plans are what nnunetv2 imports: each must resolve to the network class it names."""
+    import pydoc
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_tubeconv.architectures import PLAIN_CONV_UNET_CLASS, PLAIN_CONV_UNET_NAMES, TUBE_UNET_CLASS
+    from nnunet_tubeconv.architectures.unet import TubeUNet
+
+    assert pydoc.locate(TUBE_UNET_CLASS) is TubeUNet
+    assert pydoc.locate(PLAIN_CONV_UNET_CLASS) is PlainConvUNet
+    assert PLAIN_CONV_UNET_NAMES == (PLAIN_CONV_UNET_CLASS, PlainConvUNet.__name__)

@@ -1,5 +1,5 @@
 """DSCNet multi-view block (Qi et al., "Dynamic Snake Convolution based on Topological Geometric Constraints for
-Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: SPEC-blocks.md section 2.
+Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: docs/maths.md section 2.
 
 One ordinary convolution (the stage's kernel) and one :class:`DSConv` per usable spatial axis look at the same
 features; each branch gives ``C_out`` channels followed by norm + nonlin; the ``(1 + n_axes) * C_out`` channels are
@@ -25,15 +25,12 @@ import torch
 from torch import nn
 
 from nnunet_tubeconv.blocks._utils import (
-    as_tuple,
     build_dropout,
     build_nonlin,
     build_norm,
-    check_channels,
     check_input,
-    check_odd_kernel,
-    conv_op_to_dim,
     conv_output_size,
+    drop_in_geometry,
     numel,
 )
 from nnunet_tubeconv.blocks.dsconv import DSConv
@@ -74,12 +71,7 @@ class DSCBlock(nn.Module):
         extend_scope: float = 1.0,
     ):
         super().__init__()
-        dim = conv_op_to_dim(conv_op)
-        check_channels("input_channels", input_channels)
-        check_channels("output_channels", output_channels)
-        kernel = as_tuple("kernel_size", kernel_size, dim)
-        check_odd_kernel("kernel_size", kernel)
-        strides = as_tuple("stride", stride, dim)
+        dim, kernel, strides = drop_in_geometry(conv_op, input_channels, output_channels, kernel_size, stride)
         self.dim = dim
         self.input_channels = input_channels
         self.output_channels = output_channels
