@@ -21,8 +21,18 @@ Peak memory:
   GPU (autocast + GradScaler, cudnn.benchmark), each model alone on the device. (Written for completeness; the
   development machines had no GPU, so this path is untested.)
 
-Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, on both time and
-memory; ``deform`` and ``tubeconv`` have none and are reported for comparison.
+Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, skeleton_recall <=
+1.15x, on both time and memory; ``deform``, ``tubeconv``, ``wide``, ``cldice`` and ``dsconv+skeleton_recall`` have
+none and are reported for comparison.
+
+Arms besides the block variants (:data:`EXTRA_ARMS`): ``wide`` is vanilla widened to dsconv's parameter count as
+``nnUNetTrainerWide`` builds it; ``skeleton_recall`` / ``cldice`` train vanilla's network with the loss of
+``nnUNetTrainerSkeletonRecall`` / ``nnUNetTrainerClDice`` (``dsconv+skeleton_recall``: dsconv's network). Every arm
+trains on the same synthetic vessel-tree labels (:mod:`nnunet_tubeconv.data.synthetic`). Skeleton Recall's tubed
+skeletons are made in nnU-Net's data-augmentation worker processes, in parallel with the training step, so the time
+column holds the step only (nnU-Net's loss plus the recall term); the skeleton transform is timed separately on the
+same batch, one sample at a time with one thread as a worker runs it (``skeleton_s_per_batch``), and
+``serial_time_ratio`` is the worst case where one process does both (``nnUNet_n_proc_DA=0``).
 
 Default placements (measured with this command)
 -----------------------------------------------
@@ -79,8 +89,11 @@ from typing import Any
 
 from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
 
-TARGETS: dict[str, float] = {"dsconv": 2.0, "dlkdff": 1.5, "scse": 1.15}
+TARGETS: dict[str, float] = {"dsconv": 2.0, "dlkdff": 1.5, "scse": 1.15, "skeleton_recall": 1.15}
 VARIANT_ORDER = ("dsconv", "dlkdff", "scse", "deform", "tubeconv")
+#: arms that are not block variants: the loss trainers' losses on vanilla (and dsconv's) network, and Wide
+#: (vanilla widened to dsconv's parameters, as nnUNetTrainerWide builds it)
+EXTRA_ARMS = ("wide", "skeleton_recall", "cldice", "dsconv+skeleton_recall")
 
 
 def _small_plan(dim: int, quick: bool) -> tuple[dict, dict]:
@@ -136,8 +149,9 @@ def _plans_file(path: str, configuration: str) -> tuple[dict, dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", default=",".join(VARIANT_ORDER),
-                        help="comma-separated variants to run next to vanilla (default: all)")
+    parser.add_argument("--variants", default=",".join(VARIANT_ORDER + EXTRA_ARMS),
+                        help=f"comma-separated arms to run next to vanilla: block variants {list(VARIANT_ORDER)} "
+                             f"and {list(EXTRA_ARMS)} (default: all)")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="built-in plan: 3D (default) or 2D")
     parser.add_argument("--plans", help="use a configuration of this nnU-Net plans file instead of the built-in plan")
     parser.add_argument("--configuration", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
@@ -159,28 +173,101 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if a variant misses its target")
 
 
-def _loss_and_targets(torch, run: dict, strides: list, device):
+def _ds_weights_and_scales(strides: list):
+    """nnUNetTrainer._get_deep_supervision_scales / _build_loss: output weights 1/2^i, lowest 0, normalised."""
     import numpy as np
-    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    loss = DC_and_CE_loss({"batch_dice": run["batch_dice"], "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
-                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    # nnUNetTrainer._get_deep_supervision_scales / _build_loss
     scales = [list(i) for i in 1 / np.cumprod(np.vstack(strides), axis=0)][:-1]
     weights = np.array([1 / (2 ** i) for i in range(len(scales))])
     weights[-1] = 0
-    weights = weights / weights.sum()
-    loss = DeepSupervisionWrapper(loss, weights)
-    g = torch.Generator().manual_seed(0)
-    seg = torch.randint(0, run["num_classes"], (run["batch_size"], 1, *run["patch_size"]), generator=g).float()
-    targets = []
+    return scales, weights / weights.sum()
+
+
+def _base_loss(run: dict):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    return DC_and_CE_loss({"batch_dice": run["batch_dice"], "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                          weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def _tube_labels(run: dict):
+    """(B, 1, *patch) float label maps: synthetic vessel trees (label 1) from nnunet_tubeconv.data.synthetic."""
+    import numpy as np
+    import torch
+
+    from nnunet_tubeconv.data.synthetic import generate_case
+
+    patch = list(run["patch_size"])
+    shape = [max(p, 16) for p in patch]  # the generator's smallest side; cropped back to the patch
+    crop = tuple(slice(0, p) for p in patch)
+    cases = [generate_case(0, i, len(patch), shape).label[crop] for i in range(run["batch_size"])]
+    return torch.from_numpy(np.stack(cases)[:, None].astype(np.float32))
+
+
+def _downsampled(seg, scales: list, device):
+    out = []
     for s in scales:
         step = [round(1 / f) for f in s]
-        targets.append(seg[(slice(None), slice(None), *[slice(None, None, k) for k in step])].contiguous().to(device))
+        out.append(seg[(slice(None), slice(None), *[slice(None, None, k) for k in step])].contiguous().to(device))
+    return out
+
+
+def _loss_and_targets(torch, run: dict, strides: list, device):
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    scales, weights = _ds_weights_and_scales(strides)
+    loss = DeepSupervisionWrapper(_base_loss(run), weights)
+    g = torch.Generator().manual_seed(0)
+    seg = _tube_labels(run)
+    targets = _downsampled(seg, scales, device)
     data = torch.randn(run["batch_size"], run["input_channels"], *run["patch_size"], generator=g).to(device)
     return loss, data, targets
+
+
+def _skeleton_targets(run: dict, strides: list, device) -> tuple[list, list[float]]:
+    """Targets with the tubed-skeleton channel, and the wall time of SkeletonTargetTransform per batch (repeats).
+
+    The transform runs on each sample as nnU-Net's DA workers run it (one sample, threadpool limited to 1).
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from nnunet_tubeconv.losses import SkeletonTargetTransform
+
+    transform = SkeletonTargetTransform(labels=list(range(1, run["num_classes"])))
+    seg = _tube_labels(run).to(torch.int16)
+    times = []
+    with threadpool_limits(limits=1, user_api=None):
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = [transform(segmentation=seg[b])["segmentation"] for b in range(seg.shape[0])]
+            times.append(time.perf_counter() - t0)
+    scales, _ = _ds_weights_and_scales(strides)
+    return _downsampled(torch.stack(out).float(), scales, device), times
+
+
+def _extra_arm(name: str, entry: dict, run: dict, strides: list, device, overrides: dict) -> dict:
+    """Network entry, loss and targets of one of EXTRA_ARMS."""
+    from nnunet_tubeconv.architectures import variant_architecture
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    from nnunet_tubeconv.losses import ClDiceCompound, SkeletonRecallCompound
+
+    _, weights = _ds_weights_and_scales(strides)
+    if name == "wide":
+        from nnunet_tubeconv.architectures.wide import match_width, widened_entry
+
+        match = match_width(entry, "dsconv", run["input_channels"], run["num_classes"], "params",
+                            options=overrides.get("dsconv"))
+        return {"entry": widened_entry(entry, match.features_per_stage), "wide": match.as_dict()}
+    if name == "cldice":
+        return {"entry": entry, "loss": DeepSupervisionWrapper(ClDiceCompound(_base_loss(run), False), weights)}
+    # skeleton_recall, dsconv+skeleton_recall
+    net = variant_architecture(entry, "dsconv", overrides.get("dsconv")) if name.startswith("dsconv") else entry
+    targets, times = _skeleton_targets(run, strides, device)
+    loss = DeepSupervisionWrapper(SkeletonRecallCompound(_base_loss(run), 1, False), weights)
+    return {"entry": net, "loss": loss, "targets": targets, "skeleton_s": statistics.median(times)}
 
 
 class _Model:
@@ -197,6 +284,9 @@ class _Model:
                                           allow_init=True, deep_supervision=True).train()
         self.opt = torch.optim.SGD(self.net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
         self.params = sum(p.numel() for p in self.net.parameters())
+        self.loss = None  # None: the shared loss and targets
+        self.targets = None
+        self.extra: dict[str, Any] = {}
         self.times: list[float] = []
         self.memory = 0
         self.saved_bytes = 0
@@ -245,10 +335,14 @@ def _cpu_memory(torch, m: _Model, loss, data, targets) -> None:
     m.memory = m.saved_bytes + m.state_bytes
 
 
-def _measure(torch, models: list[_Model], loss, data, targets, args, device) -> None:
+def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, args, device) -> None:
+    def lt(m):
+        return (shared_loss if m.loss is None else m.loss), (shared_targets if m.targets is None else m.targets)
+
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         for m in models:
+            loss, targets = lt(m)
             m.net.to(device)
             scaler = torch.amp.GradScaler("cuda")
             for _ in range(args.warmup):
@@ -269,11 +363,13 @@ def _measure(torch, models: list[_Model], loss, data, targets, args, device) -> 
             torch.cuda.empty_cache()
         return
     for m in models:
+        loss, targets = lt(m)
         for _ in range(args.warmup):
             _step(torch, m, loss, data, targets)
         _cpu_memory(torch, m, loss, data, targets)
     for _ in range(args.repeats):
         for m in models:
+            loss, targets = lt(m)
             t0 = time.perf_counter()
             _step(torch, m, loss, data, targets)
             m.times.append(time.perf_counter() - t0)
@@ -293,9 +389,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in VARIANTS and v not in EXTRA_ARMS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; valid are {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variant(s) {unknown}; valid are {sorted(VARIANTS)} and {list(EXTRA_ARMS)}")
     try:
         overrides = json.loads(args.options) if args.options else {}
     except json.JSONDecodeError as e:
@@ -329,7 +425,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     loss, data, targets = _loss_and_targets(torch, run, strides, device)
     models = [_Model("vanilla", entry, run, torch, args.seed)]
     for v in variants:
-        models.append(_Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed))
+        if v in EXTRA_ARMS:
+            arm = _extra_arm(v, entry, run, strides, device, overrides)
+            m = _Model(v, arm["entry"], run, torch, args.seed)
+            m.loss, m.targets = arm.get("loss"), arm.get("targets")
+            m.extra = {k: arm[k] for k in ("wide", "skeleton_s") if k in arm}
+        else:
+            m = _Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed)
+        models.append(m)
     _measure(torch, models, loss, data, targets, args, device)
 
     base = models[0]
@@ -344,8 +447,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                "pass": None if target is None else bool(time_ratio <= target and mem_ratio <= target)}
         if device.type == "cpu":
             row["saved_bytes"], row["state_bytes"] = m.saved_bytes, m.state_bytes
-        if m.name != "vanilla":
+        if "block_options" in m.entry["arch_kwargs"]:
             row["block_options"] = m.entry["arch_kwargs"]["block_options"]
+        if "wide" in m.extra:
+            row["wide"] = m.extra["wide"]
+        if "skeleton_s" in m.extra:
+            # the skeletons are made in nnU-Net's DA worker processes, in parallel with the training step: hidden
+            # while the workers keep up; "serial" is the worst case (nnUNet_n_proc_DA=0: one process does both)
+            row["skeleton_s_per_batch"] = m.extra["skeleton_s"]
+            row["serial_time_ratio"] = (t + m.extra["skeleton_s"]) / base_time
         rows.append(row)
     memory_measure = (
         "torch.cuda.max_memory_allocated over one iteration (autocast + GradScaler)" if device.type == "cuda" else
@@ -381,7 +491,16 @@ def _print_table(report: dict) -> None:
     from nnunet_tubeconv.architectures import DEFAULT_BLOCK_OPTIONS
 
     for r in report["results"]:
-        if r["variant"] != "vanilla":
+        if "skeleton_s_per_batch" in r:
+            console.print(f"  {r['variant']}: tubed skeletons {r['skeleton_s_per_batch'] * 1000:.1f} ms per batch in the "
+                          f"DA workers (one process per sample, not in the time above); if done serially "
+                          f"(nnUNet_n_proc_DA=0): {r['serial_time_ratio']:.2f}x vanilla", highlight=False)
+        if "wide" in r:
+            w = r["wide"]
+            console.print(f"  {r['variant']}: widths {w['base_features_per_stage']} -> {w['features_per_stage']}, "
+                          f"{w['achieved'] / 1e6:.3f} M parameters vs dsconv's {w['target'] / 1e6:.3f} M",
+                          highlight=False)
+        if "block_options" in r:
             o = r["block_options"]
             shown = {k: v for k, v in o.items() if v != DEFAULT_BLOCK_OPTIONS[k]}
             if o["dlk_encoder_stages"]:  # which DLK selection ran is part of every D-Net result

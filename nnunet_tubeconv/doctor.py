@@ -323,6 +323,11 @@ def check_plans(
                 )
                 continue
             n_params = sum(p.numel() for p in net.parameters())
+            loss_problem = getattr(cls, "loss_problem", None)  # the loss trainers: does the loss apply to the labels?
+            problem = loss_problem(pm.get_label_manager(dataset_json)) if loss_problem else None
+            if problem:
+                out.append(Check("fail", f"{t} on {name} {plans_identifier} {c}: {problem}"))
+                continue
             out.append(
                 Check(
                     "ok",

@@ -114,3 +114,29 @@ def test_bad_arguments(argv, message, capsys):
     assert main(["bench-train", "--quick", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-tubeconv bench-train: error: ") and message in err
+
+
+def test_loss_and_wide_arms(capsys):
+    from nnunet_tubeconv.architectures.wide import parameter_count
+
+    threads = torch.get_num_threads()
+    try:
+        report = _json_run(capsys, "--variants", "skeleton_recall,cldice,wide,dsconv")
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["variant"]: r for r in report["results"]}
+    van, sr, cl, wide = rows["vanilla"], rows["skeleton_recall"], rows["cldice"], rows["wide"]
+    # the loss arms train vanilla's network
+    assert sr["params"] == cl["params"] == van["params"]
+    # the skeleton channel is part of the targets, the recall term adds little to what autograd keeps
+    assert sr["skeleton_s_per_batch"] > 0
+    assert sr["serial_time_ratio"] == pytest.approx((sr["time_s"] + sr["skeleton_s_per_batch"]) / van["time_s"])
+    assert sr["target"] == 1.15 and sr["pass"] == (sr["time_ratio"] <= 1.15 and sr["memory_ratio"] <= 1.15)
+    # clDice keeps its soft skeletons for backward
+    assert cl["saved_bytes"] > sr["saved_bytes"] >= van["saved_bytes"]
+    # Wide: a PlainConvUNet with dsconv's parameters (within the rounding of one width step)
+    assert "block_options" not in wide and wide["params"] == wide["wide"]["achieved"]
+    assert wide["wide"]["target"] == rows["dsconv"]["params"]
+    assert abs(wide["params"] - rows["dsconv"]["params"]) / rows["dsconv"]["params"] < 0.05
+    entry, _ = bench_train._small_plan(3, quick=True)
+    assert van["params"] == parameter_count(entry, 1, 3)

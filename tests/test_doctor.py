@@ -183,13 +183,13 @@ def test_doctor_finds_a_users_subclass_and_reports_a_broken_module(good_env, mon
     assert "Traceback" not in out
 
 
-def _write_preprocessed(root, plans: dict, dataset_id: int = 999) -> str:
+def _write_preprocessed(root, plans: dict, dataset_id: int = 999, dataset_json: dict = TINY_DATASET_JSON) -> str:
     name = f"Dataset{dataset_id:03d}_Test"
     folder = root / "nnUNet_preprocessed" / name
     folder.mkdir(parents=True)
     plans = {**plans, "dataset_name": name}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
-    (folder / "dataset.json").write_text(json.dumps(TINY_DATASET_JSON))
+    (folder / "dataset.json").write_text(json.dumps(dataset_json))
     return name
 
 
@@ -200,6 +200,20 @@ def test_doctor_checks_plans(good_env, capsys):
     for t in ("nnUNetTrainerDSConv", "nnUNetTrainerTubeConv"):
         for c in ("2d", "3d_fullres"):
             assert f"[ OK ] {t} builds TubeUNet for {name} nnUNetPlans {c}: 1 input channel(s), 2 output(s)" in out
+
+
+def test_doctor_checks_the_loss_trainers_and_wide(good_env, capsys):
+    ignore = {**TINY_DATASET_JSON, "labels": {"background": 0, "vessel": 1, "ignore": 2}}
+    name = _write_preprocessed(good_env, tiny_plans(), dataset_json=ignore)
+    trainers = ("nnUNetTrainerSkeletonRecall", "nnUNetTrainerDSConvSkeletonRecall", "nnUNetTrainerWide",
+                "nnUNetTrainerClDice")
+    rc, out = _doctor(capsys, "-d", "999", "-c", "2d", "-tr", *trainers)
+    assert rc == 1
+    assert f"[ OK ] nnUNetTrainerSkeletonRecall builds PlainConvUNet for {name} nnUNetPlans 2d" in out
+    assert f"[ OK ] nnUNetTrainerDSConvSkeletonRecall builds TubeUNet for {name} nnUNetPlans 2d" in out
+    assert f"[ OK ] nnUNetTrainerWide builds PlainConvUNet for {name} nnUNetPlans 2d" in out
+    line = next(x for x in out.splitlines() if x.startswith("[FAIL] nnUNetTrainerClDice"))
+    assert "ignore label" in line and "nnUNetTrainerSkeletonRecall" in line
 
 
 def test_doctor_refuses_plans_of_another_network_with_a_message(good_env, capsys):

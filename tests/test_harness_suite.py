@@ -66,6 +66,16 @@ def test_example_suites_parse_and_demo_file_matches_embedded_demo():
     assert load_suite(SUITES / "slurm_example.toml").executor.kind == "slurm"
 
 
+def test_topology_suite_names_registered_trainers_and_two_baseline_seeds():
+    from nnunet_tubeconv.trainers import TRAINER_MODULES
+
+    s = load_suite(SUITES / "topology_losses.toml")
+    assert set(s.arms) == {"vanilla", "wide", "dsconv", "skeleton_recall", "dsconv_skeleton_recall"}
+    assert s.baseline == "vanilla" and s.arm_seeds("vanilla") == (0, 1) and s.arm_seeds("wide") == (0,)
+    assert all(a.trainer in TRAINER_MODULES for n, a in s.arms.items() if n != "vanilla")
+    assert len(s.datasets) == 1
+
+
 def test_minimal_suite_defaults():
     s = parse_suite(MINIMAL)
     assert list(s.arms) == ["nnUNetTrainer", "nnUNetTrainerDSConv"]

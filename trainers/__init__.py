@@ -29,15 +29,23 @@ TRAINER_MODULES: dict[str, str] = {
     "nnUNetTrainerScSE": "tubeconv_variants",
     "nnUNetTrainerDeformConv": "tubeconv_variants",
     "nnUNetTrainerTubeConv": "tubeconv_variants",
+    "nnUNetTrainerSkeletonRecall": "topology_losses",
+    "nnUNetTrainerClDice": "topology_losses",
+    "nnUNetTrainerDSConvSkeletonRecall": "topology_losses",
+    "nnUNetTrainerTubeConvSkeletonRecall": "topology_losses",
+    "nnUNetTrainerWide": "wide",
 }
 
 #: names importable from this package besides the trainers themselves
 _HELPERS: dict[str, str] = {
     "nnUNetTrainerTubeBase": "tubeconv_base",
     "architecture_entry": "tubeconv_base",
+    "SkeletonRecallMixin": "topology_losses",
+    "ClDiceMixin": "topology_losses",
 }
 
-__all__ = ["TRAINERS", "TRAINER_MODULES", "architecture_entry", "nnUNetTrainerTubeBase", "trainer_folder"]
+__all__ = ["TRAINERS", "TRAINER_MODULES", "trainer_folder"]
+__all__ += list(_HELPERS)
 __all__ += list(TRAINER_MODULES)
 
 _trainers: dict[str, Any] | None = None

@@ -1,0 +1,127 @@
+"""End to end through stock nnU-Net's console scripts for nnUNetTrainerSkeletonRecall, on CPU, on a tiny synthetic
+2D data set: plan and preprocess, train (killed after one epoch, resumed with ``--c``), ``--val``, ``nnUNetv2_predict``.
+
+Training runs with one data-augmentation worker process (``nnUNet_n_proc_DA=1``): the tubed skeletons are made
+there, by the transform the trainer appends to nnU-Net's pipeline, and the user's subclass checks in ``train_step``
+that every batch arriving from nnU-Net's augmenter carries them. Kept small: 5 cases of 64 x 64, 2 epochs of 3
+iterations, narrow stages, no mirroring.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import nnunet_env, run_console
+from nnunet_tubeconv.trainers import trainer_folder
+
+from nnunet_tubeconv.data.synthetic import write_synthetic_dataset
+
+pytestmark = pytest.mark.slow
+
+DATASET_ID = 986
+TRAINER = "nnUNetTrainerSkeletonRecallE2E"
+PLANS = "nnUNetPlansTinySR"
+
+USER_TRAINER_SOURCE = textwrap.dedent(
+    '''
+    import os
+
+    import torch
+
+    from nnunet_tubeconv.trainers import nnUNetTrainerSkeletonRecall
+
+
+    class nnUNetTrainerSkeletonRecallE2E(nnUNetTrainerSkeletonRecall):
+        """nnUNetTrainerSkeletonRecall, 2 epochs of 3 iterations, no mirroring; logs what each batch carries."""
+
+        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            self.num_epochs = 2
+            self.num_iterations_per_epoch = 3
+            self.num_val_iterations_per_epoch = 1
+            self.save_every = 1
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            rot, dummy_2d, initial_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            self.inference_allowed_mirroring_axes = None
+            return rot, dummy_2d, initial_size, None
+
+        def train_step(self, batch):
+            target = batch["target"]
+            with open(os.environ["E2E_BATCH_LOG"], "a") as f:
+                f.write(f"{[tuple(t.shape) for t in target]} {int((target[0][:, 1] > 0).sum())} "
+                        f"{int((target[0][:, 0] > 0).sum())}\\n")
+            return super().train_step(batch)
+
+        def on_epoch_end(self):
+            super().on_epoch_end()
+            stop = os.environ.get("E2E_STOP_AFTER_EPOCHS")
+            if stop is not None and self.current_epoch == int(stop):
+                raise SystemExit(f"simulated interruption after {self.current_epoch} epoch(s)")
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("e2e_sr")
+    user = base / "user_trainers"
+    user.mkdir()
+    (user / "my_skeleton_recall_trainers.py").write_text(USER_TRAINER_SOURCE)
+    env = nnunet_env(base, [trainer_folder(), user])
+    env["E2E_BATCH_LOG"] = str(base / "batches.log")
+    log = base / "commands.log"
+    folder = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, 2, 5, shape=(64, 64))
+    run_console(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
+                {**env, "nnUNet_n_proc_DA": "1"}, log=log)
+    pre = Path(env["nnUNet_preprocessed"]) / folder.name
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = PLANS
+    c = plans["configurations"]["2d"]
+    c["architecture"]["arch_kwargs"]["features_per_stage"] = [
+        min(8 * 2**i, 32) for i in range(c["architecture"]["arch_kwargs"]["n_stages"])]
+    c["batch_size"] = 2
+    (pre / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
+    return {"base": base, "env": env, "log": log, "raw": folder,
+            "model": Path(env["nnUNet_results"]) / folder.name / f"{TRAINER}__{PLANS}__2d"}
+
+
+def test_skeleton_recall_through_nnunets_entry_points(ws):
+    import torch
+
+    env, log = {**ws["env"], "nnUNet_n_proc_DA": "1"}, ws["log"]
+    cmd = ["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"]
+    run_console(cmd, {**env, "E2E_STOP_AFTER_EPOCHS": "1"}, expect_ok=False, log=log)
+    fold = ws["model"] / "fold_0"
+    assert torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
+    assert not (fold / "checkpoint_final.pth").exists()
+    run_console([*cmd, "--c"], env, log=log)
+    assert (fold / "checkpoint_final.pth").exists()
+    # every training batch came out of nnU-Net's augmenter (one worker process) with the skeleton channel, at
+    # every deep-supervision resolution, the skeleton a non-empty part of the foreground
+    lines = Path(env["E2E_BATCH_LOG"]).read_text().splitlines()
+    assert len(lines) == 6  # 3 iterations x (epoch 0 + epoch 1 after the resume)
+    for line in lines:
+        shapes, n_skel, n_fg = line.rsplit(" ", 2)
+        assert all(s[1] == 2 for s in ast.literal_eval(shapes))
+        assert 0 < int(n_skel) < int(n_fg)
+    debug = json.loads((fold / "debug.json").read_text())
+    assert "SkeletonRecallCompound" in debug["loss"] and "DeepSupervisionWrapper" in debug["loss"]
+
+    (fold / "validation" / "summary.json").unlink()
+    run_console([*cmd, "--val"], env, log=log)
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert np.isfinite(summary["foreground_mean"]["Dice"])
+
+    inp = ws["base"] / "predict_in"
+    inp.mkdir()
+    (inp / "tubes_000_0000.nii.gz").write_bytes((ws["raw"] / "imagesTr" / "tubes_000_0000.nii.gz").read_bytes())
+    out = ws["base"] / "predict_out"
+    run_console(["nnUNetv2_predict", "-i", inp, "-o", out, "-d", DATASET_ID, "-c", "2d", "-tr", TRAINER, "-p", PLANS,
+                 "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"], env, log=log)
+    assert (out / "tubes_000.nii.gz").is_file()
