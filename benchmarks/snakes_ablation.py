@@ -32,16 +32,16 @@ DATASET = f"Dataset{DATASET_ID:03d}_DRIVE"
 
 #: arm name -> (trainer class, swing block options or None for vanilla, what it tests)
 ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
-    "vanilla": ("nnUNetTrainer", None, "plain nnU-Net (Dice reference)"),
     "stage_norm": ("nnUNetTrainerDSConvSwingStageNorm", {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0},
                    "the default before issue 11: tanh(norm(conv3(x))), network lr"),
-    "stage_norm_lr0.1": ("nnUNetTrainerDSConvSwingStageNormLr01",
-                         {"snake_swing_norm": "stage", "snake_swing_lr_scale": 0.1},
-                         "same, swing branch at 0.1 x lr"),
     "no_norm": ("nnUNetTrainerDSConvSwingNoNorm", {"snake_swing_norm": "none", "snake_swing_lr_scale": 1.0},
                 "tanh(conv3(x)): the zero init starts straight and grows"),
     "no_norm_lr0.1": ("nnUNetTrainerDSConvSwingNoNormLr01", {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1},
                       "no swing norm, swing branch at 0.1 x lr"),
+    "stage_norm_lr0.1": ("nnUNetTrainerDSConvSwingStageNormLr01",
+                         {"snake_swing_norm": "stage", "snake_swing_lr_scale": 0.1},
+                         "stage norm, swing branch at 0.1 x lr"),
+    "vanilla": ("nnUNetTrainer", None, "plain nnU-Net (Dice reference)"),
 }
 
 
@@ -92,6 +92,134 @@ def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, b
     return plans
 
 
+_METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
+
+
+def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path) -> dict:
+    """snake-stats of one finished snake unit on its fold's validation cases (cached next to the runs)."""
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.snake_stats import snake_stats
+
+    fold_dir = Path(record["nnunet_output_folder"])
+    final = fold_dir / "checkpoint_final.pth"
+    if cache.is_file() and cache.stat().st_mtime >= final.stat().st_mtime:
+        return json.loads(cache.read_text())
+    folder = resolve_model_folder(str(fold_dir.parent), str(record["fold"]), None, None, None, final.name)
+    stats = snake_stats(load_trained_model(folder), [str(raw / "imagesTr")], str(raw / "labelsTr"), val_cases)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path, plan: str) -> tuple[str, dict]:
+    """Markdown tables (per arm; per arm and DSConv layer) from the finished units, and the numbers behind them.
+
+    Per-case values of all finished folds are pooled (the validation cases of different folds are different
+    images), so each CI is over every validation case run so far.
+    """
+    from nnunet_tubeconv.benchmarks.records import read_record
+    from nnunet_tubeconv.benchmarks.suite import expand_units
+
+    from nnunet_tubeconv.deploy.snake_stats import summarise
+    from nnunet_tubeconv.evaluation.stats import bootstrap_ci
+
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+    per_arm: dict[str, dict] = {}
+    for u in expand_units(suite, [DATASET]):
+        rec = read_record(results / u.rel_dir)
+        if not rec or rec["status"] != "done":
+            continue
+        a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {}})
+        a["folds"].append(u.fold)
+        a["iteration_time_s"].append(rec["iteration_time_s"])
+        for row in rec["metrics"]["per_case"]:
+            a["cases"][row["case"]] = {m: row[m] for m in _METRICS}
+        if arms[u.arm][1] is None:
+            continue
+        stats = _fold_stats(rec, sorted(splits[u.fold]["val"]), raw, stats_dir / u.arm / f"fold_{u.fold}.json")
+        for i, layer in enumerate(stats["layers"]):
+            entry = a["layers"].setdefault(i, {"name": layer["name"], "per_case": {}})
+            entry["per_case"].update(layer["per_case"])
+    base = "stage_norm"
+    numbers: dict[str, Any] = {"arms": {}}
+    rows1 = [("| arm | what | folds | val cases | s/iter | Dice | Dice - stage_norm (95% CI) | clDice | Betti-0 err | "
+             "Betti-1 err | saturated (max layer) | same tilt (max layer) | adherence snake - straight, worst layer "
+             "(95% CI) | layers with adherence CI > 0 |"),
+             "|" + "---|" * 14]
+    rows2 = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence straight | "
+             "diff (95% CI) | direction snake | direction straight | diff (95% CI) |"), "|" + "---|" * 12]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def ci(v):
+        return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
+
+    for arm in arms:
+        if arm not in per_arm:
+            continue
+        a = per_arm[arm]
+        cases = sorted(a["cases"])
+        means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
+        dice_diff, dice_ci = None, None
+        if arm != base and base in per_arm:
+            common = [c for c in cases if c in per_arm[base]["cases"]]
+            if common:
+                diffs = [a["cases"][c]["dice"] - per_arm[base]["cases"][c]["dice"] for c in common]
+                dice_diff = sum(diffs) / len(diffs)
+                dice_ci = list(bootstrap_ci(diffs)) if len(diffs) >= 2 else None
+        layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
+        it = [t for t in a["iteration_time_s"] if t is not None]
+        numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
+                                "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
+                                "metrics_mean": means, "dice_diff_vs_stage_norm": dice_diff,
+                                "dice_diff_ci": dice_ci, "per_case_metrics": a["cases"], "layers": layers,
+                                "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()}}
+        if layers:
+            worst = min(layers.values(), key=lambda s: s.get("adherence_diff", 0.0))
+            passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
+            snake_cols = (f"{pct(max(s['saturated'] for s in layers.values()))} | "
+                          f"{pct(max(s['constant_tilt'] for s in layers.values()))} | "
+                          f"{pct(worst.get('adherence_diff'))} {ci(worst.get('adherence_diff_ci'))} | "
+                          f"{passing}/{len(layers)}")
+        else:
+            snake_cols = "- | - | - | -"
+        rows1.append(
+            f"| {arm} | {arms[arm][2]} | {','.join(map(str, a['folds']))} | {len(cases)} | "
+            f"{'-' if not it else f'{sum(it) / len(it):.2f}'} | {means['dice']:.4f} | "
+            f"{'-' if dice_diff is None else f'{dice_diff:+.4f}'} "
+            f"{'' if not dice_ci else f'[{dice_ci[0]:+.4f}, {dice_ci[1]:+.4f}]'} | {means['cldice']:.4f} | "
+            f"{means['betti0_error']:.1f} | {means['betti1_error']:.1f} | {snake_cols} |")
+        for s in layers.values():
+            dir_ci = s.get("direction_diff_ci")
+            rows2.append(
+                f"| {arm} | {s['name']} | {pct(s['saturated'])} | {s['mean_step']:.3f} | {pct(s['tilt'])} | "
+                f"{pct(s['constant_tilt'])} | {pct(s.get('adherence_snake'))} | {pct(s.get('adherence_straight'))} | "
+                f"{pct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
+                f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
+                f"{s.get('direction_diff', 0):+.3f} "
+                f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} |")
+    b = suite.budget
+    text = "\n".join([
+        "# DSConv swing-branch ablation on DRIVE (issue 11)",
+        "",
+        (f"nnU-Net 2d, plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, CPU, seed 0. "
+        "Validation cases of nnU-Net's 5-fold split of the 20 DRIVE training images (no test image used); "
+        "every number is a mean over the validation cases of the folds listed, CIs are 95% bootstrap over those "
+        "cases. Snake statistics: `nnunet-tubeconv snake-stats` on the same validation cases (whole images, "
+        "nnU-Net preprocessing); adherence = mean label at the 8 outer sample points of the positions whose centre "
+        "is on the vessel (label max-pooled to the layer's stage), straight = the undeformed kernel at the same "
+        "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction."),
+        "",
+        *rows1,
+        "",
+        "Per DSConv layer:",
+        "",
+        *rows2,
+    ])
+    return text, numbers
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
@@ -99,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default=None, help="markdown table to write (a .json with the numbers beside it)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--folds", type=int, nargs="+", default=[0])
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--batch", type=int, default=2)
@@ -163,11 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmark(suite, results, report=False)
     if args.train_only:
         return 0
-    from nnunet_tubeconv.deploy.snake_stats import ablation_table
-
+    # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(results / "trainers"), str(trainers)])
     text, numbers = ablation_table(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
-                                   work / "stats")
-    cmd = "python -m nnunet_tubeconv.benchmarks.snakes_ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+                                   work / "stats", f"DRIVE's nnUNetPlans 2d cut to patch {args.patch}^2, batch "
+                                   f"{args.batch}, {args.stages} stages of widths {args.base_features}..256")
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-train", "--train-only")]
+    cmd = "python -m nnunet_tubeconv.benchmarks.snakes_ablation " + " ".join(shown)
     text = text + "\n\nReproduce: `" + cmd + "`\n"
     print(text)
     if args.output:
