@@ -152,6 +152,9 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
+    def spct(v):
+        return "-" if v is None else f"{100 * v:+.1f}%"
+
     def ci(v):
         return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
 
@@ -180,7 +183,7 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
             passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
             snake_cols = (f"{pct(max(s['saturated'] for s in layers.values()))} | "
                           f"{pct(max(s['constant_tilt'] for s in layers.values()))} | "
-                          f"{pct(worst.get('adherence_diff'))} {ci(worst.get('adherence_diff_ci'))} | "
+                          f"{spct(worst.get('adherence_diff'))} {ci(worst.get('adherence_diff_ci'))} | "
                           f"{passing}/{len(layers)}")
         else:
             snake_cols = "- | - | - | -"
@@ -195,7 +198,7 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
             rows2.append(
                 f"| {arm} | {s['name']} | {pct(s['saturated'])} | {s['mean_step']:.3f} | {pct(s['tilt'])} | "
                 f"{pct(s['constant_tilt'])} | {pct(s.get('adherence_snake'))} | {pct(s.get('adherence_straight'))} | "
-                f"{pct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
+                f"{spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
                 f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
                 f"{s.get('direction_diff', 0):+.3f} "
                 f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} |")

@@ -324,8 +324,14 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def _ci(v: Sequence[float] | None) -> str:
-    return "-" if v is None else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
+def _signed_pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}%"
+
+
+def _ci(v: Sequence[float] | None, percent: bool = True) -> str:
+    if v is None:
+        return "-"
+    return f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]" if percent else f"[{v[0]:+.3f}, {v[1]:+.3f}]"
 
 
 def format_stats(stats: Mapping[str, Any]) -> str:
@@ -341,11 +347,11 @@ def format_stats(stats: Mapping[str, Any]) -> str:
                _pct(s.get("constant_tilt"))]
         if stats["labels"]:
             row += [_pct(s.get("adherence_snake")), _pct(s.get("adherence_straight")),
-                    f"{_pct(s.get('adherence_diff'))} {_ci(s.get('adherence_diff_ci'))}",
+                    f"{_signed_pct(s.get('adherence_diff'))} {_ci(s.get('adherence_diff_ci'))}",
                     f"{s['direction_snake']:.3f}" if s.get("direction_snake") is not None else "-",
                     f"{s['direction_straight']:.3f}" if s.get("direction_straight") is not None else "-",
                     "-" if s.get("direction_diff") is None else
-                    f"{s['direction_diff']:+.3f} {_ci(s.get('direction_diff_ci'))}"]
+                    f"{s['direction_diff']:+.3f} {_ci(s.get('direction_diff_ci'), percent=False)}"]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
