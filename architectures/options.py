@@ -23,12 +23,9 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nnunet_tubeconv.vocabulary import DLK_MODES, SCSE_MODES, SWING_NORMS
+
 CONV_BLOCKS: tuple[str, ...] = ("conv", "dsc", "deform")
-DLK_MODES: tuple[str, ...] = ("paper", "authors2025")
-SCSE_MODES: tuple[str, ...] = ("add", "max")
-#: DSConv's swing-branch norm (the same vocabulary as nnunet_tubeconv.blocks.dsconv.SWING_NORMS, which this
-#: torch-free module cannot import; a test keeps the two equal)
-SNAKE_SWING_NORMS: tuple[str, ...] = ("stage", "none")
 
 #: Every option with its neutral default: with all defaults the network is nnU-Net's PlainConvUNet.
 DEFAULT_BLOCK_OPTIONS: dict[str, Any] = {
@@ -199,7 +196,7 @@ def resolve_block_options(
     if not isinstance(scope, (int, float)) or isinstance(scope, bool) or not scope > 0:
         raise ValueError(f"snake_extend_scope must be a positive number, got {scope!r}")
     out["snake_extend_scope"] = float(scope)
-    _check_choice("snake_swing_norm", out["snake_swing_norm"], SNAKE_SWING_NORMS)
+    _check_choice("snake_swing_norm", out["snake_swing_norm"], SWING_NORMS)
     lr_scale = out["snake_swing_lr_scale"]
     if (not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not lr_scale >= 0
             or lr_scale == float("inf")):

@@ -31,30 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
-from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from nnunet_tubeconv.architectures import memory
 from nnunet_tubeconv.architectures.options import resolve_block_options
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from nnunet_tubeconv.blocks import DFF, SCSE, DeformConv, DLKBlock, DSCBlock
-
-_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
-
-
-def _dim(conv_op: Any) -> int:
-    if isinstance(conv_op, str):
-        raise ValueError(
-            f"conv_op is the string {conv_op!r}: build the network with nnunetv2's get_network_from_plans, which "
-            "imports the names listed in '_kw_requires_import', or pass torch.nn.Conv2d / torch.nn.Conv3d"
-        )
-    for cls, d in _DIMS.items():
-        if isinstance(conv_op, type) and issubclass(conv_op, cls):
-            return d
-    raise ValueError(f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op!r}")
+from nnunet_tubeconv.blocks._utils import conv_op_to_dim
 
 
 def _per_stage(name: str, value: Any, count: int) -> list:
@@ -63,60 +50,6 @@ def _per_stage(name: str, value: Any, count: int) -> list:
     if not isinstance(value, (list, tuple)) or len(value) != count:
         raise ValueError(f"{name} must be an int or have {count} entries (one per stage), got {value!r}")
     return list(value)
-
-
-def _conv_out_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> list[int]:
-    # padding (k - 1) // 2 as in ConvDropoutNormReLU
-    return [(s + 2 * ((k - 1) // 2) - k) // st + 1 for s, k, st in zip(size, kernel, stride)]
-
-
-def _numel(channels: int, size: Sequence[int]) -> int:
-    return int(np.prod([channels, *size], dtype=np.int64))
-
-
-def _nonlin_saves_result(nonlin: type | None, nonlin_kwargs: dict | None) -> bool:
-    """In-place ReLU-like nonlinearities keep their result for backward (their input is overwritten)."""
-    return nonlin is not None and bool((nonlin_kwargs or {}).get("inplace", False))
-
-
-def _plain_conv_account(block: ConvDropoutNormReLU, out_elems: int) -> tuple[int, bool]:
-    """Elements a ConvDropoutNormReLU saves besides its input, and whether it saves its own output.
-
-    conv saves its input (counted by the caller); dropout saves an element mask (channel dropout a negligible
-    ``(B, C)`` one); a norm saves its input; an in-place nonlinearity saves its result, another one its input.
-    """
-    saved, current_saved = 0, False
-    for op in list(block.all_modules)[1:]:
-        if isinstance(op, _DropoutNd):
-            if type(op) is nn.Dropout or type(op) is nn.AlphaDropout:
-                saved += out_elems
-            current_saved = False
-        elif op is getattr(block, "nonlin", None):
-            if not current_saved:
-                saved += out_elems
-            current_saved = bool(getattr(op, "inplace", False))
-        else:  # norm layers keep their input
-            if not current_saved:
-                saved += out_elems
-            current_saved = False
-    return saved, current_saved
-
-
-class _Accountant:
-    """Adds up what a chain of modules saves for backward, counting a tensor saved by two modules once.
-
-    Every module here saves its input (a convolution, a norm, a gate that multiplies its input); a block's own
-    ``compute_conv_feature_map_size`` includes that input, so it is subtracted when the producer already saved it.
-    """
-
-    def __init__(self) -> None:
-        self.total = 0
-
-    def module(self, module: nn.Module, size: Sequence[int], in_elems: int, in_saved: bool) -> None:
-        self.total += int(module.compute_conv_feature_map_size(list(size))) - (in_elems if in_saved else 0)
-
-    def tensor(self, elems: int) -> None:
-        self.total += int(elems)
 
 
 class _SkipConcat(nn.Module):
@@ -172,39 +105,13 @@ class TubeEncoder(PlainConvEncoder):
             if s in o["scse_encoder_stages"]:
                 stage.append(SCSE(conv_op=conv_op, channels=features_per_stage[s], reduction=o["scse_reduction"],
                                   mode=o["scse_mode"]))
-        self._drop_in_saves_output = _nonlin_saves_result(layer_kwargs["nonlin"], layer_kwargs["nonlin_kwargs"]) \
+        # whether a drop-in block (DSC, deform) keeps its own output for backward: memory accounting needs it
+        self._drop_in_saves_output = memory.nonlin_saves_result(layer_kwargs["nonlin"], layer_kwargs["nonlin_kwargs"]) \
             and not nonlin_first
-
-    def account(self, acc: _Accountant, input_size: Sequence[int]) -> list[tuple[list[int], bool]]:
-        """Add this encoder's saved elements to ``acc``; return per stage (output size, output already saved)."""
-        size = list(input_size)
-        in_elems, in_saved = _numel(self.stages[0][0].convs[0].input_channels, size), False
-        out = []
-        for s, stage in enumerate(self.stages):
-            kernel = maybe_convert_scalar_to_list(self.conv_op, self.kernel_sizes[s])
-            channels = self.output_channels[s]
-            for j, conv in enumerate(stage[0].convs):
-                stride = self.strides[s] if j == 0 else [1] * len(size)
-                out_size = _conv_out_size(size, kernel, stride)
-                out_elems = _numel(channels, out_size)
-                if isinstance(conv, ConvDropoutNormReLU):
-                    extra, saves_out = _plain_conv_account(conv, out_elems)
-                    acc.tensor((0 if in_saved else in_elems) + extra)
-                else:
-                    acc.module(conv, size, in_elems, in_saved)
-                    saves_out = self._drop_in_saves_output
-                size, in_elems, in_saved = out_size, out_elems, saves_out
-            for m in list(stage)[1:]:  # DLK blocks, scSE: shape-preserving, output not kept by the block
-                acc.module(m, size, in_elems, in_saved)
-                in_saved = False
-            out.append((size, in_saved))
-        return out
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements saved for backward per batch element by the encoder alone (input included)."""
-        acc = _Accountant()
-        self.account(acc, input_size)
-        return acc.total
+        return memory.encoder_saved_elements(self, input_size)
 
 
 class TubeDecoder(UNetDecoder):
@@ -256,51 +163,9 @@ class TubeDecoder(UNetDecoder):
         seg_outputs = seg_outputs[::-1]
         return seg_outputs if self.deep_supervision else seg_outputs[0]
 
-    def account(self, acc: _Accountant, input_size: Sequence[int], encoder_out: list[tuple[list[int], bool]],
-                drop_in_saves_output: bool) -> None:
-        enc = self.encoder
-        n = len(self.stages)
-        size, saved = encoder_out[-1]
-        for i in range(n):
-            channels = enc.output_channels[-(i + 2)]
-            skip_size, _ = encoder_out[-(i + 2)]
-            if not saved:  # the transposed convolution keeps its input
-                acc.tensor(_numel(enc.output_channels[-(i + 1)], size))
-            size = list(skip_size)
-            up_elems = _numel(channels, size)
-            if isinstance(self.fusions[i], _SkipConcat):
-                in_elems, in_saved = 2 * up_elems, False  # torch.cat keeps nothing
-            else:
-                # DFF's estimate includes both its inputs; the skip is already kept by the encoder's next stage
-                acc.module(self.fusions[i], size, up_elems, False)
-                acc.tensor(-up_elems)
-                in_elems, in_saved = up_elems, False
-            for conv in self.stages[i].convs:  # stride 1 and same padding: the size does not change
-                out_elems = _numel(channels, size)
-                if isinstance(conv, ConvDropoutNormReLU):
-                    extra, saves_out = _plain_conv_account(conv, out_elems)
-                    acc.tensor((0 if in_saved else in_elems) + extra)
-                else:
-                    acc.module(conv, size, in_elems, in_saved)
-                    saves_out = drop_in_saves_output
-                in_elems, in_saved = out_elems, saves_out
-            if not isinstance(self.attention[i], nn.Identity):
-                acc.module(self.attention[i], size, in_elems, in_saved)
-                in_saved = False
-            if self.deep_supervision or i == n - 1:
-                if not in_saved:  # the segmentation head keeps its input
-                    acc.tensor(in_elems)
-                    in_saved = True
-                acc.tensor(_numel(self.num_classes, size))  # the logits, kept by the loss until backward
-            saved = in_saved
-
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements saved per batch element by the decoder, plus its logits (``input_size``: the encoder's input)."""
-        acc = _Accountant()
-        enc_acc = _Accountant()
-        encoder_out = self.encoder.account(enc_acc, input_size)
-        self.account(acc, input_size, encoder_out, self.encoder._drop_in_saves_output)
-        return acc.total
+        return memory.decoder_saved_elements(self, input_size)
 
 
 class TubeUNet(AbstractDynamicNetworkArchitectures):
@@ -335,7 +200,7 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         block_options: dict | None = None,
     ) -> None:
         super().__init__()
-        _dim(conv_op)
+        conv_op_to_dim(conv_op)
         for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -378,17 +243,12 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         ``saved_tensors_hooks`` sees, de-duplicated by storage, parameters excluded), including the network input,
         every plain convolution (its conv output for the norm and the nonlinearity's result, about twice
         dynamic_network_architectures' count), the transposed convolutions, the concatenated skips, the blocks and
-        the segmentation heads' logits (returned to the loss, which keeps them). Honest to within a few percent
-        of :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` (tested), so it is *not* on the scale of
+        the segmentation heads' logits (returned to the loss, which keeps them). Counted by
+        :func:`nnunet_tubeconv.architectures.memory.network_saved_elements`, exact against
+        :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` (tested), so it is *not* on the scale of
         ``PlainConvUNet.compute_conv_feature_map_size`` that nnU-Net's planner reference values were tuned for.
         """
-        dim = _dim(self.encoder.conv_op)
-        if len(input_size) != dim:
-            raise ValueError(f"input_size must have {dim} spatial entries (no batch or channel axis), got {input_size}")
-        acc = _Accountant()
-        encoder_out = self.encoder.account(acc, input_size)
-        self.decoder.account(acc, input_size, encoder_out, self.encoder._drop_in_saves_output)
-        return acc.total
+        return memory.network_saved_elements(self, input_size)
 
     @staticmethod
     def initialize(module: nn.Module) -> None:

@@ -44,11 +44,17 @@ from nnunet_tubeconv.architectures.options import (
     resolve_block_options,
 )
 
+#: The keys of one configuration's ``architecture`` entry in nnU-Net plans (nnU-Net's network contract).
+ARCHITECTURE_KEYS: tuple[str, ...] = ("network_class_name", "arch_kwargs", "_kw_requires_import")
 #: import path of the network class every variant builds
 TUBE_UNET_CLASS = "nnunet_tubeconv.architectures.unet.TubeUNet"
 #: the classes whose plans entries we know how to take over
 OUR_CLASSES: tuple[str, ...] = (TUBE_UNET_CLASS,)
+#: import path of nnU-Net's default network, as the default ExperimentPlanner writes it into the plans
 PLAIN_CONV_UNET_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+#: every name under which plans may give the PlainConvUNet: nnunetv2's ``get_network_from_plans`` also finds a
+#: bare class name inside ``dynamic_network_architectures.architectures``
+PLAIN_CONV_UNET_NAMES: tuple[str, ...] = (PLAIN_CONV_UNET_CLASS, "PlainConvUNet")
 
 # measured with `nnunet-tubeconv bench-train` (see nnunet_tubeconv.benchmarks.bench_train's docstring)
 _SNAKE_PLACEMENT: dict[str, Any] = {
@@ -99,20 +105,19 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"unknown variant {variant!r}; valid variants are {sorted(VARIANTS)}")
 
 
-def _is_plain_conv_unet(name: str) -> bool:
-    # get_network_from_plans also finds a bare class name inside dynamic_network_architectures.architectures
-    return name in (PLAIN_CONV_UNET_CLASS, "PlainConvUNet")
+def is_plain_conv_unet(name: str) -> bool:
+    """True if ``name`` (a plans entry's ``network_class_name``) is nnU-Net's PlainConvUNet."""
+    return name in PLAIN_CONV_UNET_NAMES
 
 
 def _check_entry(architecture: Any) -> None:
     if not isinstance(architecture, Mapping):
         kind = type(architecture).__name__
         raise ValueError(f"architecture must be a plans entry (a dict), got {kind}")
-    missing = [k for k in ("network_class_name", "arch_kwargs", "_kw_requires_import") if k not in architecture]
+    missing = [k for k in ARCHITECTURE_KEYS if k not in architecture]
     if missing:
         raise ValueError(
-            f"architecture entry lacks {missing}; expected a configuration's plans entry with keys "
-            "'network_class_name', 'arch_kwargs' and '_kw_requires_import'"
+            f"architecture entry lacks {missing}; expected a configuration's plans entry with keys {list(ARCHITECTURE_KEYS)}"
         )
     kwargs = architecture["arch_kwargs"]
     if not isinstance(kwargs, Mapping):
@@ -153,7 +158,7 @@ def variant_architecture(architecture: dict, variant: str, options: dict | None 
             merged = {**out["arch_kwargs"].get("block_options", {}), **copy.deepcopy(options)}
             out["arch_kwargs"]["block_options"] = _resolve(out["arch_kwargs"], merged)
         return out
-    if not _is_plain_conv_unet(name):
+    if not is_plain_conv_unet(name):
         raise ValueError(
             f"cannot build variant {variant!r} from network class {name!r}: supported are nnU-Net's "
             f"{PLAIN_CONV_UNET_CLASS} (the default planner's network) and our own {list(OUR_CLASSES)}"

@@ -13,7 +13,8 @@ writes ``class T_b_s<s>(T)`` into ``RESULTS_DIR/trainers/tubeconv_arm_trainers.p
   two runs with one seed differ somewhat: the records say so;
 * writes ``harness_telemetry.json`` into the fold folder when training ends: parameter count, device, peak GPU
   memory (``torch.cuda.max_memory_allocated``), median time of ``train_step``, the network class and its
-  ``block_options``. It changes nothing in training.
+  ``block_options``. It changes nothing in training. The seeding and the telemetry mix-in are ordinary code in
+  :mod:`nnunet_tubeconv.benchmarks.telemetry`; the generated module only imports them.
 
 Class names use one underscore (``nnUNetTrainerDSConv_smoke_s0``), not two: nnU-Net parses model folders
 ``Trainer__Plans__Configuration`` by splitting on ``__`` (``convert_identifier_to_trainer_plans_config``), which a
@@ -35,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_tubeconv.benchmarks.records import atomic_write_text
+from nnunet_tubeconv.trainers import TRAINER_MODULES, trainer_folder
 
 GENERATED_MODULE = "tubeconv_arm_trainers"
-TELEMETRY_FILE = "harness_telemetry.json"
 SEED_NOTE = (
     "the seed seeds random/numpy/torch in the arm trainer's __init__; nnU-Net training is not bit-deterministic "
     "(augmentation workers, cuDNN autotuning, GPU atomics), so repeating a seed reproduces a run only approximately"
@@ -65,12 +66,6 @@ class TrainerSource:
 
 def generated_class_name(trainer: str, budget: str, seed: int) -> str:
     return f"{trainer}_{budget}_s{int(seed)}"
-
-
-def our_trainer_folder() -> Path:
-    import nnunet_tubeconv.trainers as t
-
-    return Path(t.__file__).resolve().parent
 
 
 def user_ext_trainer_paths(env_value: str | None, exclude: list[Path]) -> list[str]:
@@ -114,7 +109,7 @@ def find_trainer(name: str, user_paths: list[str]) -> TrainerSource:
     if cls is not None:
         _check(cls)
         return TrainerSource(name, "nnunetv2", cls.__module__, inspect.getfile(cls))
-    ours = our_trainer_folder()
+    ours = trainer_folder()
     cls = recursive_find_python_class(str(ours), name, "nnunet_tubeconv.trainers")
     if cls is not None:
         _check(cls)
@@ -132,9 +127,8 @@ def find_trainer(name: str, user_paths: list[str]) -> TrainerSource:
     searched = ["nnunetv2.training.nnUNetTrainer", f"nnunet_tubeconv.trainers ({ours})", *user_paths]
     raise TrainerNotFoundError(
         f"trainer class {name!r} not found; searched {searched}. Use a trainer name from nnU-Net (e.g. nnUNetTrainer), "
-        "from nnunet_tubeconv.trainers (nnUNetTrainerDSConv, nnUNetTrainerDLKDFF, nnUNetTrainerScSE, "
-        "nnUNetTrainerDeformConv, nnUNetTrainerTubeConv), or put the folder of your own trainer module into the "
-        "environment variable nnUNet_extTrainer"
+        f"from nnunet_tubeconv.trainers ({', '.join(TRAINER_MODULES)}), or put the folder of your own trainer "
+        "module into the environment variable nnUNet_extTrainer"
     )
 
 
@@ -144,89 +138,9 @@ Budget {budget!r}: num_epochs={num_epochs}, num_iterations_per_epoch={it}, num_v
 Each class seeds random/numpy/torch in __init__; nnU-Net training is nevertheless not bit-deterministic.
 """
 
-import importlib
-import json
-import os
-import random
-import sys
-import time
-
-import numpy as np
 import torch
 
-
-def _import_from_folder(module, folder):
-    # a user's trainer lives in one of their nnUNet_extTrainer folders, importable relative to it
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(module)
-
-
-def _seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-class _HarnessTelemetry:
-    """Mix-in: records cost numbers into {telemetry!r} in the fold folder. Changes nothing in training."""
-
-    def on_train_start(self):
-        super().on_train_start()
-        self._harness_step_times = []
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        net = self.network.module if hasattr(self.network, "module") else self.network
-        net = getattr(net, "_orig_mod", net)
-        self._harness_parameters = int(sum(p.numel() for p in net.parameters()))
-        self._harness_network = type(net).__module__ + "." + type(net).__qualname__
-
-    def train_step(self, batch):
-        t0 = time.perf_counter()
-        out = super().train_step(batch)  # returns the loss as numpy, so the step has finished on the device
-        self._harness_step_times.append(time.perf_counter() - t0)
-        return out
-
-    def on_train_end(self):
-        super().on_train_end()
-        path = os.path.join(self.output_folder, {telemetry!r})
-        old = {{}}
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    old = json.load(f)
-            except (OSError, ValueError):
-                old = {{}}
-        times = sorted(getattr(self, "_harness_step_times", []))
-        peak = None
-        if self.device.type == "cuda":
-            peak = int(torch.cuda.max_memory_allocated(self.device))
-            self.print_to_log_file(f"peak GPU memory allocated by torch: {{peak / 2 ** 30:.3f}} GiB")
-        kwargs = self.configuration_manager.network_arch_init_kwargs
-        block_options = kwargs.get("block_options") if isinstance(kwargs, dict) else None
-        if block_options is None:
-            block_options = getattr(type(self), "block_options", None)
-        telemetry = {{
-            "parameters": getattr(self, "_harness_parameters", None),
-            "network_class": getattr(self, "_harness_network", None),
-            "block_options": dict(block_options) if block_options is not None else None,
-            "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
-            "torch_threads": torch.get_num_threads(),
-            "peak_gpu_memory_bytes": max([v for v in (peak, old.get("peak_gpu_memory_bytes")) if v is not None],
-                                         default=None),
-            "train_step_time_s_median": times[len(times) // 2] if times else old.get("train_step_time_s_median"),
-            "train_steps_timed": len(times) + int(old.get("train_steps_timed", 0)),
-            "num_epochs": self.num_epochs,
-            "num_iterations_per_epoch": self.num_iterations_per_epoch,
-            "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
-            "seed": getattr(type(self), "harness_seed", None),
-            "sessions": int(old.get("sessions", 0)) + 1,
-        }}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(telemetry, f, indent=1)
-        os.replace(tmp, path)
+from nnunet_tubeconv.benchmarks.telemetry import HarnessTelemetry, import_from_folder, seed_everything
 '''
 
 _CLASS = '''
@@ -234,14 +148,14 @@ _CLASS = '''
 {import_line}
 
 
-class {cls}(_HarnessTelemetry, {base}):
+class {cls}(HarnessTelemetry, {base}):
     """{base} on budget {budget!r}, seed {seed}."""
 
     harness_seed = {seed}
     harness_budget = {budget!r}
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        _seed_everything({seed})
+        seed_everything({seed})
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = {num_epochs}
         self.num_iterations_per_epoch = {it}
@@ -252,7 +166,7 @@ class {cls}(_HarnessTelemetry, {base}):
 
 def _import_line(src: TrainerSource, alias: str) -> str:
     if src.origin == "user":
-        return f"{alias} = _import_from_folder({src.module!r}, {src.folder!r}).{src.name}  # {src.file}"
+        return f"{alias} = import_from_folder({src.module!r}, {src.folder!r}).{src.name}  # {src.file}"
     return f"from {src.module} import {src.name} as {alias}  # {src.file}"
 
 
@@ -264,7 +178,6 @@ def render_module(sources: dict[str, TrainerSource], seeds: dict[str, list[int]]
             num_epochs=budget.num_epochs,
             it=budget.num_iterations_per_epoch,
             val=budget.num_val_iterations_per_epoch,
-            telemetry=TELEMETRY_FILE,
         )
     ]
     for trainer in sorted(sources):
@@ -313,4 +226,4 @@ def write_arm_trainers(folder: Path, sources: dict[str, TrainerSource], seeds: d
 
 def ext_trainer_value(generated_folder: Path, user_paths: list[str]) -> str:
     """``nnUNet_extTrainer`` for the subprocesses: generated arms first, then ours, then the user's."""
-    return os.pathsep.join([str(generated_folder.resolve()), str(our_trainer_folder()), *user_paths])
+    return os.pathsep.join([str(generated_folder.resolve()), str(trainer_folder()), *user_paths])

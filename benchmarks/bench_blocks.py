@@ -243,7 +243,7 @@ class _Runner:
         return self.clock() - t0
 
     def saved_bytes(self, module, inputs) -> int:
-        from nnunet_tubeconv.blocks._utils import measure_saved_tensors
+        from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 
         def forward():
             with self._autocast():
@@ -326,7 +326,7 @@ def measure(case: Case, runner: _Runner, repeats: int, warmup: int, check_compil
         "peak_baseline_bytes": peak_base,
         "peak_ratio": _ratio(peak_block, peak_base),
         "compile": runner.compile_works(block, inputs, grad) if check_compile else None,
-        # which DLK selection ran, read from the module itself (SPEC section 3 asks every benchmark to record it)
+        # which DLK selection ran, read from the module itself (docs/maths.md section 3: every benchmark records it)
         "dlk_mode": next((m.mode for m in block.modules() if isinstance(m, DLK)), None),
         "targets": {},
         "pass": None,

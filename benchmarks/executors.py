@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nnunet_tubeconv.benchmarks.arms import SEED_NOTE, TELEMETRY_FILE
+from nnunet_tubeconv.benchmarks.arms import SEED_NOTE
 from nnunet_tubeconv.benchmarks.records import (
     RECORD_SCHEMA,
     curves_from_logging,
@@ -57,6 +57,7 @@ from nnunet_tubeconv.benchmarks.records import (
     write_json_atomic,
 )
 from nnunet_tubeconv.benchmarks.suite import Unit
+from nnunet_tubeconv.benchmarks.telemetry import TELEMETRY_FILE
 
 ERROR_TAIL_CHARS = 4000
 

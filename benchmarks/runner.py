@@ -301,6 +301,7 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
     from nnunet_tubeconv.benchmarks import arms as arms_mod
     from nnunet_tubeconv.benchmarks.executors import UnitContext, make_executor
     from nnunet_tubeconv.benchmarks.records import git_commit, read_record, versions
+    from nnunet_tubeconv.trainers import trainer_folder
 
     results_dir = Path(results_dir).resolve()
     with results_lock(results_dir):
@@ -308,7 +309,7 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
         datasets = [resolve_dataset(d, paths) for d in suite.datasets]
         gen_dir = results_dir / "trainers"
         user_paths = arms_mod.user_ext_trainer_paths(os.environ.get("nnUNet_extTrainer"),
-                                                     [gen_dir, arms_mod.our_trainer_folder()])
+                                                     [gen_dir, trainer_folder()])
         env = {**suite.env, **paths, "nnUNet_extTrainer": arms_mod.ext_trainer_value(gen_dir, user_paths)}
         b = suite.budget
         print(f"nnunet-tubeconv benchmark: suite {suite.name!r} -> {results_dir}", flush=True)

@@ -29,6 +29,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_tubeconv.trainers import TRAINER_MODULES, trainer_folder
+
 NNUNET_REQUIRED = ((2, 8), (2, 9))  # >=2.8,<2.9, as in pyproject.toml
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 EXT_TRAINER = "nnUNet_extTrainer"
@@ -43,13 +45,6 @@ _PATH_HELP = {
 
 # ---------------------------------------------------------------------------------------------------------------
 # env
-
-
-def trainer_folder() -> Path:
-    """Directory of :mod:`nnunet_tubeconv.trainers` (what ``nnUNet_extTrainer`` must name)."""
-    from nnunet_tubeconv.trainers import trainer_folder as folder
-
-    return folder()
 
 
 def ext_trainer_value(existing: str | None = None) -> str:
@@ -232,9 +227,7 @@ def _found_in(lookup_output: str) -> str | None:
 
 
 def _our_trainer_names() -> list[str]:
-    from nnunet_tubeconv.trainers import TRAINERS
-
-    return sorted(TRAINERS)
+    return sorted(TRAINER_MODULES)
 
 
 def check_device() -> Check:

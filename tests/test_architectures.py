@@ -233,7 +233,7 @@ def test_plain_feature_map_size_matches_saved_tensors(plan, ds):
             rec.add(o)
     estimate = net.compute_conv_feature_map_size(patch)
     measured = rec.elements / 2
-    assert abs(estimate - measured) / measured < 0.03, (estimate, measured)
+    assert abs(estimate - measured) / measured < 0.001, (estimate, measured)  # measured: 0.03-0.07%
     # ours counts what is really kept; dynamic_network_architectures counts one tensor per conv
     vanilla = build(entry, 2, 3, ds, init=False)
     assert estimate > 1.5 * vanilla.compute_conv_feature_map_size(patch)
@@ -255,7 +255,7 @@ def test_plain_feature_map_size_other_layer_settings(extra):
         for o in net(x):
             rec.add(o)
     estimate = net.compute_conv_feature_map_size([8, 32, 32])
-    assert abs(estimate - rec.elements) / rec.elements < 0.05, (estimate, rec.elements)
+    assert abs(estimate - rec.elements) / rec.elements < 0.001, (estimate, rec.elements)  # measured: 0-0.07%
 
 
 def test_bad_network_arguments_raise_value_error():

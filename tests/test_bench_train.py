@@ -48,8 +48,40 @@ def test_table_output(capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "vanilla" in out and "scse" in out and "MiB" in out
-    assert "PASS" in out or "FAIL" in out
+    rows = {cells[0]: cells for cells in _table_rows(out)}
+    assert set(rows) == {"vanilla", "scse"} and "MiB" in rows["scse"][3]
+    assert rows["vanilla"][-1] == "" and rows["vanilla"][2] == "1.00"  # vanilla has no target, so no verdict
+    assert rows["scse"][6] == "<= 1.15x" and rows["scse"][-1] in ("PASS", "FAIL")
+
+
+def _table_rows(out: str) -> list[list[str]]:
+    """The body rows of rich's table (cells split on its vertical bars)."""
+    rows = []
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and cells[0] not in ("variant", ""):
+            rows.append(cells)
+    return rows
+
+
+def _row(variant, time_ratio, memory_ratio, target, passed):
+    from nnunet_tubeconv.architectures import DEFAULT_BLOCK_OPTIONS
+
+    return {"variant": variant, "time_s": 0.1 * time_ratio, "time_ratio": time_ratio, "memory_bytes": 2**20,
+            "memory_ratio": memory_ratio, "params": 10**6, "target": target, "pass": passed,
+            "block_options": dict(DEFAULT_BLOCK_OPTIONS)}
+
+
+def test_table_shows_each_rows_verdict(capsys):
+    """Known answers: the verdict column is the row's own pass flag, and a row without a target has none."""
+    report = {"plan": "p", "patch_size": [8, 8], "batch_size": 1, "device": "cpu", "threads": 1, "repeats": 1,
+              "warmup": 0, "memory_measure": "m",
+              "results": [_row("vanilla", 1.0, 1.0, None, None), _row("scse", 1.1, 1.05, 1.15, True),
+                          _row("dsconv", 2.5, 1.2, 2.0, False)]}
+    bench_train._print_table(report)
+    rows = {cells[0]: cells for cells in _table_rows(capsys.readouterr().out)}
+    assert [rows[v][-1] for v in ("vanilla", "scse", "dsconv")] == ["", "PASS", "FAIL"]
+    assert rows["dsconv"][2] == "2.50" and rows["dsconv"][6] == "<= 2x"
 
 
 def test_plans_file_configuration(tmp_path, capsys):

@@ -1,15 +1,15 @@
-"""DeformConv (modulated DCNv2, SPEC section 6): torchvision in 2D, our grid_sample Function in 3D."""
+"""DeformConv (modulated DCNv2, docs/maths.md section 6): torchvision in 2D, our grid_sample Function in 3D."""
 
 import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 from torchvision.ops import deform_conv2d
 
 from nnunet_tubeconv.blocks import DeformConv
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 from nnunet_tubeconv.blocks.deform import deform_conv_nd
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -146,7 +146,8 @@ def test_feature_map_size_matches_what_autograd_saves(dim, stride):
     x = torch.randn(2, 3, *size)
     elements, _ = measure_saved_tensors(lambda: m(x), exclude=list(m.parameters()))
     estimate = m.compute_conv_feature_map_size(size)
-    assert abs(estimate - elements / 2) <= 0.15 * elements / 2
+    # measured: within 0.04-0.71% of what autograd saves (small per-channel tensors are left out)
+    assert abs(estimate - elements / 2) <= 0.01 * elements / 2, (estimate, elements / 2)
 
 
 def test_autocast_bf16_forward_is_finite():

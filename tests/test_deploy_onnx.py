@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_plans
+from nnunet_tubeconv.architectures import VARIANTS
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -26,15 +27,9 @@ from nnunet_tubeconv.deploy.onnx_export import (
     read_metadata,
     run_onnx,
 )
+from nnunet_tubeconv.planning import VANILLA, trainer_for
 
-VARIANT_TRAINERS = {
-    "vanilla": "nnUNetTrainer",
-    "dsconv": "nnUNetTrainerDSConv",
-    "dlkdff": "nnUNetTrainerDLKDFF",
-    "scse": "nnUNetTrainerScSE",
-    "deform": "nnUNetTrainerDeformConv",
-    "tubeconv": "nnUNetTrainerTubeConv",
-}
+VARIANT_TRAINERS = {v: trainer_for(v) for v in (VANILLA, *VARIANTS)}
 # every variant in 2D; in 3D all but tubeconv (its parts are covered: dsconv's snakes, dlkdff's DFF, scse)
 CASES = [(v, "2d") for v in VARIANT_TRAINERS] + [(v, "3d_fullres") for v in VARIANT_TRAINERS if v != "tubeconv"]
 # 3D deformable convolution samples with grid_sample, which ONNX has in N-D only from opset 20

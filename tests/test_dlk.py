@@ -1,17 +1,17 @@
-"""DLK and DLKBlock (D-Net, Yang et al., arXiv 2403.10674; SPEC section 3)."""
+"""DLK and DLKBlock (D-Net, Yang et al., arXiv 2403.10674; docs/maths.md section 3)."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 from nnunet_tubeconv.blocks import DLK, DLKBlock
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
+from nnunet_tubeconv.vocabulary import DLK_MODES
 
 CONVS = [pytest.param(nn.Conv2d, id="2d"), pytest.param(nn.Conv3d, id="3d")]
-MODES = ["paper", "authors2025"]
 # odd, anisotropic sizes: the dilated kernel (receptive field 23) is larger than the input, padding must cope
 SIZES = {nn.Conv2d: (9, 6), nn.Conv3d: (5, 7, 4)}
 
@@ -31,7 +31,7 @@ def _gap(t: torch.Tensor) -> torch.Tensor:
 
 
 def reference_dlk(m: DLK, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """SPEC section 3 steps 1-6, from the block's weights, with explicit kernel geometry."""
+    """docs/maths.md section 3 steps 1-6, from the block's weights, with explicit kernel geometry."""
     conv = _conv(x)
     c = x.shape[1]
     h = c // 2
@@ -86,7 +86,7 @@ def _randomise(m: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("conv_op", CONVS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DLK_MODES)
 def test_dlk_matches_reference(conv_op, mode):
     torch.manual_seed(0)
     m = DLK(conv_op, 6, mode=mode).double()
@@ -112,7 +112,7 @@ def test_dlk_modes_differ_and_are_recorded(conv_op):
 
 
 @pytest.mark.parametrize("conv_op", CONVS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", DLK_MODES)
 def test_dlk_block_matches_reference(conv_op, mode):
     torch.manual_seed(0)
     m = DLKBlock(conv_op, 4, mlp_ratio=2, dlk_mode=mode).double()
@@ -214,7 +214,8 @@ def test_feature_map_size_matches_saved_tensors(conv_op, make):
     measured = elements / batch
     estimate = m.compute_conv_feature_map_size(size)
     assert isinstance(estimate, int)
-    assert abs(estimate - measured) <= 0.15 * measured, (estimate, measured)
+    # measured: exact, except the block with drop path (within 0.024%)
+    assert abs(estimate - measured) <= 0.001 * measured, (estimate, measured)
 
 
 @pytest.mark.parametrize("cls", [DLK, DLKBlock])

@@ -1,12 +1,12 @@
-"""DSCBlock: the DSCNet multi-view block (SPEC section 2), 2D and 3D."""
+"""DSCBlock: the DSCNet multi-view block (docs/maths.md section 2), 2D and 3D."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 from nnunet_tubeconv.blocks import DSCBlock
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 
 torch.manual_seed(0)
 
@@ -73,7 +73,7 @@ def test_stride_one_branches_run_in_parallel_on_the_input_and_strided_snakes_fol
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_fresh_block_equals_its_explicit_formula(dim):
-    """Zero swing: each snake is an axis-aligned conv with replicate padding (SPEC invariant)."""
+    """Zero swing: each snake is an axis-aligned conv with replicate padding (docs/maths.md section 1)."""
     block = make(dim).eval()
     size = (7, 6) if dim == 2 else (5, 6, 4)
     x = torch.randn(2, 3, *size)
@@ -124,7 +124,9 @@ def test_feature_map_size_matches_what_autograd_saves(dim, stride):
     x = torch.randn(2, 3, *size)
     elements, _ = measure_saved_tensors(lambda: block(x), exclude=list(block.parameters()))
     estimate = block.compute_conv_feature_map_size(size)
-    assert abs(estimate - elements / 2) <= 0.15 * elements / 2
+    # measured: within 0.3-2.1% of what autograd saves (small per-channel tensors are left out, largest share on
+    # the smallest inputs)
+    assert abs(estimate - elements / 2) <= 0.025 * elements / 2, (estimate, elements / 2)
 
 
 def test_snake_kernel_size_changes_the_snakes_not_the_output():

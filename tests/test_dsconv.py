@@ -1,4 +1,4 @@
-"""DSConv (dynamic snake convolution, SPEC section 1), 2D and 3D: invariants, a naive reference, gradients.
+"""DSConv (dynamic snake convolution, docs/maths.md section 1), 2D and 3D: invariants, a naive reference, gradients.
 
 Every test runs twice on CPU: with the compiled kernels (``_cpu_kernels.c``) and with the PyTorch implementation
 (the fallback, and the code that runs on GPU)."""
@@ -8,11 +8,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
 import nnunet_tubeconv.blocks.dsconv as dsconv_module
 from nnunet_tubeconv.blocks import DSConv, _native
-from nnunet_tubeconv.blocks._utils import measure_saved_tensors
 from nnunet_tubeconv.blocks.dsconv import snake_conv
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -39,7 +39,7 @@ def perturb(m: DSConv, std: float = 0.5, seed: int = 0) -> DSConv:
 
 
 def replicate_axis_conv(x, weight, bias, axis, k):
-    """The SPEC's zero-swing reference: replicate padding of k // 2 along ``axis``, then a conv of kernel k there."""
+    """The zero-swing reference of docs/maths.md: replicate padding of k // 2 along ``axis``, then a conv of kernel k there."""
     d = x.ndim - 2
     pad = [0] * (2 * d)
     pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = k // 2  # F.pad lists the last axis first
@@ -277,7 +277,8 @@ def test_feature_map_size_matches_what_autograd_saves(dim, axis, with_norm):
     x = torch.randn(2, 8, *size, requires_grad=True)
     elements, _ = measure_saved_tensors(lambda: m(x), exclude=list(m.parameters()))
     estimate = m.compute_conv_feature_map_size(size)
-    assert abs(estimate - elements / 2) <= 0.15 * elements / 2
+    # measured: within 0.19-0.93% of what autograd saves (the estimate leaves out (B, C)-sized norm statistics)
+    assert abs(estimate - elements / 2) <= 0.01 * elements / 2, (estimate, elements / 2)
     assert elements / 2 < 9 * x[0].numel()  # never a K-times enlarged sample tensor
 
 

@@ -9,13 +9,14 @@ from types import MappingProxyType
 import pytest
 import torch
 from conftest import TINY_DATASET_JSON, tiny_plans
-from nnunet_tubeconv.architectures.options import DEFAULT_BLOCK_OPTIONS, SNAKE_SWING_NORMS, resolve_block_options
+from nnunet_tubeconv.architectures.options import DEFAULT_BLOCK_OPTIONS, resolve_block_options
 from nnunet_tubeconv.trainers import nnUNetTrainerDSConv
 from nnunet_tubeconv.trainers.tubeconv_base import ScaledPolyLRScheduler, lr_scaled_param_groups
 from torch import nn
 
 from nnunet_tubeconv.blocks.dscblock import DSCBlock
 from nnunet_tubeconv.blocks.dsconv import SWING_NORMS, DSConv, snake_conv
+from nnunet_tubeconv.vocabulary import SWING_NORMS as VOCAB_SWING_NORMS
 
 torch.set_num_threads(1)
 
@@ -47,7 +48,7 @@ def _swing_after_steps(swing_norm: str, steps: int, seed: int = 0) -> list[float
 
 
 def test_vocabularies_agree():
-    assert SNAKE_SWING_NORMS == SWING_NORMS
+    assert VOCAB_SWING_NORMS is SWING_NORMS  # one owner: nnunet_tubeconv.vocabulary
     assert DEFAULT_BLOCK_OPTIONS["snake_swing_norm"] in SWING_NORMS
 
 

@@ -7,19 +7,28 @@ device (shapes only, no memory, no compute).
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
+import types
 from types import MappingProxyType
 
 import pytest
 import torch
 from conftest import HEPATIC_VESSEL_DATASET_JSON, TINY_DATASET_JSON, hepatic_vessel_like_plans, tiny_plans
 from nnunet_tubeconv.architectures import TUBE_UNET_CLASS, VARIANTS
-from nnunet_tubeconv.trainers import TRAINERS, nnUNetTrainerDSConv, nnUNetTrainerTubeBase, trainer_folder
+from nnunet_tubeconv.trainers import (
+    TRAINER_MODULES,
+    TRAINERS,
+    nnUNetTrainerDSConv,
+    nnUNetTrainerTubeBase,
+    trainer_folder,
+)
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -57,9 +66,69 @@ def _first_conv(net: torch.nn.Module) -> torch.nn.Module:
 
 def test_required_trainers_exist_and_cover_every_variant():
     assert set(REQUIRED) <= set(TRAINERS)
-    assert {TRAINERS[n].variant for n in TRAINERS} == set(VARIANTS)
+    assert {getattr(TRAINERS[n], "variant", None) for n in TRAINERS} - {None} == set(VARIANTS)
     for name, cls in TRAINERS.items():
         assert cls.__name__ == name and issubclass(cls, nnUNetTrainer)
+
+
+# bases that are building blocks, not trainers a user trains with (TubeBase without a variant builds nothing new)
+NOT_REGISTERED = {"nnUNetTrainerTubeBase"}
+
+
+def _registry_problems(modules: list[types.ModuleType], registry: dict[str, str]) -> list[str]:
+    """Trainer classes the ``modules`` define but ``registry`` (name -> module) lacks, and registered names that
+    the named module does not define."""
+    problems = []
+    defined = {}
+    for module in modules:
+        short = module.__name__.rsplit(".", 1)[-1]
+        for name, obj in vars(module).items():
+            if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__:
+                defined[name] = short
+    for name, short in sorted(defined.items()):
+        if name not in NOT_REGISTERED and registry.get(name) != short:
+            problems.append(f"{name} is defined in {short} but not registered in TRAINER_MODULES")
+    for name, short in sorted(registry.items()):
+        if defined.get(name) != short:
+            problems.append(f"TRAINER_MODULES registers {name} in {short}, which does not define it")
+    return problems
+
+
+def _trainer_package_modules() -> list[types.ModuleType]:
+    names = [m.name for m in pkgutil.iter_modules([str(trainer_folder())])]
+    return [importlib.import_module(f"nnunet_tubeconv.trainers.{n}") for n in names]
+
+
+def test_every_trainer_defined_in_the_folder_is_registered():
+    modules = _trainer_package_modules()
+    assert {m.__name__.rsplit(".", 1)[-1] for m in modules} >= set(TRAINER_MODULES.values())
+    assert _registry_problems(modules, TRAINER_MODULES) == []
+
+
+def test_registry_check_catches_an_unregistered_and_a_misplaced_trainer():
+    fake = types.ModuleType("nnunet_tubeconv.trainers.tubeconv_fake")
+    fake.nnUNetTrainerFake = type("nnUNetTrainerFake", (nnUNetTrainerDSConv,), {"__module__": fake.__name__})
+    fake.nnUNetTrainerDSConv = nnUNetTrainerDSConv  # imported, not defined here: not this module's trainer
+    modules = [*_trainer_package_modules(), fake]
+    assert _registry_problems(modules, TRAINER_MODULES) == [
+        "nnUNetTrainerFake is defined in tubeconv_fake but not registered in TRAINER_MODULES"
+    ]
+    assert _registry_problems(modules, {**TRAINER_MODULES, "nnUNetTrainerFake": "tubeconv_fake"}) == []
+    wrong = {**TRAINER_MODULES, "nnUNetTrainerFake": "tubeconv_fake", "nnUNetTrainerScSE": "tubeconv_fake"}
+    assert _registry_problems(modules, wrong) == [
+        "nnUNetTrainerScSE is defined in tubeconv_variants but not registered in TRAINER_MODULES",
+        "TRAINER_MODULES registers nnUNetTrainerScSE in tubeconv_fake, which does not define it",
+    ]
+
+
+def test_the_package_exports_every_registered_trainer():
+    import nnunet_tubeconv.trainers as package
+
+    assert set(TRAINER_MODULES) <= set(package.__all__) and set(TRAINER_MODULES) <= set(dir(package))
+    for name in TRAINER_MODULES:
+        assert getattr(package, name) is TRAINERS[name]
+    with pytest.raises(AttributeError, match="nnUNetTrainerNoSuch"):
+        package.nnUNetTrainerNoSuch  # noqa: B018
 
 
 @pytest.mark.parametrize("name", ALL_TRAINERS)
@@ -271,7 +340,8 @@ def test_nnunet_lookup_finds_ours_and_a_users_subclass(tmp_path, monkeypatch):
     # the user's subclass alone on the path is enough (absolute imports reach our package)
     monkeypatch.setenv("nnUNet_extTrainer", str(user))
     sub = recursive_find_trainer_class_by_name("nnUNetTrainerDSConvShortForTest")
-    assert sub.build_network_architecture.__func__ is not None
+    # found through the user's folder alone, it subclasses the very class our package defines
+    assert sub.__mro__[1] is nnUNetTrainerDSConv and sub.__module__ == "my_short_dsconv"
     net = _build(sub, tiny_plans(), "2d", TINY_DATASET_JSON)
     assert _shapes(net) == _shapes(_build(nnUNetTrainerDSConv, tiny_plans(), "2d", TINY_DATASET_JSON))
 

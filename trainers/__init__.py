@@ -5,40 +5,42 @@ Make stock nnU-Net find them (``nnunet-tubeconv env`` prints this line for the i
     export nnUNet_extTrainer=<directory of nnunet_tubeconv.trainers>
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerDSConv
 
+:data:`TRAINER_MODULES` is the registry of every trainer this package ships: adding a trainer is defining its class
+in a module of this folder and adding one line ``"ClassName": "module"`` there (``tests/test_trainers.py`` fails for
+a trainer class defined here but not registered, and for a registered name its module does not define).
+
 The trainer classes are loaded on first access, so ``import nnunet_tubeconv.trainers`` (e.g. to find
-:func:`trainer_folder`) does not import torch or nnU-Net. nnU-Net's lookup never imports this ``__init__``: it imports
-each module of the folder as a top-level module.
+:func:`trainer_folder` or the names in :data:`TRAINER_MODULES`) does not import torch or nnU-Net. nnU-Net's lookup
+never imports this ``__init__``: it imports each module of the folder as a top-level module.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
-_LAZY: dict[str, str] = {
-    "nnUNetTrainerTubeBase": "tubeconv_base",
-    "architecture_entry": "tubeconv_base",
+#: Every trainer this package ships: class name (what ``nnUNetv2_train -tr`` takes) -> the module of this folder
+#: that defines it. The one list of our trainers: everything else (TRAINERS, messages, docs checks) reads it.
+TRAINER_MODULES: dict[str, str] = {
     "nnUNetTrainerDSConv": "tubeconv_variants",
     "nnUNetTrainerDLKDFF": "tubeconv_variants",
     "nnUNetTrainerDLKDFFAuthors2025": "tubeconv_variants",
     "nnUNetTrainerScSE": "tubeconv_variants",
     "nnUNetTrainerDeformConv": "tubeconv_variants",
     "nnUNetTrainerTubeConv": "tubeconv_variants",
-    "TRAINERS": "tubeconv_variants",
 }
 
-__all__ = [
-    "TRAINERS",
-    "architecture_entry",
-    "nnUNetTrainerDLKDFF",
-    "nnUNetTrainerDLKDFFAuthors2025",
-    "nnUNetTrainerDSConv",
-    "nnUNetTrainerDeformConv",
-    "nnUNetTrainerScSE",
-    "nnUNetTrainerTubeBase",
-    "nnUNetTrainerTubeConv",
-    "trainer_folder",
-]
+#: names importable from this package besides the trainers themselves
+_HELPERS: dict[str, str] = {
+    "nnUNetTrainerTubeBase": "tubeconv_base",
+    "architecture_entry": "tubeconv_base",
+}
+
+__all__ = ["TRAINERS", "TRAINER_MODULES", "architecture_entry", "nnUNetTrainerTubeBase", "trainer_folder"]
+__all__ += list(TRAINER_MODULES)
+
+_trainers: dict[str, Any] | None = None
 
 
 def trainer_folder() -> Path:
@@ -46,11 +48,22 @@ def trainer_folder() -> Path:
     return Path(__file__).resolve().parent
 
 
+def _load(name: str) -> Any:
+    module = TRAINER_MODULES.get(name) or _HELPERS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
 def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    global _trainers
+    if name == "TRAINERS":
+        # Every registered trainer class, by name (imports torch and nnU-Net on first access)
+        if _trainers is None:
+            _trainers = {n: _load(n) for n in TRAINER_MODULES}
+        return _trainers
+    if name in TRAINER_MODULES or name in _HELPERS:
+        return _load(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *__all__})

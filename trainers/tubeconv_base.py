@@ -25,25 +25,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from nnunet_tubeconv.architectures import ARCHITECTURE_KEYS
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-#: The keys of one configuration's ``architecture`` entry in nnU-Net plans.
-ARCHITECTURE_KEYS: tuple[str, ...] = ("network_class_name", "arch_kwargs", "_kw_requires_import")
-
 # nnUNetTrainer's default device, shared rather than rebuilt per call
 _CUDA = torch.device("cuda")
-
-# named in error messages only; tubeconv_variants defines them
-_VARIANT_TRAINERS = (
-    "nnUNetTrainerDSConv",
-    "nnUNetTrainerDLKDFF",
-    "nnUNetTrainerScSE",
-    "nnUNetTrainerDeformConv",
-    "nnUNetTrainerTubeConv",
-)
 
 
 def _block_options(entry: Mapping[str, Any] | None) -> Any:
@@ -188,8 +177,14 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
         Raises ``ValueError`` (naming the trainer, the network class and what is supported) when the entry is
         neither a PlainConvUNet nor one of ours.
         """
-        from nnunet_tubeconv.architectures import OUR_CLASSES, VARIANTS, variant_architecture
-        from nnunet_tubeconv.architectures.variants import PLAIN_CONV_UNET_CLASS
+        from nnunet_tubeconv.architectures import (
+            OUR_CLASSES,
+            PLAIN_CONV_UNET_CLASS,
+            VARIANTS,
+            is_plain_conv_unet,
+            variant_architecture,
+        )
+        from nnunet_tubeconv.trainers import TRAINER_MODULES
 
         missing = [k for k in ARCHITECTURE_KEYS if k not in architecture]
         if missing:
@@ -202,13 +197,13 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
             if name not in OUR_CLASSES:
                 raise ValueError(
                     f"{cls.__name__} sets no variant, so it only rebuilds plans that already name an nnunet-tubeconv "
-                    f"network {list(OUR_CLASSES)}, but these plans name {name!r}. Use a trainer with a variant "
-                    f"({', '.join(_VARIANT_TRAINERS)}) or set `variant` to one of {sorted(VARIANTS)} in your subclass."
+                    f"network {list(OUR_CLASSES)}, but these plans name {name!r}. Use one of our trainers "
+                    f"({', '.join(TRAINER_MODULES)}) or set `variant` to one of {sorted(VARIANTS)} in your subclass."
                 )
             if cls.block_options:
                 raise ValueError(f"{cls.__name__} sets block_options but no variant; set `variant` as well")
             return copy.deepcopy(dict(architecture))
-        if name not in (*OUR_CLASSES, PLAIN_CONV_UNET_CLASS, "PlainConvUNet"):
+        if name not in OUR_CLASSES and not is_plain_conv_unet(name):
             raise ValueError(
                 f"{cls.__name__} cannot build network class {name!r}: supported are nnU-Net's {PLAIN_CONV_UNET_CLASS} "
                 f"(what the default ExperimentPlanner writes; ResEnc presets and other planners write other classes) "

@@ -11,7 +11,8 @@ where each block goes). Everything else (schedule, loss, augmentation, inference
   baseline for the snake.
 * ``nnUNetTrainerTubeConv``: the combination.
 
-Imported by nnU-Net's ``nnUNet_extTrainer`` lookup as a top-level module: absolute imports only.
+Each class is registered in :data:`nnunet_tubeconv.trainers.TRAINER_MODULES` (one line per trainer). Imported by
+nnU-Net's ``nnUNet_extTrainer`` lookup as a top-level module: absolute imports only.
 """
 
 from __future__ import annotations
@@ -57,16 +58,3 @@ class nnUNetTrainerTubeConv(nnUNetTrainerTubeBase):
 
     variant = "tubeconv"
 
-
-#: Every trainer this package ships, by class name (the name ``-tr`` takes).
-TRAINERS: dict[str, type[nnUNetTrainerTubeBase]] = {
-    c.__name__: c
-    for c in (
-        nnUNetTrainerDSConv,
-        nnUNetTrainerDLKDFF,
-        nnUNetTrainerDLKDFFAuthors2025,
-        nnUNetTrainerScSE,
-        nnUNetTrainerDeformConv,
-        nnUNetTrainerTubeConv,
-    )
-}

@@ -1,7 +1,12 @@
-"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors.
+"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors, the tracing rule.
 
 Blocks import nothing from nnunetv2; they speak dynamic-network-architectures' vocabulary
 (``conv_op``, ``norm_op``, ``nonlin`` ...) so that nnU-Net plans can configure them.
+
+The tracing rule: a block whose eager forward uses something a graph capture cannot take (a custom autograd
+Function, the compiled CPU kernels, an op without an ONNX symbolic, a memory-format conversion) asks
+:func:`_tracing` and, while it is True, computes the same maths in plain tensor operations. So
+``torch.onnx.export``, ``torch.jit.trace`` and ``torch.compile`` work on any network of these blocks as it stands.
 """
 
 from __future__ import annotations
@@ -14,12 +19,22 @@ from torch import nn
 _CONV_TO_DIM: dict[type, int] = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 
+def _tracing() -> bool:
+    """True while a graph is being captured (ONNX export, TorchScript tracing or scripting, torch.compile): the one
+    rule by which every block leaves its eager-only paths for plain, traceable tensor operations."""
+    return bool(
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
 def conv_op_to_dim(conv_op: type) -> int:
     """Number of spatial dimensions of ``conv_op`` (``nn.Conv2d`` -> 2, ``nn.Conv3d`` -> 3)."""
     if isinstance(conv_op, str):
         raise ValueError(
-            f"conv_op must be a class, got the string {conv_op!r}; pass torch.nn.Conv2d or torch.nn.Conv3d "
-            "(nnU-Net plans store it as a string and resolve it with pydoc.locate before building)"
+            f"conv_op must be a class, got the string {conv_op!r}; pass torch.nn.Conv2d or torch.nn.Conv3d, or build "
+            "the network with nnunetv2's get_network_from_plans, which imports the names listed in the plans' "
+            "'_kw_requires_import' (nnU-Net plans store them as strings)"
         )
     for cls, dim in _CONV_TO_DIM.items():
         if conv_op is cls or (isinstance(conv_op, type) and issubclass(conv_op, cls)):
@@ -107,29 +122,3 @@ def build_dropout(dropout_op: type | None, dropout_op_kwargs: dict | None) -> nn
 
 def is_batch_norm(norm_op: type | None) -> bool:
     return isinstance(norm_op, type) and issubclass(norm_op, nn.modules.batchnorm._BatchNorm)
-
-
-def measure_saved_tensors(fn, exclude: Sequence[torch.Tensor] = ()) -> tuple[int, int]:
-    """Run ``fn()`` (let it return the output: its graph must live while counting) and return ``(elements, bytes)``
-    that autograd saved for backward.
-
-    Counts what ``torch.autograd.graph.saved_tensors_hooks`` sees, de-duplicated by storage (a storage counts
-    once, at its full size, however many views of it were saved); storages of ``exclude`` (pass the module's
-    parameters) are left out. Elements are the storage's bytes over its element size.
-    """
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, tuple[int, int]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in excluded:
-            nbytes = storage.nbytes()
-            seen[ptr] = (nbytes // t.element_size(), nbytes)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = fn()  # keeps the graph (and so the saved storages) alive while counting
-    counts = sum(e for e, _ in seen.values()), sum(b for _, b in seen.values())
-    del result
-    return counts

@@ -1,5 +1,5 @@
 """Modulated deformable convolution (DCNv2): Dai et al., "Deformable Convolutional Networks", ICCV 2017, and Zhu et
-al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: SPEC-blocks.md section 6.
+al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: docs/maths.md section 6.
 
 The free-form baseline next to the snake: every one of the ``P = prod(kernel)`` sample points of every output
 position has its own free offset (``d`` values) and a modulation ``m = sigmoid(.)``, both predicted by a
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_tubeconv.blocks._traceable import traceable_deform_conv
 from nnunet_tubeconv.blocks._utils import (
+    _tracing,
     as_tuple,
     build_dropout,
     build_nonlin,
@@ -172,6 +174,8 @@ def deform_conv_nd(
         raise ValueError(f"offset must have shape {(x.shape[0], d * n_points, *out_size)}, got {tuple(offset.shape)}")
     if mask.shape != (x.shape[0], n_points, *out_size):
         raise ValueError(f"mask must have shape {(x.shape[0], n_points, *out_size)}, got {tuple(mask.shape)}")
+    if _tracing():
+        return traceable_deform_conv(x, offset, mask, weight, bias, stride_t, padding_t)
     return _DeformConvFunction.apply(x, offset, mask, weight, bias, stride_t, padding_t)
 
 
@@ -240,7 +244,9 @@ class DeformConv(nn.Module):
         check_input(x, self.dim, self.input_channels, type(self).__name__)
         offset, mask = self.offsets_and_mask(x)
         weight, bias = self.conv.weight, self.conv.bias
-        if self.dim == 2 and x.is_cuda:
+        if _tracing():  # graph capture: the same maths in plain operations (torchvision's op has no ONNX symbolic)
+            y = traceable_deform_conv(x, offset, mask, weight, bias, self.stride, self.padding)
+        elif self.dim == 2 and x.is_cuda:
             from torchvision.ops import deform_conv2d
 
             y = deform_conv2d(x, offset.to(x.dtype), weight, bias, self.stride, self.padding, mask=mask.to(x.dtype))

@@ -1,7 +1,7 @@
 """Dynamic feature fusion (DFF) of decoder features and a skip connection.
 
 Yang et al., "D-Net: Dynamic Large Kernel with Dynamic Feature Fusion for Volumetric Medical Image Segmentation",
-arXiv 2403.10674; SPEC-blocks.md section 4. Replaces nnU-Net's "concatenate the skip, then convolve" with a gated
+arXiv 2403.10674; maths: docs/maths.md section 4. Replaces nnU-Net's "concatenate the skip, then convolve" with a gated
 fusion back to ``C`` channels. One N-D implementation, dimension from ``conv_op``.
 """
 

@@ -1,5 +1,5 @@
 """DSCNet multi-view block (Qi et al., "Dynamic Snake Convolution based on Topological Geometric Constraints for
-Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: SPEC-blocks.md section 2.
+Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: docs/maths.md section 2.
 
 One ordinary convolution (the stage's kernel) and one :class:`DSConv` per usable spatial axis look at the same
 features; each branch gives ``C_out`` channels followed by norm + nonlin; the ``(1 + n_axes) * C_out`` channels are

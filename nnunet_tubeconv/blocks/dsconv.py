@@ -1,5 +1,5 @@
 """Dynamic snake convolution (DSConv), Qi et al., "Dynamic Snake Convolution based on Topological Geometric
-Constraints for Tubular Structure Segmentation", ICCV 2023 (arXiv 2307.08388). Maths: SPEC-blocks.md section 1.
+Constraints for Tubular Structure Segmentation", ICCV 2023 (arXiv 2307.08388). Maths: docs/maths.md section 1.
 
 A length-``K`` convolution laid along one spatial axis (the *morph* axis ``a``) whose sample points swing sideways
 along the other (*swing*) axes. The swing of kernel point ``j`` is accumulated outward from the centre, so the kernel
@@ -20,7 +20,7 @@ in compiled C loops (``_cpu_kernels.c`` via :mod:`nnunet_tubeconv.blocks._native
 summed in the loop); elsewhere, or without a C compiler, in PyTorch (``embedding_bag`` for the fused gather +
 interpolation, ``scatter_add_``, forward-difference tables). Both give the same numbers; the tests run both.
 
-Deliberate differences from the authors' code (SPEC section 1, "Defects"): batch elements never mix, the centre
+Deliberate differences from the authors' code (docs/maths.md section 1, defects): batch elements never mix, the centre
 point never moves (its swing channel is not even predicted, so no parameter is unused), all ``K - 1`` outer points
 get the accumulated swing, indices are int64, the swing branch norm is the stage's ``norm_op`` (GroupNorm when none
 or a BatchNorm is given) and sampling coordinates stay float32 under autocast.
@@ -39,7 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_tubeconv.blocks import _native
+from nnunet_tubeconv.blocks._traceable import traceable_snake_conv
 from nnunet_tubeconv.blocks._utils import (
+    _tracing,
     build_nonlin,
     build_norm,
     check_channels,
@@ -48,13 +50,10 @@ from nnunet_tubeconv.blocks._utils import (
     is_batch_norm,
     numel,
 )
+from nnunet_tubeconv.vocabulary import SWING_NORMS
 
 __all__ = ["SWING_NORMS", "DSConv", "snake_conv"]
 
-#: choices of DSConv's ``swing_norm``: "stage" normalises the swing branch with the stage's norm (GroupNorm for
-#: none / BatchNorm), "none" feeds the swing conv straight into tanh (a zero init then gives a straight snake that
-#: grows smoothly, see DSConv)
-SWING_NORMS: tuple[str, ...] = ("stage", "none")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -67,7 +66,8 @@ def _cumulative_outer(delta: torch.Tensor, n_swing: int, kernel_size: int) -> to
     ``Delta_{+j} = delta_{+1} + ... + delta_{+j}`` and ``Delta_{-j} = delta_{-1} + ... + delta_{-j}``.
     """
     c = kernel_size // 2
-    d = delta.unflatten(1, (n_swing, kernel_size - 1))
+    # reshape with the traced sizes (not unflatten, whose trace fixes the batch size): graph capture uses this too
+    d = delta.reshape(delta.shape[0], n_swing, kernel_size - 1, *delta.shape[2:])
     return torch.cat([d[:, :, :c].flip(2).cumsum(2).flip(2), d[:, :, c:].cumsum(2)], dim=2)
 
 
@@ -461,7 +461,17 @@ def snake_conv(
     swing_axes = tuple(swing_axes)
     if delta is not None and not swing_axes:
         raise ValueError("delta was given but swing_axes is empty")
+    if _tracing():
+        return _traced_snake_conv(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
     return _SnakeConvFunction.apply(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
+
+
+def _traced_snake_conv(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
+    """The snake convolution in plain tensor operations, for graph capture (the rule of ``_utils._tracing``)."""
+    offsets = None
+    if delta is not None and swing_axes:
+        offsets = _cumulative_swing(delta.float(), len(swing_axes), weight.shape[2]) * extend_scope
+    return traceable_snake_conv(x, offsets, weight, bias, axis, swing_axes)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -572,7 +582,7 @@ class DSConv(nn.Module):
             if swing_norm == "none":
                 self.swing_norm = nn.Identity()
             elif norm_op is None or is_batch_norm(norm_op):
-                # BatchNorm would couple the samples of a batch and drift between train and eval (SPEC, defects)
+                # BatchNorm would couple the samples of a batch and drift between train and eval (docs/maths.md section 1)
                 self.swing_norm = nn.GroupNorm(n_swing_channels // 2, n_swing_channels)
             else:
                 self.swing_norm = norm_op(n_swing_channels, **(norm_op_kwargs or {}))
@@ -631,7 +641,10 @@ class DSConv(nn.Module):
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        y = _SnakeConvFunction.apply(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
+        if _tracing():
+            y = _traced_snake_conv(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
+        else:
+            y = _SnakeConvFunction.apply(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
         return self.nonlin(self.norm(y))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:

@@ -1,7 +1,7 @@
 """Concurrent spatial and channel squeeze & excitation (scSE).
 
 Roy, Navab and Wachinger, "Concurrent Spatial and Channel 'Squeeze & Excitation' in Fully Convolutional Networks",
-MICCAI 2018 (arXiv 1803.02579); SPEC-blocks.md section 5. One N-D implementation, dimension from ``conv_op``; the
+MICCAI 2018 (arXiv 1803.02579); maths: docs/maths.md section 5. One N-D implementation, dimension from ``conv_op``; the
 channel squeeze pools over every spatial axis (a 3D block that pools per slice is a known defect elsewhere).
 """
 
@@ -13,17 +13,8 @@ import torch
 from torch import nn
 
 from nnunet_tubeconv.blocks import _native
-from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
-
-SCSE_MODES = ("add", "max")
-
-
-def _tracing() -> bool:
-    """True while a graph is being captured (ONNX export, TorchScript, torch.compile): they need the plain ops."""
-    return bool(
-        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
+from nnunet_tubeconv.blocks._utils import _tracing, as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.vocabulary import SCSE_MODES
 
 
 class _ScseAddFunction(torch.autograd.Function):

@@ -9,9 +9,10 @@ Choices (measured with torch 2.14 and onnxruntime 1.32; tests/test_deploy_onnx.p
 
 * **TorchScript exporter** (``dynamo=False``). The dynamo exporter (torch.export) specialises the spatial sizes of
   DSConv's custom ``autograd.Function`` to the example input, and it needs the extra ``onnxscript`` package. The
-  TorchScript exporter keeps sizes symbolic for every variant once DSConv's Function and DeformConv's torchvision op
-  / Function are replaced by the traceable export forwards of :mod:`nnunet_tubeconv.deploy.traceable` (DSConv's
-  Function crashes the exporter's peephole pass; torchvision's ``deform_conv2d`` has no ONNX symbolic).
+  TorchScript exporter keeps sizes symbolic for every variant: while a graph is captured the blocks leave DSConv's
+  Function, DeformConv's torchvision op / Function and the compiled CPU kernels for the same maths in plain tensor
+  operations by themselves (``nnunet_tubeconv.blocks._utils._tracing``; DSConv's Function would crash the
+  exporter's peephole pass, torchvision's ``deform_conv2d`` has no ONNX symbolic), so nothing is patched here.
 * **Opset 17** by default. DSConv's sampling exports as ``GatherElements`` with int64 indices rather than
   ``GridSample`` (the coordinate along a snake is an integer, so only the corners across the swing axes are read),
   so snake networks need neither opset 16 (2-D ``GridSample``) nor 20 (N-D ``GridSample``), in 2D and 3D alike.
@@ -101,12 +102,12 @@ def export_network(
     :data:`DEFAULT_OPSET`, or 20 if the network calls ``grid_sample`` on 3D data. ``metadata`` goes into the
     model's ``metadata_props`` (string values). The network itself is not modified (a copy is exported).
     """
+    import copy
+
     import onnx
     import torch
 
-    from nnunet_tubeconv.deploy.traceable import export_patches, exportable
-
-    net = exportable(network)
+    net = copy.deepcopy(network).eval()
     if getattr(getattr(net, "decoder", None), "deep_supervision", False):
         net.decoder.deep_supervision = False  # one output: the full-resolution logits
     dim = len(example_spatial)
@@ -118,7 +119,7 @@ def export_network(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     log = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), export_patches():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         # the tracer warns about every Python bool it evaluates on a traced size (shape checks): expected here
         warnings.simplefilter("ignore")
         try:
@@ -131,8 +132,8 @@ def export_network(
             raise RuntimeError(
                 f"ONNX export (TorchScript exporter, opset {opset}) of {type(network).__name__} failed: "
                 f"{type(e).__name__}: {str(e)[:600]}\nModules of this network: {sorted(_module_types(network))}. "
-                "A block whose forward is a custom torch.autograd.Function needs an export forward in "
-                "nnunet_tubeconv/deploy/traceable.py."
+                "A block whose forward uses a custom torch.autograd.Function or an op without an ONNX symbolic must "
+                "take plain tensor operations while nnunet_tubeconv.blocks._utils._tracing() is True."
             ) from e
     model = onnx.load(str(path))
     fix_negative_transpose_perms(model)

@@ -40,8 +40,6 @@ import numpy as np
 #: the pseudo-variant naming nnU-Net's own network (no blocks); not a key of ``VARIANTS``
 VANILLA = "vanilla"
 
-_PLAIN_NAMES = ("dynamic_network_architectures.architectures.unet.PlainConvUNet", "PlainConvUNet")
-
 
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
@@ -70,9 +68,11 @@ def _check_patch(patch_size: Sequence[int], dim: int | None = None) -> tuple[int
 def _check_plain(architecture: Mapping[str, Any]) -> None:
     if not isinstance(architecture, Mapping) or "network_class_name" not in architecture:
         raise ValueError(f"expected a plans architecture entry (dict with 'network_class_name'), got {architecture!r}")
-    if architecture["network_class_name"] not in _PLAIN_NAMES:
+    from nnunet_tubeconv.architectures import PLAIN_CONV_UNET_CLASS, is_plain_conv_unet
+
+    if not is_plain_conv_unet(architecture["network_class_name"]):
         raise ValueError(
-            f"the planner estimate starts from nnU-Net's PlainConvUNet entry ({_PLAIN_NAMES[0]}), "
+            f"the planner estimate starts from nnU-Net's PlainConvUNet entry ({PLAIN_CONV_UNET_CLASS}), "
             f"got {architecture['network_class_name']!r}"
         )
 

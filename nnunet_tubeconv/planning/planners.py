@@ -187,6 +187,6 @@ def trainer_for(variant: str) -> str:
     from nnunet_tubeconv.trainers import TRAINERS
 
     for name, cls in TRAINERS.items():
-        if cls.variant == variant and not cls.block_options:
+        if getattr(cls, "variant", None) == variant and not getattr(cls, "block_options", None):
             return name
     raise ValueError(f"no trainer for variant {variant!r} among {sorted(TRAINERS)}")

@@ -1,14 +1,14 @@
-"""Export-only forwards for blocks whose training forward cannot be traced into ONNX with dynamic shapes.
+"""The blocks' maths in plain tensor operations, which every graph capture takes (ONNX, TorchScript, torch.compile).
 
 Why this exists: :class:`~nnunet_tubeconv.blocks.dsconv.DSConv` computes its snake convolution inside a custom
-``torch.autograd.Function`` (a memory-lean backward). Neither of torch's ONNX exporters takes it with dynamic
-spatial axes (torch 2.14): the TorchScript exporter crashes in its peephole pass on the inlined Python op, and the
-dynamo exporter specialises the spatial sizes (Python ``max``/``int`` on sizes inside the Function), so the model
-only accepts the example shape. :class:`~nnunet_tubeconv.blocks.deform.DeformConv` runs ``torchvision``'s
-``deform_conv2d`` in 2D (no ONNX symbolic) and another autograd Function in 3D. This module computes the same maths
-(SPEC-blocks.md sections 1 and 6; Qi et al., ICCV 2023, arXiv 2307.08388; Zhu et al., CVPR 2019) with plain tensor
-operations whose every size is derived from the input's traced shape, and :func:`exportable` swaps them in on a
-deep copy of a network. Tests compare them with the blocks' own forwards.
+``torch.autograd.Function`` (a memory-lean backward, compiled CPU kernels). Neither of torch's ONNX exporters takes it
+with dynamic spatial axes (torch 2.14): the TorchScript exporter crashes in its peephole pass on the inlined Python
+op, and the dynamo exporter specialises the spatial sizes (Python ``max``/``int`` on sizes inside the Function), so
+the model only accepts the example shape. :class:`~nnunet_tubeconv.blocks.deform.DeformConv` runs ``torchvision``'s
+``deform_conv2d`` in 2D (no ONNX symbolic) and another autograd Function in 3D. The functions here compute the same
+maths (docs/maths.md, DSConv and DCNv2) with plain tensor operations whose every size is derived from the input's
+traced shape. The blocks call them by themselves while a graph is captured
+(:func:`nnunet_tubeconv.blocks._utils._tracing`); tests compare them with the blocks' eager forwards.
 
 DSConv's sampling uses flat int64 gathers (ONNX ``GatherElements``), not ``grid_sample``: the coordinate along the
 morph axis is an exact integer, so interpolation only needs the ``2^(d-1)`` corners across the swing axes, and
@@ -19,38 +19,13 @@ opset 20.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import importlib
 import itertools
-import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
+import torch.nn.functional as F
 
-__all__ = [
-    "cumulative_swing",
-    "export_patches",
-    "exportable",
-    "replaced_modules",
-    "traceable_deform_conv",
-    "traceable_snake_conv",
-]
-
-
-def cumulative_swing(delta: torch.Tensor, n_swing: int, kernel_size: int) -> torch.Tensor:
-    """``delta`` ``(B, n_swing * (K - 1), *S)`` -> cumulative swing ``(B, n_swing, K, *S)`` (centre 0).
-
-    Channels per swing axis are the kernel points ``j = -c..-1, +1..+c``; ``Delta_{+j} = sum_{i<=j} delta_{+i}``,
-    ``Delta_{-j} = sum_{i<=j} delta_{-i}``.
-    """
-    c = kernel_size // 2
-    spatial = delta.shape[2:]
-    d = delta.reshape(delta.shape[0], n_swing, kernel_size - 1, *spatial)
-    neg = torch.flip(torch.cumsum(torch.flip(d[:, :, :c], [2]), 2), [2])
-    pos = torch.cumsum(d[:, :, c:], 2)
-    return torch.cat([neg, torch.zeros_like(d[:, :, :1]), pos], dim=2)
+__all__ = ["traceable_deform_conv", "traceable_snake_conv"]
 
 
 def _axis_grid(size: torch.Tensor | int, axis: int, dim: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -62,19 +37,19 @@ def _axis_grid(size: torch.Tensor | int, axis: int, dim: int, dtype: torch.dtype
 
 def traceable_snake_conv(
     x: torch.Tensor,
-    delta: torch.Tensor | None,
+    offsets: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     axis: int,
     swing_axes: Sequence[int],
-    extend_scope: float,
 ) -> torch.Tensor:
     """Snake convolution (stride 1, border replication) in ops that trace with dynamic sizes.
 
-    Same contract as :func:`nnunet_tubeconv.blocks.dsconv.snake_conv`: ``x`` ``(B, C_in, *S)``; ``delta``
-    ``(B, len(swing_axes) * (K - 1), *S)`` or None; ``weight`` ``(C_out, C_in, K)``; ``bias`` ``(C_out,)`` or None.
-    Returns ``(B, C_out, *S)``. Every size is read from ``x.shape`` at run time (under the ONNX tracer these are
-    graph values, so the exported model accepts any spatial size).
+    ``x`` ``(B, C_in, *S)``; ``offsets`` ``(B, len(swing_axes), K, *S)``: the cumulative swing of every kernel point
+    in voxels (``extend_scope`` applied, the centre's 0; DSConv's ``_cumulative_swing``), or None for no swing;
+    ``weight`` ``(C_out, C_in, K)``; ``bias`` ``(C_out,)`` or None. Returns ``(B, C_out, *S)``, as
+    :func:`nnunet_tubeconv.blocks.dsconv.snake_conv` does. Every size is read from ``x.shape`` at run time (under a
+    tracer these are graph values, so the captured graph accepts any spatial size).
     """
     batch, c_in = x.shape[0], x.shape[1]
     spatial = list(x.shape[2:])
@@ -92,9 +67,8 @@ def traceable_snake_conv(
     for i in range(dim):
         if i != axis and i not in swing_axes:
             base = base + grids[i] * strides[i]
-    offsets = None
-    if delta is not None and len(swing_axes) > 0:
-        offsets = cumulative_swing(delta.float(), len(swing_axes), kernel_size) * extend_scope
+    if len(swing_axes) == 0:
+        offsets = None
     xf = x.reshape(batch, c_in, -1)  # (B, C_in, N)
 
     # per swing axis: float grid, largest coordinate, largest "low" corner (size - 2, at least 0)
@@ -140,14 +114,6 @@ def traceable_snake_conv(
     return y.reshape(batch, c_out, *spatial)
 
 
-def _dsconv_export_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """DSConv.forward with :func:`traceable_snake_conv` in place of the autograd Function (float32, eval)."""
-    delta = self.swing(x)
-    weight = self.conv.weight.reshape(self.output_channels, self.input_channels, self.kernel_size)
-    y = traceable_snake_conv(x, delta, weight, self.conv.bias, self.axis, tuple(self.swing_axes), self.extend_scope)
-    return self.nonlin(self.norm(y))
-
-
 def traceable_deform_conv(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -168,8 +134,6 @@ def traceable_deform_conv(
     (Flat gathers as in :func:`traceable_snake_conv` would need ``2^d`` of them per kernel point, 216 per 3x3x3
     layer: a graph that took minutes to export and ran 20 times slower in onnxruntime.)
     """
-    import torch.nn.functional as F
-
     batch, c_in = x.shape[0], x.shape[1]
     dim = x.dim() - 2
     in_spatial = list(x.shape[2:])
@@ -193,63 +157,3 @@ def traceable_deform_conv(
     if bias is not None:
         y = y + bias.reshape(1, c_out, 1)
     return y.reshape(batch, c_out, *out_spatial)
-
-
-def _deform_export_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """DeformConv.forward with :func:`traceable_deform_conv` in place of torchvision's op / the autograd Function."""
-    offset, mask = self.offsets_and_mask(x)
-    y = traceable_deform_conv(x, offset, mask, self.conv.weight, self.conv.bias, self.stride, self.padding)
-    return self.nonlin(self.norm(self.dropout(y)))
-
-
-def _substitutes() -> dict[type, types.FunctionType]:
-    from nnunet_tubeconv.blocks.deform import DeformConv
-    from nnunet_tubeconv.blocks.dsconv import DSConv
-
-    return {DSConv: _dsconv_export_forward, DeformConv: _deform_export_forward}
-
-
-def replaced_modules(network: nn.Module) -> list[str]:
-    """Qualified names of the modules of ``network`` that :func:`exportable` gives an export forward."""
-    subs = _substitutes()
-    return [name for name, m in network.named_modules() if type(m) in subs]
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-# (module path, attribute, export replacement): module-level helpers that are harmless in eager mode but that the
-# TorchScript exporter cannot write. DLK's ``_fast_layout`` converts to channels-last (a CPU speed-up of oneDNN's
-# depth-wise kernels); ONNX tensors have no memory format, so the exporter refuses ``contiguous(memory_format=...)``.
-_EXPORT_PATCHES: tuple[tuple[str, str, object], ...] = (("nnunet_tubeconv.blocks.dlk", "_fast_layout", _identity),)
-
-
-@contextlib.contextmanager
-def export_patches() -> Iterator[None]:
-    """Swap the helpers of :data:`_EXPORT_PATCHES` for their export replacements while the block is active."""
-    saved = []
-    try:
-        for module_name, attr, replacement in _EXPORT_PATCHES:
-            module = importlib.import_module(module_name)
-            if hasattr(module, attr):
-                saved.append((module, attr, getattr(module, attr)))
-                setattr(module, attr, replacement)
-        yield
-    finally:
-        for module, attr, original in reversed(saved):
-            setattr(module, attr, original)
-
-
-def exportable(network: nn.Module) -> nn.Module:
-    """A deep copy of ``network`` in eval mode whose DSConv and DeformConv modules use traceable export forwards.
-
-    Same parameters and buffers (copied), same outputs up to float rounding; the original is not touched.
-    """
-    subs = _substitutes()
-    net = copy.deepcopy(network).eval()
-    for m in net.modules():
-        fn = subs.get(type(m))
-        if fn is not None:
-            m.forward = types.MethodType(fn, m)
-    return net
