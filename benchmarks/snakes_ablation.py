@@ -231,6 +231,34 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
     return text, numbers
 
 
+def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
+    """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
+    from nnunet_tubeconv.benchmarks.records import read_record
+    from nnunet_tubeconv.benchmarks.snakes_drive import _best_window
+    from nnunet_tubeconv.benchmarks.suite import expand_units
+
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.snakes import show_snakes
+
+    fold = suite.folds[0]
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+    case = min(splits[fold]["val"])
+    box = _best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
+    written = []
+    for u in expand_units(suite, [DATASET]):
+        rec = read_record(results / u.rel_dir)
+        if u.fold != fold or arms[u.arm][1] is None or not rec or rec["status"] != "done":
+            continue
+        fold_dir = Path(rec["nnunet_output_folder"])
+        model = load_trained_model(resolve_model_folder(str(fold_dir.parent), str(fold), None, None, None,
+                                                        "checkpoint_final.pth"))
+        out = folder / f"snakes_drive_{u.arm.replace('.', '')}.png"
+        show_snakes(model, [str(raw / "imagesTr" / f"{case}_0000.nii.gz")], out, points=24, window=box, dpi=90)
+        print(f"wrote {out} ({u.arm}, fold {fold}, validation case {case}, window {box})")
+        written.append(out)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
@@ -246,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-features", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-only", action="store_true", help="run the trainings, skip the snake statistics")
+    p.add_argument("--pictures", default=None, metavar="DIR",
+                   help="also draw show-snakes of every finished snake arm of the first fold on its first validation "
+                   "case, zoomed to the densest vessel window, into DIR/snakes_drive_<arm>.png")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: the table from the units finished so far (e.g. after stopping a run)")
     args = p.parse_args(argv)
@@ -311,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python -m nnunet_tubeconv.benchmarks.snakes_ablation " + " ".join(shown)
     text = text + "\n\nReproduce: `" + cmd + "`\n"
     print(text)
+    if args.pictures:
+        draw_pictures(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
+                      Path(args.pictures))
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
