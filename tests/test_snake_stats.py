@@ -3,6 +3,8 @@ tubes, 2D and 3D, with the sample points computed by DSConv itself (``snake_coor
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,40 @@ def test_summarise_paired_difference_and_ci():
     text = format_stats({"labels": True, "layers": [{"name": "enc.snake", "stage": 2, "morph_axis": 0,
                                                       "summary": s}]})
     assert "enc.snake" in text and "+7.0% [+5." in text and "+0.100 [+0.100, +0.100]" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the whole command on networks with DSConv layers put in by hand (no training), through nnU-Net's preprocessing
+
+
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_snake_stats_on_a_model_with_labels(tmp_path, make_tiny_plans, configuration):
+    from test_deploy_snakes import _with_snakes
+
+    from nnunet_tubeconv.data.synthetic import write_synthetic_dataset
+    from nnunet_tubeconv.deploy.snake_stats import snake_stats
+
+    dim = 2 if configuration == "2d" else 3
+    shape = (48, 40) if dim == 2 else (20, 36, 32)
+    raw = write_synthetic_dataset(tmp_path / "raw", 990, dim, 2, shape=shape, name="Stats")
+    placements = [("encoder.stages.0.0", 0), ("decoder.stages.1", 1)] if dim == 2 else [("encoder.stages.0.0", 2)]
+    model = _with_snakes(configuration, placements, make_tiny_plans)
+    model.folder = SimpleNamespace(path=tmp_path)
+    stats = snake_stats(model, [str(raw / "imagesTr")], str(raw / "labelsTr"))
+    assert stats["cases"] == ["tubes_000", "tubes_001"] and stats["labels"] is True
+    assert len(stats["layers"]) == len(placements)
+    for layer in stats["layers"]:
+        s = layer["summary"]
+        assert s["cases"] == 2
+        assert 0 <= s["saturated"] <= 1 and s["mean_step"] > 0  # random swing: the snakes bend
+        assert s["vessel_positions"] > 0 and 0 <= s["adherence_straight"] <= 1
+        assert s["adherence_diff_ci"] is not None and s["adherence_diff_ci"][0] <= s["adherence_diff"]
+        for case in stats["cases"]:
+            assert set(layer["per_case"][case]) >= {"saturated", "constant_tilt", "adherence_snake",
+                                                     "direction_straight"}
+    with pytest.raises(ValueError, match=r"case\(s\) \['nope'\] not found"):
+        snake_stats(model, [str(raw / "imagesTr")], None, ["nope"])
+    with pytest.raises(ValueError, match="reference label for case tubes_000 not found"):
+        snake_stats(model, [str(raw / "imagesTr")], str(tmp_path), ["tubes_000"])
+    no_labels = snake_stats(model, [str(raw / "imagesTr" / "tubes_001_0000.nii.gz")])
+    assert no_labels["cases"] == ["tubes_001"] and "adherence_snake" not in no_labels["layers"][0]["summary"]
