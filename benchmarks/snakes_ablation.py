@@ -259,6 +259,41 @@ def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, win
     return written
 
 
+def first_steps(steps: int = 3, seed: int = 0) -> str:
+    """The unit-level experiment of issue 11: a fresh ``DSConv(nn.Conv2d, 32, 32, K=9, axis=0)`` with InstanceNorm,
+    random input and target, ``steps`` SGD steps at nnU-Net's settings (lr 1e-2, momentum 0.99, Nesterov, weight
+    decay 3e-5); mean |delta| and the fraction beyond |tanh| = 0.95 after each step, per swing-branch setting."""
+    import torch
+    from nnunet_tubeconv.trainers.tubeconv_base import lr_scaled_param_groups
+    from torch import nn
+
+    from nnunet_tubeconv.blocks.dsconv import DSConv
+
+    lines = ["| swing branch | " + " | ".join(f"after step {i}" for i in range(steps + 1)) + " |",
+             "|---|" + "---|" * (steps + 1)]
+    for norm, scale in (("stage", 1.0), ("stage", 0.01), ("none", 1.0), ("none", 0.1)):
+        torch.manual_seed(seed)
+        m = DSConv(nn.Conv2d, 32, 32, kernel_size=9, axis=0, norm_op=nn.InstanceNorm2d,
+                   norm_op_kwargs={"affine": True}, swing_norm=norm, swing_lr_scale=scale)
+        groups = lr_scaled_param_groups(m)
+        for g in groups:
+            g["lr"] = 1e-2 * g["lr_scale"]
+        opt = torch.optim.SGD(groups, 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+        x, target = torch.randn(2, 32, 48, 48), torch.randn(2, 32, 48, 48)
+        cells = []
+        for step in range(steps + 1):
+            with torch.no_grad():
+                d = m.swing(x)
+            cells.append(f"{d.abs().mean().item():.4f} ({100 * (d.abs() > 0.95).float().mean().item():.1f}%)")
+            if step < steps:
+                loss = ((m(x) - target) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        lines.append(f"| swing_norm={norm}, lr x{scale:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
@@ -277,10 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pictures", default=None, metavar="DIR",
                    help="also draw show-snakes of every finished snake arm of the first fold on its first validation "
                    "case, zoomed to the densest vessel window, into DIR/snakes_drive_<arm>.png")
+    p.add_argument("--first-steps", action="store_true",
+                   help="only the unit-level experiment: a fresh DSConv's mean |swing| over nnU-Net's first SGD steps")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: the table from the units finished so far (e.g. after stopping a run)")
     args = p.parse_args(argv)
 
+    if args.first_steps:
+        print(first_steps())
+        return 0
     drive, work = Path(args.drive), Path(args.work).resolve()
     if not (drive / "Image_Tr").is_dir():
         print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
