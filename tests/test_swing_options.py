@@ -177,3 +177,23 @@ def test_trainer_optimiser_groups_and_checkpoint_round_trip(tmp_path, monkeypatc
     old = make(nnUNetTrainerDSConvOld)  # the old behaviour: one group, nnU-Net's own optimiser and scheduler
     assert len(old.optimizer.param_groups) == 1
     assert type(old.lr_scheduler).__name__ == "PolyLRScheduler"
+
+
+def test_snake_trainers_default_to_the_ablation_winner_and_keep_the_old_network_reachable():
+    from nnunet_tubeconv.architectures import VARIANTS
+    from nnunet_tubeconv.trainers import nnUNetTrainerTubeConv
+
+    for variant in ("dsconv", "tubeconv"):
+        assert VARIANTS[variant]["options"]["snake_swing_norm"] == "none"
+        assert VARIANTS[variant]["options"]["snake_swing_lr_scale"] == 0.1
+    plans = tiny_plans()
+    for cls in (nnUNetTrainerDSConv, nnUNetTrainerTubeConv):
+        entry = cls.plans_with_architecture(plans, "2d")["configurations"]["2d"]["architecture"]
+        opts = entry["arch_kwargs"]["block_options"]
+        assert (opts["snake_swing_norm"], opts["snake_swing_lr_scale"]) == ("none", 0.1)
+
+    class nnUNetTrainerDSConvStageNorm(nnUNetTrainerDSConv):
+        block_options = MappingProxyType({"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0})
+
+    entry = nnUNetTrainerDSConvStageNorm.plans_with_architecture(plans, "2d")["configurations"]["2d"]["architecture"]
+    assert entry["arch_kwargs"]["block_options"]["snake_swing_norm"] == "stage"
