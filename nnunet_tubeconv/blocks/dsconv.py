@@ -23,7 +23,7 @@ interpolation, ``scatter_add_``, forward-difference tables). Both give the same 
 Deliberate differences from the authors' code (docs/maths.md section 1, defects): batch elements never mix, the centre
 point never moves (its swing channel is not even predicted, so no parameter is unused), all ``K - 1`` outer points
 get the accumulated swing, indices are int64, the swing branch norm is the stage's ``norm_op`` (GroupNorm when none
-or a BatchNorm is given) and sampling coordinates stay float32 under autocast.
+or a BatchNorm is given; no norm with ``swing_norm="none"``) and sampling coordinates stay float32 under autocast.
 
 Gradient at the border: a point whose swing pushes it outside the volume is clamped onto the border (replicate
 padding) and, like ``torch.clamp``, passes no gradient to its swing from that position.
