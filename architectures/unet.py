@@ -244,9 +244,10 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         every plain convolution (its conv output for the norm and the nonlinearity's result, about twice
         dynamic_network_architectures' count), the transposed convolutions, the concatenated skips, the blocks and
         the segmentation heads' logits (returned to the loss, which keeps them). Counted by
-        :func:`nnunet_tubeconv.architectures.memory.network_saved_elements`, exact against
-        :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` (tested), so it is *not* on the scale of
-        ``PlainConvUNet.compute_conv_feature_map_size`` that nnU-Net's planner reference values were tuned for.
+        :func:`nnunet_tubeconv.architectures.memory.network_saved_elements`, within 0.1% of what
+        :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` measures (tests/test_arch_contract.py), so it
+        is *not* on the scale of ``PlainConvUNet.compute_conv_feature_map_size`` that nnU-Net's planner reference
+        values were tuned for.
         """
         return memory.network_saved_elements(self, input_size)
 

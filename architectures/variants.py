@@ -126,7 +126,8 @@ def _check_entry(architecture: Any) -> None:
     missing = [k for k in ARCHITECTURE_KEYS if k not in architecture]
     if missing:
         raise ValueError(
-            f"architecture entry lacks {missing}; expected a configuration's plans entry with keys {list(ARCHITECTURE_KEYS)}"
+            f"architecture entry lacks {missing}; expected a configuration's plans entry with keys "
+            f"{list(ARCHITECTURE_KEYS)}"
         )
     kwargs = architecture["arch_kwargs"]
     if not isinstance(kwargs, Mapping):

@@ -101,11 +101,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="exit with status 1 if any target FAILs")
 
 
-def _error(msg: str) -> int:
-    print(f"bench-blocks: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _round_sig(value: float, digits: int = 4) -> float:
     """``value`` to ``digits`` significant digits: the number printed and stored, from which ratios are computed."""
     if value == 0 or not math.isfinite(value):
@@ -402,11 +397,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         dims = sorted({int(d) for d in str(args.dims).split(",") if d.strip()}, reverse=True)
     except ValueError:
-        return _error(f"--dims must be a comma list of 2 and/or 3, got {args.dims!r}")
+        raise ValueError(f"--dims must be a comma list of 2 and/or 3, got {args.dims!r}") from None
     if not dims or any(d not in (2, 3) for d in dims):
-        return _error(f"--dims must be a comma list of 2 and/or 3, got {args.dims!r}")
+        raise ValueError(f"--dims must be a comma list of 2 and/or 3, got {args.dims!r}")
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        return _error("--threads and --repeats must be >= 1 and --warmup >= 0")
+        raise ValueError("--threads and --repeats must be >= 1 and --warmup >= 0")
 
     import torch
     from rich.console import Console
@@ -418,27 +413,27 @@ def run(args: argparse.Namespace) -> int:
         try:
             device = torch.device(args.device)
         except RuntimeError as e:
-            return _error(f"bad --device {args.device!r}: {e}")
+            raise ValueError(f"bad --device {args.device!r}: {e}") from e
         if device.type == "cuda" and not torch.cuda.is_available():
-            return _error("--device cuda asked for, but torch.cuda.is_available() is False")
+            raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False")
         if device.type not in ("cpu", "cuda"):
-            return _error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+            raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if args.precision == "auto":
         precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     else:
         precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
         if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
-            return _error(f"--precision must be a comma list of fp32, bf16; got {args.precision!r}")
+            raise ValueError(f"--precision must be a comma list of fp32, bf16; got {args.precision!r}")
     check_compile = args.compile == "yes" or (args.compile == "auto" and device.type == "cuda")
     if args.timer == "cpu" and device.type != "cpu":
-        return _error("--timer cpu measures CPU time and needs --device cpu (GPU work runs asynchronously)")
+        raise ValueError("--timer cpu measures CPU time and needs --device cpu (GPU work runs asynchronously)")
 
     cases = build_cases(dims, args.quick)
     if args.only:
         wanted = [w.strip().lower() for w in args.only.split(",") if w.strip()]
         cases = [c for c in cases if any(w in c.name.lower() for w in wanted)]
         if not cases:
-            return _error(f"--only {args.only!r} matches no row")
+            raise ValueError(f"--only {args.only!r} matches no row")
 
     console = Console() if sys.stdout.isatty() else Console(width=240)
     if device.type == "cuda":

@@ -617,26 +617,16 @@ def markdown_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        variants = _variants(args.variants)
-        if args.threads < 1 or not (math.isfinite(args.max_measure_gb) and args.max_measure_gb > 0):
-            raise ValueError("--threads must be >= 1 and --max-measure-gb a positive number")
-    except ValueError as e:
-        print(f"nnunet-tubeconv calibrate-memory: error: {e}", file=sys.stderr)
-        return 2
+    variants = _variants(args.variants)
+    if args.threads < 1 or not (math.isfinite(args.max_measure_gb) and args.max_measure_gb > 0):
+        raise ValueError("--threads must be >= 1 and --max-measure-gb a positive number")
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            print("nnunet-tubeconv calibrate-memory: error: --device cuda but torch sees no CUDA device",
-                  file=sys.stderr)
-            return 2
+            raise ValueError("--device cuda but torch sees no CUDA device")
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
-    try:
-        result = calibrate(variants, args.targets, args.device, args.max_measure_gb, args.threads, args.quick)
-    except ValueError as e:
-        print(f"nnunet-tubeconv calibrate-memory: error: {e}", file=sys.stderr)
-        return 2
+    result = calibrate(variants, args.targets, args.device, args.max_measure_gb, args.threads, args.quick)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

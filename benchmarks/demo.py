@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -158,29 +157,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_tubeconv.benchmarks.runner import run_benchmark
-    from nnunet_tubeconv.benchmarks.suite import SuiteError, parse_suite
+    from nnunet_tubeconv.benchmarks.suite import parse_suite
 
     t0 = time.perf_counter()
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     paths = demo_paths(work)
-    try:
-        results = work / "benchmark"
-        raw = Path(paths["nnUNet_raw"])
-        had = _demo_dataset_matches(raw, args.dataset_id, DEMO_NUM_CASES, DEMO_SHAPE, DEMO_SEED)
-        name = ensure_demo_dataset(raw, args.dataset_id, DEMO_NUM_CASES, DEMO_SHAPE, DEMO_SEED)
-        if not had:
-            # everything derived from an older demo data set (plans, splits, trainings, records) is stale
-            for stale in (Path(paths["nnUNet_preprocessed"]) / name, Path(paths["nnUNet_results"]) / name, results):
-                if stale.exists():
-                    print(f"[demo] removing {stale} (made from an earlier version of the demo data set)", flush=True)
-                    shutil.rmtree(stale)
-        data = {**DEMO_SUITE, "datasets": [name], "device": args.device, "budget": args.budget, "paths": paths}
-        suite = parse_suite(data, source=None, default_name="demo")
-        out = run_benchmark(suite, results, stream=not args.quiet)
-    except (SuiteError, ValueError, RuntimeError) as e:
-        print(f"nnunet-tubeconv demo: error: {e}", file=sys.stderr)
-        return 2
+    # bad input (SuiteError, ValueError: exit 2) and a failed step (RuntimeError: exit 1) are reported by the CLI
+    results = work / "benchmark"
+    raw = Path(paths["nnUNet_raw"])
+    had = _demo_dataset_matches(raw, args.dataset_id, DEMO_NUM_CASES, DEMO_SHAPE, DEMO_SEED)
+    name = ensure_demo_dataset(raw, args.dataset_id, DEMO_NUM_CASES, DEMO_SHAPE, DEMO_SEED)
+    if not had:
+        # everything derived from an older demo data set (plans, splits, trainings, records) is stale
+        for stale in (Path(paths["nnUNet_preprocessed"]) / name, Path(paths["nnUNet_results"]) / name, results):
+            if stale.exists():
+                print(f"[demo] removing {stale} (made from an earlier version of the demo data set)", flush=True)
+                shutil.rmtree(stale)
+    data = {**DEMO_SUITE, "datasets": [name], "device": args.device, "budget": args.budget, "paths": paths}
+    suite = parse_suite(data, source=None, default_name="demo")
+    out = run_benchmark(suite, results, stream=not args.quiet)
     fig = None
     try:
         fig = write_case_figure(results, Path(paths["nnUNet_raw"]) / name, results / "demo_case.png")

@@ -538,17 +538,12 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        suite = suite_from_args(args)
-        results_dir = Path(args.results_dir) if args.results_dir else Path("benchmark_results") / suite.name
-        out = run_benchmark(suite, results_dir, retry_failed=args.retry_failed, report=not args.no_report,
-                            dry_run=args.dry_run, stream=not args.quiet)
-    except (SuiteError, FileNotFoundError, RuntimeError) as e:
-        print(f"nnunet-tubeconv benchmark: error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # e.g. TrainerNotFoundError
-        print(f"nnunet-tubeconv benchmark: error: {e}", file=sys.stderr)
-        return 2
+    # bad input (SuiteError, TrainerNotFoundError, a missing file: exit 2) and a failed step (RuntimeError, e.g.
+    # nnU-Net's planning: exit 1) are reported by the CLI
+    suite = suite_from_args(args)
+    results_dir = Path(args.results_dir) if args.results_dir else Path("benchmark_results") / suite.name
+    out = run_benchmark(suite, results_dir, retry_failed=args.retry_failed, report=not args.no_report,
+                        dry_run=args.dry_run, stream=not args.quiet)
     if args.dry_run:
         return 0
     print(f"{out.done}/{len(out.units)} units done, {out.failed} failed; results in {out.results_dir}", flush=True)

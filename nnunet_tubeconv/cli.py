@@ -4,6 +4,13 @@ Each sub-command lives in the module that owns its concept and exposes two funct
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their sub-command is
 chosen, so ``nnunet-tubeconv --help`` stays fast (torch and nnU-Net are slow to import).
 To add a sub-command, add one line to ``COMMANDS``.
+
+Errors are handled here, once, for every sub-command: ``run`` raises, :func:`main` prints one line
+``nnunet-tubeconv COMMAND: error: MESSAGE`` on stderr (no traceback; argparse's own usage errors look the same) and
+returns the exit status: 2 for bad input (:data:`BAD_INPUT`: a wrong argument value, a missing or malformed file or
+folder), 1 for a step that failed for another reason (:data:`FAILED_STEP`: a subprocess, a build, a missing optional
+package), 130 when interrupted. A sub-command's ``run`` returns 0, or 1 for a negative finding (``doctor``, a
+benchmark with failed units).
 """
 
 from __future__ import annotations
@@ -13,6 +20,13 @@ import importlib
 import sys
 
 from nnunet_tubeconv import __version__
+
+PROG = "nnunet-tubeconv"
+#: exceptions that mean bad input: exit status 2 (the package's input errors are ValueErrors: SuiteError,
+#: ModelFolderError, EvaluationInputError, TrainerNotFoundError, ...)
+BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
+#: exceptions that mean a step failed for another reason: exit status 1
+FAILED_STEP: tuple[type[BaseException], ...] = (RuntimeError, ImportError, OSError)
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {}
@@ -42,10 +56,10 @@ _register("calibrate-memory", "nnunet_tubeconv.benchmarks.calibrate_memory", "me
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnunet-tubeconv",
+        prog=PROG,
         description="Tubular-structure blocks for stock nnU-Net v2 and an honest benchmark of them.",
     )
-    parser.add_argument("--version", action="version", version=f"nnunet-tubeconv {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -70,11 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     module = importlib.import_module(COMMANDS[args.command][0])
+    # the sub-command as typed, e.g. "nnunet-tubeconv convert drive" (nested sub-commands set error_prog)
+    prog = getattr(args, "error_prog", None) or f"{PROG} {args.command}"
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BAD_INPUT as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except FAILED_STEP as e:
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -292,3 +292,16 @@ def test_initialize_keeps_marked_convs():
     w = net.encoder.stages[3][0].convs[1].conv.weight
     expected = (2 / (1 + 1e-4) / w[0].numel()) ** 0.5
     assert abs(w.std().item() - expected) / expected < 0.1
+
+
+def test_class_paths_name_the_classes_nnunet_builds():
+    """The class paths in plans are what nnunetv2 imports: each must resolve to the network class it names."""
+    import pydoc
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_tubeconv.architectures import PLAIN_CONV_UNET_CLASS, PLAIN_CONV_UNET_NAMES, TUBE_UNET_CLASS
+    from nnunet_tubeconv.architectures.unet import TubeUNet
+
+    assert pydoc.locate(TUBE_UNET_CLASS) is TubeUNet
+    assert pydoc.locate(PLAIN_CONV_UNET_CLASS) is PlainConvUNet
+    assert PLAIN_CONV_UNET_NAMES == (PLAIN_CONV_UNET_CLASS, PlainConvUNet.__name__)

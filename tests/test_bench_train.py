@@ -112,4 +112,5 @@ def test_plans_file_configuration(tmp_path, capsys):
 ])
 def test_bad_arguments(argv, message, capsys):
     assert main(["bench-train", "--quick", *argv]) == 2
-    assert message in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("nnunet-tubeconv bench-train: error: ") and message in err

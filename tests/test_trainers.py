@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -119,6 +120,12 @@ def test_registry_check_catches_an_unregistered_and_a_misplaced_trainer():
         "nnUNetTrainerScSE is defined in tubeconv_variants but not registered in TRAINER_MODULES",
         "TRAINER_MODULES registers nnUNetTrainerScSE in tubeconv_fake, which does not define it",
     ]
+
+
+def test_readme_table_lists_every_registered_trainer():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `nnUNetTrainer")}
+    assert rows == set(TRAINER_MODULES)
 
 
 def test_the_package_exports_every_registered_trainer():

@@ -100,6 +100,18 @@ def check_odd_kernel(name: str, kernel_size: Sequence[int]) -> None:
         raise ValueError(f"every entry of {name} must be odd (centred kernels, 'same' padding), got {tuple(kernel_size)}")
 
 
+def drop_in_geometry(conv_op: type, input_channels: int, output_channels: int, kernel_size: int | Sequence[int],
+                     stride: int | Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Check the arguments of a drop-in for dynamic-network-architectures' ``ConvDropoutNormReLU`` (DSCBlock,
+    DeformConv) and return ``(dim, kernel, stride)``, kernel and stride as one odd / positive entry per axis."""
+    dim = conv_op_to_dim(conv_op)
+    check_channels("input_channels", input_channels)
+    check_channels("output_channels", output_channels)
+    kernel = as_tuple("kernel_size", kernel_size, dim)
+    check_odd_kernel("kernel_size", kernel)
+    return dim, kernel, as_tuple("stride", stride, dim)
+
+
 def build_norm(norm_op: type | None, channels: int, norm_op_kwargs: dict | None) -> nn.Module:
     """``norm_op(channels, **norm_op_kwargs)``, or ``nn.Identity()`` when ``norm_op`` is None."""
     if norm_op is None:

@@ -25,15 +25,12 @@ import torch
 from torch import nn
 
 from nnunet_tubeconv.blocks._utils import (
-    as_tuple,
     build_dropout,
     build_nonlin,
     build_norm,
-    check_channels,
     check_input,
-    check_odd_kernel,
-    conv_op_to_dim,
     conv_output_size,
+    drop_in_geometry,
     numel,
 )
 from nnunet_tubeconv.blocks.dsconv import DSConv
@@ -77,12 +74,7 @@ class DSCBlock(nn.Module):
         swing_lr_scale: float = 1.0,
     ):
         super().__init__()
-        dim = conv_op_to_dim(conv_op)
-        check_channels("input_channels", input_channels)
-        check_channels("output_channels", output_channels)
-        kernel = as_tuple("kernel_size", kernel_size, dim)
-        check_odd_kernel("kernel_size", kernel)
-        strides = as_tuple("stride", stride, dim)
+        dim, kernel, strides = drop_in_geometry(conv_op, input_channels, output_channels, kernel_size, stride)
         self.dim = dim
         self.input_channels = input_channels
         self.output_channels = output_channels

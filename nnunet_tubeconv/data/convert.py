@@ -20,7 +20,9 @@ _SOURCES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for name, (module, help_text) in _SOURCES.items():
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(error_prog=p.prog)  # error lines name "nnunet-tubeconv convert drive"
+        module.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,14 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        find_drive_source(args.src)  # a wrong source is the likelier mistake: report it before the output folder
-        out = convert_drive(
-            args.src, resolve_raw_root(args.output), args.dataset_id, args.name, args.channels, args.force
-        )
-    except ValueError as e:
-        print(f"nnunet-tubeconv convert drive: error: {e}", file=sys.stderr)
-        return 2
+    find_drive_source(args.src)  # a wrong source is the likelier mistake: report it before the output folder
+    out = convert_drive(args.src, resolve_raw_root(args.output), args.dataset_id, args.name, args.channels, args.force)
     n = len(list((out / "labelsTr").glob("*.nii.gz")))
     print(f"wrote {n} training cases to {out}")
     return 0

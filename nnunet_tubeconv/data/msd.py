@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,11 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = convert_msd(args.task_folder, args.output, args.overwrite_id, args.num_processes)
-    except ValueError as e:
-        print(f"nnunet-tubeconv convert msd: error: {e}", file=sys.stderr)
-        return 2
+    out = convert_msd(args.task_folder, args.output, args.overwrite_id, args.num_processes)
     n = len(list((out / "labelsTr").glob("*.nii.gz")))
     print(f"wrote {n} training cases to {out}")
     return 0

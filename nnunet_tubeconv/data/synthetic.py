@@ -410,19 +410,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     dim = args.dim
     dataset_id = DEFAULT_DATASET_ID[dim] if args.dataset_id is None else args.dataset_id
     num_cases = DEFAULT_NUM_CASES[dim] if args.num_cases is None else args.num_cases
     t0 = time.perf_counter()
-    try:
-        raw_root = resolve_raw_root(args.output)
-        out = write_synthetic_dataset(
-            raw_root, dataset_id, dim, num_cases, shape=args.shape, seed=args.seed, name=args.name, force=args.force
-        )
-    except ValueError as e:
-        print(f"nnunet-tubeconv synth: error: {e}", file=sys.stderr)
-        return 2
+    raw_root = resolve_raw_root(args.output)
+    out = write_synthetic_dataset(
+        raw_root, dataset_id, dim, num_cases, shape=args.shape, seed=args.seed, name=args.name, force=args.force
+    )
     print(f"wrote {num_cases} cases to {out} in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -339,30 +339,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from nnunet_tubeconv.deploy.model_folder import ModelFolderError, load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
 
     if args.opset is not None and not 13 <= args.opset <= 20:
-        print(f"error: --opset must be between 13 and 20 (TorchScript exporter), got {args.opset}", file=sys.stderr)
-        return 2
-    try:
-        folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
-                                      args.checkpoint)
-        model = load_trained_model(folder, args.configuration)
-    except ModelFolderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--opset must be between 13 and 20 (TorchScript exporter), got {args.opset}")
+    # a ModelFolderError (bad input, exit 2) or a failed export (RuntimeError, exit 1) is reported by the CLI
+    folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
+                                  args.checkpoint)
+    model = load_trained_model(folder, args.configuration)
     try:
         summary = export_model_folder(model, args.output, args.opset, check=not args.no_check,
                                       dynamic_batch=not args.static_batch)
     except ImportError as e:
-        print(f"error: {e}; ONNX export needs the packages onnx (and onnxruntime for the check, or pass --no-check): "
-              "pip install 'nnunet-tubeconv[onnx]'", file=sys.stderr)
-        return 1
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise ImportError(f"{e}; ONNX export needs the packages onnx (and onnxruntime for the check, or pass "
+                          "--no-check): pip install 'nnunet-tubeconv[onnx]'") from e
     meta = summary["metadata"]
     print(f"wrote {summary['path']} (opset {summary['opset']}, trainer {meta['trainer']}, configuration "
           f"{meta['configuration']}, fold {meta['fold']})")

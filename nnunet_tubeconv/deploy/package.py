@@ -366,26 +366,19 @@ def run(args: argparse.Namespace) -> int:
         resolve_model_path,
     )
 
-    try:
-        path, path_fold = resolve_model_path(args.model_folder, args.trainer, args.plans, args.configuration)
-        have = available_folds(path, args.checkpoint)
-        folds = [check_fold(f) for f in (args.fold or ([path_fold] if path_fold else have))]
-        missing = [f for f in folds if f not in have]
-        if not folds or missing:
-            raise ModelFolderError(
-                f"{path} has no {args.checkpoint} for fold(s) {missing or 'any'}; trained folds: {have or 'none'}"
-            )
-        if args.configuration is not None and path.name.split("__")[-1] != args.configuration:
-            raise ModelFolderError(f"{path.name} is configuration {path.name.split('__')[-1]!r}, not "
-                                   f"{args.configuration!r}")
-        info = make_bundle(path, Path(args.output), folds, args.checkpoint, wheel=not args.no_wheel,
-                           force=args.force)
-    except (ModelFolderError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # ModelFolderError / ValueError (bad input, exit 2) and RuntimeError (a failed build, exit 1) go to the CLI
+    path, path_fold = resolve_model_path(args.model_folder, args.trainer, args.plans, args.configuration)
+    have = available_folds(path, args.checkpoint)
+    folds = [check_fold(f) for f in (args.fold or ([path_fold] if path_fold else have))]
+    missing = [f for f in folds if f not in have]
+    if not folds or missing:
+        raise ModelFolderError(
+            f"{path} has no {args.checkpoint} for fold(s) {missing or 'any'}; trained folds: {have or 'none'}"
+        )
+    if args.configuration is not None and path.name.split("__")[-1] != args.configuration:
+        raise ModelFolderError(f"{path.name} is configuration {path.name.split('__')[-1]!r}, not "
+                               f"{args.configuration!r}")
+    info = make_bundle(path, Path(args.output), folds, args.checkpoint, wheel=not args.no_wheel, force=args.force)
     print(f"wrote {args.output}: {info['trainer']} / {info['plans']} / {info['configuration']}, folds {info['folds']}")
     print(f"try it:  python {Path(args.output) / 'predict.py'} INPUT_DIR OUTPUT_DIR")
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,17 +449,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_tubeconv.deploy.model_folder import ModelFolderError, load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
 
-    try:
-        folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
-                                      args.checkpoint)
-        model = load_trained_model(folder, args.configuration)
-        result = show_snakes(model, args.images, args.output, stage=args.stage, slice_index=args.slice_index,
-                             points=args.points, window=args.window, seed=args.seed, dpi=args.dpi)
-    except (ModelFolderError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # a ModelFolderError or NoSnakesError (ValueErrors) is reported by the CLI with exit status 2
+    folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
+                                  args.checkpoint)
+    model = load_trained_model(folder, args.configuration)
+    result = show_snakes(model, args.images, args.output, stage=args.stage, slice_index=args.slice_index,
+                         points=args.points, window=args.window, seed=args.seed, dpi=args.dpi)
     print(f"wrote {result.path}: {len(result.layers)} DSConv layer(s) at stage {result.stage} "
           f"(stages with DSConv: {result.stages_available}), {len(result.layers[0].positions)} snakes each at "
           f"{result.selection}")

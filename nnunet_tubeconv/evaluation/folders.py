@@ -364,16 +364,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    try:
-        results = evaluate_folders(args.pred, args.ref, labels=args.labels, num_processes=args.num_processes,
-                                   progress=not args.no_progress, file_ending=args.file_ending,
-                                   cases="pred" if args.pred_cases_only else None,
-                                   nsd_tolerance_mm=args.nsd_tolerance, connectivity=args.connectivity)
-    except EvaluationInputError as e:
-        print(f"nnunet-tubeconv evaluate: error: {e}", file=sys.stderr)
-        return 2
+    # an EvaluationInputError (a ValueError) is reported by the CLI with exit status 2
+    results = evaluate_folders(args.pred, args.ref, labels=args.labels, num_processes=args.num_processes,
+                               progress=not args.no_progress, file_ending=args.file_ending,
+                               cases="pred" if args.pred_cases_only else None,
+                               nsd_tolerance_mm=args.nsd_tolerance, connectivity=args.connectivity)
     save_results(results, args.output)
     print(f"wrote {args.output}: {len(results['per_case'])} rows ({results['settings']['num_cases']} cases x "
           f"{len(results['labels'])} labels)")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 
@@ -52,11 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes for --preprocess (default 1)")
 
 
-def _fail(message: str) -> int:
-    print(f"nnunet-tubeconv plan: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _dataset_number(dataset_name: str) -> int:
     return int(dataset_name[len("Dataset"):len("Dataset") + 3])
 
@@ -65,16 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_tubeconv.architectures.options import check_option_names
 
     options = dict(args.option) if args.option else None
-    try:
-        check_option_names(options)
-    except ValueError as e:
-        return _fail(str(e))
+    check_option_names(options)
     for var in ("nnUNet_raw", "nnUNet_preprocessed"):
         if not os.environ.get(var):
-            return _fail(f"the environment variable {var} is not set; nnU-Net needs nnUNet_raw and "
+            raise ValueError(f"the environment variable {var} is not set; nnU-Net needs nnUNet_raw and "
                          "nnUNet_preprocessed (see nnU-Net's documentation/setting_up_paths.md)")
     if args.num_processes < 1:
-        return _fail(f"--num-processes must be >= 1, got {args.num_processes}")
+        raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import plan_experiment_dataset, preprocess_dataset
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
@@ -83,27 +74,25 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_tubeconv.planning.planners import all_variants, planner_class, trainer_for
 
     if args.variant not in all_variants():
-        return _fail(f"unknown variant {args.variant!r}; valid variants are {all_variants()}")
+        raise ValueError(f"unknown variant {args.variant!r}; valid variants are {all_variants()}")
     dataset = int(args.dataset) if str(args.dataset).isdigit() else str(args.dataset)
     try:
         name = maybe_convert_to_dataset_name(dataset)
     except (RuntimeError, ValueError) as e:
-        return _fail(f"data set {args.dataset!r} not found in nnUNet_raw ({nnUNet_raw}) nor nnUNet_preprocessed: {e}")
+        raise ValueError(f"data set {args.dataset!r} not found in nnUNet_raw ({nnUNet_raw}) nor nnUNet_preprocessed: "
+                         f"{e}") from e
     raw_json = os.path.join(str(nnUNet_raw), name, "dataset.json")
     if not os.path.isfile(raw_json):
-        return _fail(f"{raw_json} is missing; the planner reads the raw data set's dataset.json")
+        raise ValueError(f"{raw_json} is missing; the planner reads the raw data set's dataset.json")
     fingerprint = os.path.join(str(nnUNet_preprocessed), name, "dataset_fingerprint.json")
     if not os.path.isfile(fingerprint):
         number = _dataset_number(name)
-        return _fail(f"the data set fingerprint {fingerprint} is missing. Run `nnUNetv2_extract_fingerprint -d "
+        raise ValueError(f"the data set fingerprint {fingerprint} is missing. Run `nnUNetv2_extract_fingerprint -d "
                      f"{number}` (or `nnUNetv2_plan_and_preprocess -d {number}`, which also writes the default "
                      "preprocessed data the presets reuse) first")
-    try:
-        cls = planner_class(args.variant, options)
-        _, plans_name = plan_experiment_dataset(_dataset_number(name), cls, gpu_memory_target_in_gb=args.gpu_memory,
-                                                overwrite_plans_name=args.plans_name)
-    except ValueError as e:
-        return _fail(str(e))
+    cls = planner_class(args.variant, options)
+    _, plans_name = plan_experiment_dataset(_dataset_number(name), cls, gpu_memory_target_in_gb=args.gpu_memory,
+                                            overwrite_plans_name=args.plans_name)
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
