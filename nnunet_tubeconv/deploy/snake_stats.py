@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -377,16 +376,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_tubeconv.deploy.model_folder import ModelFolderError, load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
 
-    try:
-        folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
-                                      args.checkpoint)
-        model = load_trained_model(folder, args.configuration)
-        stats = snake_stats(model, args.images, args.labels, args.cases, args.seed)
-    except (ModelFolderError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # a ModelFolderError, NoSnakesError or a bad image/label list (ValueErrors) is reported by the CLI, exit status 2
+    folder = resolve_model_folder(args.model_folder, args.fold, args.trainer, args.plans, args.configuration,
+                                  args.checkpoint)
+    model = load_trained_model(folder, args.configuration)
+    stats = snake_stats(model, args.images, args.labels, args.cases, args.seed)
     print(f"{stats['trainer']}: {len(stats['layers'])} DSConv layer(s) over {len(stats['cases'])} case(s)")
     print(format_stats(stats))
     if args.output:
