@@ -23,7 +23,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nnunet_tubeconv.vocabulary import DLK_MODES, SCSE_MODES
+from nnunet_tubeconv.vocabulary import DLK_MODES, SCSE_MODES, SWING_NORMS
 
 CONV_BLOCKS: tuple[str, ...] = ("conv", "dsc", "deform")
 
@@ -39,6 +39,13 @@ DEFAULT_BLOCK_OPTIONS: dict[str, Any] = {
     "conv_block_convs": 1,
     "snake_kernel_size": 9,
     "snake_extend_scope": 1.0,
+    # DSConv's swing branch: "stage" = tanh(norm(conv3(x))) with the stage's norm (the DSCNet authors' form; the
+    # norm voids the swing conv's zero init), "none" = tanh(conv3(x)) (starts straight, grows smoothly); and the
+    # learning-rate multiplier of its parameters (read by nnUNetTrainerTubeBase.configure_optimizers). These neutral
+    # values keep plans written before the options existed building the same network; the trainers' variants set
+    # their own (architectures.variants).
+    "snake_swing_norm": "stage",
+    "snake_swing_lr_scale": 1.0,
     # D-Net (Yang et al., arXiv 2403.10674): DLK blocks appended to encoder stages, after the stage's convolutions
     "dlk_encoder_stages": [],
     "dlk_blocks_per_stage": 2,
@@ -189,6 +196,13 @@ def resolve_block_options(
     if not isinstance(scope, (int, float)) or isinstance(scope, bool) or not scope > 0:
         raise ValueError(f"snake_extend_scope must be a positive number, got {scope!r}")
     out["snake_extend_scope"] = float(scope)
+    _check_choice("snake_swing_norm", out["snake_swing_norm"], SWING_NORMS)
+    lr_scale = out["snake_swing_lr_scale"]
+    if (not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) or not lr_scale >= 0
+            or lr_scale == float("inf")):
+        raise ValueError(f"snake_swing_lr_scale must be a finite number >= 0 (1 = the network's learning rate), "
+                         f"got {lr_scale!r}")
+    out["snake_swing_lr_scale"] = float(lr_scale)
     _check_int("dlk_blocks_per_stage", out["dlk_blocks_per_stage"], 1)
     _check_choice("dlk_mode", out["dlk_mode"], DLK_MODES)
     _check_int("dlk_mlp_ratio", out["dlk_mlp_ratio"], 1)

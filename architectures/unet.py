@@ -65,7 +65,8 @@ def _make_conv_block(kind: str, conv_op: type, input_channels: int, output_chann
     common = dict(conv_op=conv_op, input_channels=input_channels, output_channels=output_channels,
                   kernel_size=kernel_size, stride=stride, **layer_kwargs)
     if kind == "dsc":
-        return DSCBlock(**common, snake_kernel_size=opts["snake_kernel_size"], extend_scope=opts["snake_extend_scope"])
+        return DSCBlock(**common, snake_kernel_size=opts["snake_kernel_size"], extend_scope=opts["snake_extend_scope"],
+                        swing_norm=opts["snake_swing_norm"], swing_lr_scale=opts["snake_swing_lr_scale"])
     if kind == "deform":
         return DeformConv(**common)
     raise ValueError(f"unknown conv_block {kind!r}")

@@ -64,10 +64,19 @@ _SNAKE_PLACEMENT: dict[str, Any] = {
     "snake_kernel_size": 9,
 }
 
+# The snakes' swing branch under nnU-Net's SGD (issue 11), chosen on nnU-Net's cross-validation of the 20 DRIVE
+# training images with `python -m nnunet_tubeconv.benchmarks.snakes_ablation` (benchmarks/results/
+# snakes_ablation_drive.md): no norm in the swing branch (the zero init then starts straight) and a tenth of the
+# learning rate for it. {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0} is the earlier network.
+_SNAKE_SWING: dict[str, Any] = {
+    "snake_swing_norm": "none",
+    "snake_swing_lr_scale": 0.1,
+}
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "dsconv": {
         "description": "DSCNet multi-view dynamic-snake blocks (Qi et al., ICCV 2023)",
-        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT},
+        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT, **_SNAKE_SWING},
     },
     "dlkdff": {
         "description": "D-Net: DLK blocks in the encoder, DFF at every skip (Yang et al., arXiv 2403.10674)",
@@ -84,8 +93,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "tubeconv": {
         "description": "dsconv snakes + DFF at every skip + scSE after every stage",
-        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT, "dff_skips": "all", "scse_encoder_stages": "all",
-                    "scse_decoder_stages": "all"},
+        "options": {"conv_block": "dsc", **_SNAKE_PLACEMENT, **_SNAKE_SWING, "dff_skips": "all",
+                    "scse_encoder_stages": "all", "scse_decoder_stages": "all"},
     },
 }
 

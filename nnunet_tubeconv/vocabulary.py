@@ -12,3 +12,7 @@ from __future__ import annotations
 DLK_MODES: tuple[str, ...] = ("paper", "authors2025")
 #: scSE: how the channel- and the spatial-excited maps combine, "add" (the paper's default) or element-wise "max".
 SCSE_MODES: tuple[str, ...] = ("add", "max")
+#: DSConv's swing branch: "stage" = tanh(norm(conv3(x))) with the stage's norm (GroupNorm for none / BatchNorm), the
+#: DSCNet authors' form; "none" = tanh(conv3(x)), so that the zero-initialised swing starts straight and grows
+#: (issue 11; docs/maths.md section 1).
+SWING_NORMS: tuple[str, ...] = ("stage", "none")

@@ -107,9 +107,11 @@ def test_nested_commands_name_themselves(tmp_path, capsys):
 
 
 # modules that may print their own error lines: the CLI itself; evaluation/report.py (being rewritten on another
-# branch, issue 12); two scripts run on their own, outside the CLI (python bundle/predict.py, python -m ...snakes_drive)
+# branch, issue 12); scripts run on their own, outside the CLI (python bundle/predict.py, python -m ...snakes_drive,
+# python -m ...snakes_ablation)
 OWN_ERROR_LINES = {"nnunet_tubeconv/cli.py", "nnunet_tubeconv/evaluation/report.py",
-                   "nnunet_tubeconv/deploy/bundle_predict.py", "benchmarks/snakes_drive.py"}
+                   "nnunet_tubeconv/deploy/bundle_predict.py", "benchmarks/snakes_drive.py",
+                   "benchmarks/snakes_ablation.py"}
 
 
 def test_no_command_module_prints_its_own_errors():

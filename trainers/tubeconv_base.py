@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 from nnunet_tubeconv.architectures import ARCHITECTURE_KEYS
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -47,6 +48,36 @@ def architecture_entry(configuration_manager: ConfigurationManager) -> dict:
             "_kw_requires_import": configuration_manager.network_arch_init_kwargs_req_import,
         }
     )
+
+
+def lr_scaled_param_groups(network: nn.Module) -> list[dict]:
+    """The network's parameters in optimiser groups by learning-rate multiplier: ``[{"params", "lr_scale"}, ...]``.
+
+    Modules that expose ``swing_parameters()`` and ``swing_lr_scale`` (DSConv) put those parameters at their scale;
+    every other parameter is at scale 1. The scale-1 group comes first (nnU-Net logs ``param_groups[0]["lr"]``); a
+    network without scaled parameters gives one group, the same as ``network.parameters()``.
+    """
+    scale_of: dict[int, float] = {}
+    for module in network.modules():
+        scale = getattr(module, "swing_lr_scale", None)
+        if scale is not None and hasattr(module, "swing_parameters"):
+            for p in module.swing_parameters():
+                scale_of[id(p)] = float(scale)
+    groups: dict[float, list] = {1.0: []}
+    for p in network.parameters():
+        groups.setdefault(scale_of.get(id(p), 1.0), []).append(p)
+    return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items() if ps or scale == 1.0]
+
+
+class ScaledPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, ``lr = initial_lr * (1 - step / max_steps) ** 0.9``, times each param group's
+    ``lr_scale`` (1 where a group has none)."""
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
 class nnUNetTrainerTubeBase(nnUNetTrainer):
@@ -76,6 +107,23 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
         # plans.json: the folder alone then names and rebuilds the network.
         plans = self.plans_with_architecture(plans, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def configure_optimizers(self):
+        """nnU-Net's optimiser and schedule (SGD, momentum 0.99, Nesterov, poly decay), with the swing branch of
+        every DSConv in its own parameter group at ``snake_swing_lr_scale`` times the learning rate.
+
+        With every scale at 1 (plans written before the option existed, or block options that say so) this is
+        exactly ``nnUNetTrainer.configure_optimizers``: one group.
+        """
+        groups = lr_scaled_param_groups(self.network)
+        if len(groups) == 1:
+            return super().configure_optimizers()
+        for group in groups:
+            group["lr"] = self.initial_lr * group["lr_scale"]
+        optimizer = torch.optim.SGD(groups, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        lr_scheduler = ScaledPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, lr_scheduler
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnUNetTrainer's, but the network is the one the checkpoint was trained with (``--c``, ``--val``).

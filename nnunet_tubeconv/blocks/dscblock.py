@@ -48,6 +48,7 @@ class DSCBlock(nn.Module):
         dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs: as ``ConvDropoutNormReLU`` (nnU-Net plans vocabulary).
         snake_kernel_size: ``K`` of every DSConv (odd).
         extend_scope: DSConv's swing scale.
+        swing_norm, swing_lr_scale: DSConv's swing-branch norm (``"stage"`` or ``"none"``) and learning-rate multiplier.
 
     Submodules: ``plain`` (conv, norm, nonlin), ``snakes`` (one DSConv with norm + nonlin per axis in
     ``snake_axes``), ``fuse`` (conv with the stage kernel), ``dropout``, ``norm``, ``nonlin``.
@@ -69,6 +70,8 @@ class DSCBlock(nn.Module):
         nonlin_kwargs: dict | None = None,
         snake_kernel_size: int = 9,
         extend_scope: float = 1.0,
+        swing_norm: str = "stage",
+        swing_lr_scale: float = 1.0,
     ):
         super().__init__()
         dim, kernel, strides = drop_in_geometry(conv_op, input_channels, output_channels, kernel_size, stride)
@@ -101,6 +104,8 @@ class DSCBlock(nn.Module):
                 nonlin=nonlin,
                 nonlin_kwargs=nonlin_kwargs,
                 swing_axes=[s for s in self.snake_axes if s != a],
+                swing_norm=swing_norm,
+                swing_lr_scale=swing_lr_scale,
             )
             for a in self.snake_axes
         )

@@ -23,7 +23,7 @@ interpolation, ``scatter_add_``, forward-difference tables). Both give the same 
 Deliberate differences from the authors' code (docs/maths.md section 1, defects): batch elements never mix, the centre
 point never moves (its swing channel is not even predicted, so no parameter is unused), all ``K - 1`` outer points
 get the accumulated swing, indices are int64, the swing branch norm is the stage's ``norm_op`` (GroupNorm when none
-or a BatchNorm is given) and sampling coordinates stay float32 under autocast.
+or a BatchNorm is given; no norm with ``swing_norm="none"``) and sampling coordinates stay float32 under autocast.
 
 Gradient at the border: a point whose swing pushes it outside the volume is clamped onto the border (replicate
 padding) and, like ``torch.clamp``, passes no gradient to its swing from that position.
@@ -50,8 +50,10 @@ from nnunet_tubeconv.blocks._utils import (
     is_batch_norm,
     numel,
 )
+from nnunet_tubeconv.vocabulary import SWING_NORMS
 
-__all__ = ["DSConv", "snake_conv"]
+__all__ = ["SWING_NORMS", "DSConv", "snake_conv"]
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -491,12 +493,21 @@ class DSConv(nn.Module):
         swing_axes: spatial axes the points may swing along; default every axis but ``axis``. DSCBlock passes the
             axes whose stage kernel is > 1 (anisotropic stages).
 
+        swing_norm: ``"stage"`` (``delta = tanh(norm(conv3(x)))``, ``norm_op`` as above; the DSCNet authors' form) or
+            ``"none"`` (``delta = tanh(conv3(x))``).
+        swing_lr_scale: learning-rate multiplier for the swing branch's parameters (:meth:`swing_parameters`); the
+            module only records it, the trainer's optimiser reads it (``nnUNetTrainerTubeBase.configure_optimizers``).
+
     Parameters: ``conv.weight`` ``(C_out, C_in, 1.., K, ..1)`` (an ``nn.ConvNd`` with kernel ``K`` along ``axis``, so
     network-level initialisers treat it as a convolution), ``swing_conv`` (3^d, no bias, zero-initialised and marked
-    ``_tubeconv_keep_init``) and ``swing_norm``. A fresh DSConv therefore equals ``conv`` applied with replicate
-    padding of ``K // 2`` along ``axis``. Note that at init the swing norm sees a constant (zero) input, so its
-    gradient passes with the gain ``1 / sqrt(eps)``: the first updates bend the snake quickly (nnU-Net's gradient
-    clipping bounds them), as the authors' randomly initialised offsets would from the start.
+    ``_tubeconv_keep_init``) and ``swing_norm`` (``nn.Identity`` with ``swing_norm="none"``). A fresh DSConv therefore
+    equals ``conv`` applied with replicate padding of ``K // 2`` along ``axis``.
+
+    The zero init only means "start straight and grow" with ``swing_norm="none"``: there the swing after the first
+    optimiser step is of the size of that step (``lr * |grad|``). With ``"stage"`` the norm rescales any non-zero
+    output of the swing conv to unit variance, so after the first update, however small, the swing is of full size
+    (mean |delta| about 0.55, several percent beyond |tanh| = 0.95) in a direction set by that first gradient; at
+    init the norm's input is constant, so its gradient passes with the gain ``1 / sqrt(eps)``.
     """
 
     def __init__(
@@ -513,9 +524,17 @@ class DSConv(nn.Module):
         nonlin: type | None = None,
         nonlin_kwargs: dict | None = None,
         swing_axes: Sequence[int] | None = None,
+        swing_norm: str = "stage",
+        swing_lr_scale: float = 1.0,
     ):
         super().__init__()
         dim = conv_op_to_dim(conv_op)
+        if swing_norm not in SWING_NORMS:
+            raise ValueError(f"swing_norm must be one of {list(SWING_NORMS)}, got {swing_norm!r}")
+        if (not isinstance(swing_lr_scale, (int, float)) or isinstance(swing_lr_scale, bool)
+                or not swing_lr_scale >= 0 or swing_lr_scale == float("inf")):
+            raise ValueError(f"swing_lr_scale must be a finite number >= 0 (1 = the network's learning rate), "
+                             f"got {swing_lr_scale!r}")
         check_channels("input_channels", input_channels)
         check_channels("output_channels", output_channels)
         if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
@@ -543,6 +562,8 @@ class DSConv(nn.Module):
         self.axis = axis
         self.swing_axes = swing_axes
         self.extend_scope = float(extend_scope)
+        self.swing_norm_kind = swing_norm
+        self.swing_lr_scale = float(swing_lr_scale)
 
         conv_kernel = [1] * dim
         conv_kernel[axis] = kernel_size
@@ -558,7 +579,9 @@ class DSConv(nn.Module):
             self.swing_conv = conv_op(input_channels, n_swing_channels, 3, padding=1, bias=False)
             nn.init.zeros_(self.swing_conv.weight)
             self.swing_conv._tubeconv_keep_init = True
-            if norm_op is None or is_batch_norm(norm_op):
+            if swing_norm == "none":
+                self.swing_norm = nn.Identity()
+            elif norm_op is None or is_batch_norm(norm_op):
                 # BatchNorm would couple the samples of a batch and drift between train and eval (docs/maths.md section 1)
                 self.swing_norm = nn.GroupNorm(n_swing_channels // 2, n_swing_channels)
             else:
@@ -566,8 +589,16 @@ class DSConv(nn.Module):
         self.norm = build_norm(norm_op, output_channels, norm_op_kwargs)
         self.nonlin = build_nonlin(nonlin, nonlin_kwargs)
 
+    def swing_parameters(self) -> list[nn.Parameter]:
+        """The swing branch's parameters (swing conv and swing norm): those ``swing_lr_scale`` applies to."""
+        out: list[nn.Parameter] = []
+        for m in (self.swing_conv, self.swing_norm):
+            if m is not None:
+                out.extend(m.parameters())
+        return out
+
     def swing(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Raw swing ``delta = tanh(norm(conv3(x)))``: float32 ``(B, n_swing * (K - 1), *S)`` or None (no swing)."""
+        """Raw swing ``delta = tanh(norm(conv3(x)))`` (``tanh(conv3(x))`` with ``swing_norm="none"``): float32 ``(B, n_swing * (K - 1), *S)`` or None (no swing)."""
         if self.swing_conv is None:
             return None
         u = self.swing_conv(x)
@@ -624,7 +655,9 @@ class DSConv(nn.Module):
         n = numel(input_size)
         total = self.input_channels * n
         if self.swing_conv is not None:
-            total += 2 * len(self.swing_axes) * (self.kernel_size - 1) * n
+            # the norm's input (with a swing norm) and tanh's output
+            per_channel = 1 if isinstance(self.swing_norm, nn.Identity) else 2
+            total += per_channel * len(self.swing_axes) * (self.kernel_size - 1) * n
         if not isinstance(self.norm, nn.Identity):
             total += self.output_channels * n
         if not isinstance(self.nonlin, nn.Identity):

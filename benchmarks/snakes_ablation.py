@@ -1,0 +1,397 @@
+"""Why DSConv's snakes do not follow vessels under nnU-Net's training: an ablation of the swing branch on DRIVE.
+
+Issue 11. Arms (all ``nnUNetTrainerDSConv`` with explicit swing-branch block options, plus vanilla nnU-Net for the
+Dice reference), trained through the resumable harness (``nnunet-tubeconv benchmark``) on nnU-Net's own
+cross-validation folds of the 20 annotated DRIVE images (ids 21-40; the DRIVE test images are not used), then
+measured with ``nnunet-tubeconv snake-stats`` on each fold's validation images::
+
+    python -m nnunet_tubeconv.benchmarks.snakes_ablation --work /tmp/snakes_ablation \\
+        -o benchmarks/results/snakes_ablation_drive.md
+
+Run it again after an interruption: finished trainings are kept (the harness), the statistics are recomputed.
+
+Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
+16..256 (``nnUNetPlansSnakeAblation``, same preprocessing as ``nnUNetPlans``: full-resolution images), and a short
+schedule (``--epochs`` x ``--iterations``). Snake saturation and adherence show within a few hundred iterations; the
+Dice of so short a training is not a verdict on the blocks, only a check that a fix costs no accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run
+
+PLANS = "nnUNetPlansSnakeAblation"
+DATASET = f"Dataset{DATASET_ID:03d}_DRIVE"
+
+#: arm name -> (trainer class, swing block options or None for vanilla, what it tests)
+ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
+    "stage_norm": ("nnUNetTrainerDSConvSwingStageNorm", {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0},
+                   "the default before issue 11: tanh(norm(conv3(x))), network lr"),
+    "no_norm": ("nnUNetTrainerDSConvSwingNoNorm", {"snake_swing_norm": "none", "snake_swing_lr_scale": 1.0},
+                "tanh(conv3(x)): the zero init starts straight and grows"),
+    "no_norm_lr0.1": ("nnUNetTrainerDSConvSwingNoNormLr01", {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1},
+                      "no swing norm, swing branch at 0.1 x lr"),
+    "stage_norm_lr0.1": ("nnUNetTrainerDSConvSwingStageNormLr01",
+                         {"snake_swing_norm": "stage", "snake_swing_lr_scale": 0.1},
+                         "stage norm, swing branch at 0.1 x lr"),
+    "vanilla": ("nnUNetTrainerNoMirrorValidation", None, "plain nnU-Net (Dice reference)"),
+}
+
+
+def arm_trainer_source() -> str:
+    """A module with one nnUNetTrainerDSConv subclass per snake arm (explicit block options, so the arms keep their
+    meaning whatever the trainer's defaults become) and a vanilla one. Every arm's final validation runs without
+    mirroring test-time augmentation (a quarter of the CPU time; the same for every arm)."""
+    lines = [
+        '"""Snake-ablation arms (written by nnunet_tubeconv.benchmarks.snakes_ablation)."""',
+        "",
+        "from types import MappingProxyType",
+        "",
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer",
+        "",
+        "from nnunet_tubeconv.trainers import nnUNetTrainerDSConv",
+        "",
+        "",
+        "class _NoMirrorValidation:",
+        "    def perform_actual_validation(self, save_probabilities: bool = False):",
+        "        self.inference_allowed_mirroring_axes = None  # no mirroring TTA: the CPU budget",
+        "        super().perform_actual_validation(save_probabilities)",
+        "",
+    ]
+    for trainer, options, what in ARMS.values():
+        base = "nnUNetTrainer" if options is None else "nnUNetTrainerDSConv"
+        lines += [
+            "",
+            f"class {trainer}(_NoMirrorValidation, {base}):",
+            f'    """{what}"""',
+            "",
+        ]
+        if options is not None:
+            lines += [f"    block_options = MappingProxyType({options!r})", ""]
+    return "\n".join(lines)
+
+
+def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, base_features: int) -> dict:
+    """nnU-Net 2d plans cut to a CPU budget: the first ``stages`` stages, widths ``base * 2^i`` (max 256), a square
+    ``patch`` and ``batch``; ``data_identifier`` unchanged, so the preprocessed data are shared."""
+    plans = json.loads(json.dumps(plans))
+    plans["plans_name"] = name
+    c2d = plans["configurations"]["2d"]
+    kw = c2d["architecture"]["arch_kwargs"]
+    if not 3 <= stages <= kw["n_stages"]:
+        raise ValueError(f"stages must be between 3 and the planned {kw['n_stages']}, got {stages}")
+    kw["n_stages"] = stages
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        kw[key] = kw[key][:stages]
+    kw["n_conv_per_stage_decoder"] = kw["n_conv_per_stage_decoder"][: stages - 1]
+    divisor = 2 ** sum(1 for s in kw["strides"] if max(s) > 1)
+    if patch % divisor or patch // divisor < 2:
+        raise ValueError(f"patch must be a multiple of {divisor} and at least {2 * divisor} for these plans")
+    c2d["patch_size"] = [patch, patch]
+    c2d["batch_size"] = batch
+    kw["features_per_stage"] = [min(base_features * 2**i, 256) for i in range(stages)]
+    return plans
+
+
+_METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
+
+
+def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path) -> dict:
+    """snake-stats of one finished snake unit on its fold's validation cases (cached next to the runs)."""
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.snake_stats import snake_stats
+
+    fold_dir = Path(record["nnunet_output_folder"])
+    final = fold_dir / "checkpoint_final.pth"
+    if cache.is_file() and cache.stat().st_mtime >= final.stat().st_mtime:
+        return json.loads(cache.read_text())
+    folder = resolve_model_folder(str(fold_dir.parent), str(record["fold"]), None, None, None, final.name)
+    stats = snake_stats(load_trained_model(folder), [str(raw / "imagesTr")], str(raw / "labelsTr"), val_cases)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path, plan: str) -> tuple[str, dict]:
+    """Markdown tables (per arm; per arm and DSConv layer) from the finished units, and the numbers behind them.
+
+    Per-case values of all finished folds are pooled (the validation cases of different folds are different
+    images), so each CI is over every validation case run so far.
+    """
+    from nnunet_tubeconv.benchmarks.records import read_record
+    from nnunet_tubeconv.benchmarks.suite import expand_units
+
+    from nnunet_tubeconv.deploy.snake_stats import summarise
+    from nnunet_tubeconv.evaluation.stats import bootstrap_ci
+
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+    per_arm: dict[str, dict] = {}
+    for u in expand_units(suite, [DATASET]):
+        rec = read_record(results / u.rel_dir)
+        if not rec or rec["status"] != "done":
+            continue
+        a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {}})
+        a["folds"].append(u.fold)
+        a["iteration_time_s"].append(rec["iteration_time_s"])
+        for row in rec["metrics"]["per_case"]:
+            a["cases"][row["case"]] = {m: row[m] for m in _METRICS}
+        if arms[u.arm][1] is None:
+            continue
+        stats = _fold_stats(rec, sorted(splits[u.fold]["val"]), raw, stats_dir / u.arm / f"fold_{u.fold}.json")
+        for i, layer in enumerate(stats["layers"]):
+            entry = a["layers"].setdefault(i, {"name": layer["name"], "per_case": {}})
+            entry["per_case"].update(layer["per_case"])
+    base = "stage_norm"
+    numbers: dict[str, Any] = {"arms": {}}
+    rows1 = [("| arm | what | folds | val cases | s/iter | Dice | Dice - stage_norm (95% CI) | clDice | Betti-0 err | "
+             "Betti-1 err | saturated (max layer) | same tilt (max layer) | adherence snake - straight, worst layer "
+             "(95% CI) | layers with adherence CI > 0 |"),
+             "|" + "---|" * 14]
+    rows2 = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence straight | "
+             "diff (95% CI) | direction snake | direction straight | diff (95% CI) |"), "|" + "---|" * 12]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def spct(v):
+        return "-" if v is None else f"{100 * v:+.1f}%"
+
+    def ci(v):
+        return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
+
+    for arm in arms:
+        if arm not in per_arm:
+            continue
+        a = per_arm[arm]
+        cases = sorted(a["cases"])
+        means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
+        dice_diff, dice_ci = None, None
+        if arm != base and base in per_arm:
+            common = [c for c in cases if c in per_arm[base]["cases"]]
+            if common:
+                diffs = [a["cases"][c]["dice"] - per_arm[base]["cases"][c]["dice"] for c in common]
+                dice_diff = sum(diffs) / len(diffs)
+                dice_ci = list(bootstrap_ci(diffs)) if len(diffs) >= 2 else None
+        layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
+        it = [t for t in a["iteration_time_s"] if t is not None]
+        numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
+                                "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
+                                "metrics_mean": means, "dice_diff_vs_stage_norm": dice_diff,
+                                "dice_diff_ci": dice_ci, "per_case_metrics": a["cases"], "layers": layers,
+                                "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()}}
+        if layers:
+            worst = min(layers.values(), key=lambda s: s.get("adherence_diff", 0.0))
+            passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
+            snake_cols = (f"{pct(max(s['saturated'] for s in layers.values()))} | "
+                          f"{pct(max(s['constant_tilt'] for s in layers.values()))} | "
+                          f"{spct(worst.get('adherence_diff'))} {ci(worst.get('adherence_diff_ci'))} | "
+                          f"{passing}/{len(layers)}")
+        else:
+            snake_cols = "- | - | - | -"
+        rows1.append(
+            f"| {arm} | {arms[arm][2]} | {','.join(map(str, a['folds']))} | {len(cases)} | "
+            f"{'-' if not it else f'{sum(it) / len(it):.2f}'} | {means['dice']:.4f} | "
+            f"{'-' if dice_diff is None else f'{dice_diff:+.4f}'} "
+            f"{'' if not dice_ci else f'[{dice_ci[0]:+.4f}, {dice_ci[1]:+.4f}]'} | {means['cldice']:.4f} | "
+            f"{means['betti0_error']:.1f} | {means['betti1_error']:.1f} | {snake_cols} |")
+        for s in layers.values():
+            dir_ci = s.get("direction_diff_ci")
+            rows2.append(
+                f"| {arm} | {s['name']} | {pct(s['saturated'])} | {s['mean_step']:.3f} | {pct(s['tilt'])} | "
+                f"{pct(s['constant_tilt'])} | {pct(s.get('adherence_snake'))} | {pct(s.get('adherence_straight'))} | "
+                f"{spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
+                f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
+                f"{s.get('direction_diff', 0):+.3f} "
+                f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} |")
+    b = suite.budget
+    text = "\n".join([
+        "# DSConv swing-branch ablation on DRIVE (issue 11)",
+        "",
+        (f"nnU-Net 2d, plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, CPU, seed 0. "
+        "Validation cases of nnU-Net's 5-fold split of the 20 DRIVE training images (no test image used); "
+        "every number is a mean over the validation cases of the folds listed, CIs are 95% bootstrap over those "
+        "cases. Snake statistics: `nnunet-tubeconv snake-stats` on the same validation cases (whole images, "
+        "nnU-Net preprocessing); adherence = mean label at the 8 outer sample points of the positions whose centre "
+        "is on the vessel (label max-pooled to the layer's stage), straight = the undeformed kernel at the same "
+        "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction."),
+        "",
+        *rows1,
+        "",
+        "Per DSConv layer:",
+        "",
+        *rows2,
+    ])
+    return text, numbers
+
+
+def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
+    """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
+    from nnunet_tubeconv.benchmarks.records import read_record
+    from nnunet_tubeconv.benchmarks.snakes_drive import _best_window
+    from nnunet_tubeconv.benchmarks.suite import expand_units
+
+    from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
+    from nnunet_tubeconv.deploy.snakes import show_snakes
+
+    fold = suite.folds[0]
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+    case = min(splits[fold]["val"])
+    box = _best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
+    written = []
+    for u in expand_units(suite, [DATASET]):
+        rec = read_record(results / u.rel_dir)
+        if u.fold != fold or arms[u.arm][1] is None or not rec or rec["status"] != "done":
+            continue
+        fold_dir = Path(rec["nnunet_output_folder"])
+        model = load_trained_model(resolve_model_folder(str(fold_dir.parent), str(fold), None, None, None,
+                                                        "checkpoint_final.pth"))
+        out = folder / f"snakes_drive_{u.arm.replace('.', '')}.png"
+        show_snakes(model, [str(raw / "imagesTr" / f"{case}_0000.nii.gz")], out, points=24, window=box, dpi=90)
+        print(f"wrote {out} ({u.arm}, fold {fold}, validation case {case}, window {box})")
+        written.append(out)
+    return written
+
+
+def first_steps(steps: int = 3, seed: int = 0) -> str:
+    """The unit-level experiment of issue 11: a fresh ``DSConv(nn.Conv2d, 32, 32, K=9, axis=0)`` with InstanceNorm,
+    random input and target, ``steps`` SGD steps at nnU-Net's settings (lr 1e-2, momentum 0.99, Nesterov, weight
+    decay 3e-5); mean |delta| and the fraction beyond |tanh| = 0.95 after each step, per swing-branch setting."""
+    import torch
+    from nnunet_tubeconv.trainers.tubeconv_base import lr_scaled_param_groups
+    from torch import nn
+
+    from nnunet_tubeconv.blocks.dsconv import DSConv
+
+    lines = ["| swing branch | " + " | ".join(f"after step {i}" for i in range(steps + 1)) + " |",
+             "|---|" + "---|" * (steps + 1)]
+    for norm, scale in (("stage", 1.0), ("stage", 0.01), ("none", 1.0), ("none", 0.1)):
+        torch.manual_seed(seed)
+        m = DSConv(nn.Conv2d, 32, 32, kernel_size=9, axis=0, norm_op=nn.InstanceNorm2d,
+                   norm_op_kwargs={"affine": True}, swing_norm=norm, swing_lr_scale=scale)
+        groups = lr_scaled_param_groups(m)
+        for g in groups:
+            g["lr"] = 1e-2 * g["lr_scale"]
+        opt = torch.optim.SGD(groups, 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+        x, target = torch.randn(2, 32, 48, 48), torch.randn(2, 32, 48, 48)
+        cells = []
+        for step in range(steps + 1):
+            with torch.no_grad():
+                d = m.swing(x)
+            cells.append(f"{d.abs().mean().item():.4f} ({100 * (d.abs() > 0.95).float().mean().item():.1f}%)")
+            if step < steps:
+                loss = ((m(x) - target) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        lines.append(f"| swing_norm={norm}, lr x{scale:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
+    p.add_argument("--work", default="/tmp/nnunet_tubeconv_snakes_ablation", help="nnU-Net folders and runs go here")
+    p.add_argument("-o", "--output", default=None, help="markdown table to write (a .json with the numbers beside it)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--folds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--stages", type=int, default=6)
+    p.add_argument("--base-features", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-only", action="store_true", help="run the trainings, skip the snake statistics")
+    p.add_argument("--pictures", default=None, metavar="DIR",
+                   help="also draw show-snakes of every finished snake arm of the first fold on its first validation "
+                   "case, zoomed to the densest vessel window, into DIR/snakes_drive_<arm>.png")
+    p.add_argument("--first-steps", action="store_true",
+                   help="only the unit-level experiment: a fresh DSConv's mean |swing| over nnU-Net's first SGD steps")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: the table from the units finished so far (e.g. after stopping a run)")
+    args = p.parse_args(argv)
+
+    if args.first_steps:
+        print(first_steps())
+        return 0
+    drive, work = Path(args.drive), Path(args.work).resolve()
+    if not (drive / "Image_Tr").is_dir():
+        print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (work / var).mkdir(exist_ok=True)
+        env[var] = str(work / var)
+    pre = work / "nnUNet_preprocessed" / DATASET
+    if not (pre / "nnUNetPlans.json").is_file():
+        _run(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
+              "--force"], env, log)
+        _run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
+             {**env, "nnUNet_n_proc_DA": "1"}, log)
+    plans = reduced_plans(json.loads((pre / "nnUNetPlans.json").read_text()), PLANS, args.patch, args.batch,
+                          args.stages, args.base_features)
+    plans_file = pre / f"{PLANS}.json"
+    if not plans_file.is_file() or json.loads(plans_file.read_text()) != plans:
+        plans_file.write_text(json.dumps(plans, indent=2))
+    trainers = work / "trainers"
+    trainers.mkdir(exist_ok=True)
+    (trainers / "snake_ablation_trainers.py").write_text(arm_trainer_source())
+
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    os.environ["nnUNet_extTrainer"] = str(trainers)
+    from nnunet_tubeconv.benchmarks.runner import run_benchmark
+    from nnunet_tubeconv.benchmarks.suite import parse_suite
+
+    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS} for a in args.arms}
+    suite = parse_suite({
+        "name": "snakes-ablation-drive",
+        "datasets": [DATASET],
+        "configurations": ["2d"],
+        "baseline": "stage_norm" if "stage_norm" in arms else args.arms[0],
+        "folds": args.folds,
+        "seeds": [0],
+        "budget": "snakes",
+        "budgets": {"snakes": {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
+                               "num_val_iterations_per_epoch": 2, "save_every": 2,
+                               "description": "issue-11 snake ablation"}},
+        "device": "cpu",
+        "arms": arms,
+        "env": {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0",
+                "OMP_NUM_THREADS": str(args.threads)},
+    })
+    results = work / "results"
+    if not args.no_train:
+        run_benchmark(suite, results, report=False)
+    if args.train_only:
+        return 0
+    # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(results / "trainers"), str(trainers)])
+    text, numbers = ablation_table(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
+                                   work / "stats", f"DRIVE's nnUNetPlans 2d cut to patch {args.patch}^2, batch "
+                                   f"{args.batch}, {args.stages} stages of widths {args.base_features}..256")
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-train", "--train-only")]
+    cmd = "python -m nnunet_tubeconv.benchmarks.snakes_ablation " + " ".join(shown)
+    text = text + "\n\nReproduce: `" + cmd + "`\n"
+    print(text)
+    if args.pictures:
+        draw_pictures(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
+                      Path(args.pictures))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"command": cmd, **numbers}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
