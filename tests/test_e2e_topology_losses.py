@@ -109,7 +109,7 @@ def test_skeleton_recall_through_nnunets_entry_points(ws):
     for line in lines:
         shapes, n_skel, n_fg = line.rsplit(" ", 2)
         assert all(s[1] == 2 for s in ast.literal_eval(shapes))
-        assert 0 < int(n_skel) < int(n_fg)
+        assert 0 < int(n_skel) <= int(n_fg)  # tubes <= 3 px wide: the tubed skeleton is all of them
     debug = json.loads((fold / "debug.json").read_text())
     assert "SkeletonRecallCompound" in debug["loss"] and "DeepSupervisionWrapper" in debug["loss"]
 
