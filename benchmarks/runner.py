@@ -2,9 +2,12 @@
 
 For a suite (TOML file or flags; see :mod:`nnunet_tubeconv.benchmarks.suite` and ``benchmarks/suites/``) the runner
 
-1. resolves the data sets in ``nnUNet_raw`` / ``nnUNet_preprocessed`` and, once per data set and plans, runs
-   nnU-Net's own ``nnUNetv2_extract_fingerprint`` / ``nnUNetv2_plan_experiment`` / ``nnUNetv2_preprocess`` where
-   their outputs are missing (a data set already preprocessed with the same plans is left alone);
+1. resolves the data sets in ``nnUNet_raw`` / ``nnUNet_preprocessed`` and, once per data set and plans (however
+   many arms use them), runs nnU-Net's own ``nnUNetv2_extract_fingerprint`` / ``nnUNetv2_plan_experiment`` /
+   ``nnUNetv2_preprocess`` where their outputs are missing (a data set already planned and preprocessed with the
+   same plans is left alone). Plans are named by the arms (``TRAINER@PLANS``): nnU-Net's own (``nnUNetPlans``, the
+   ResEnc presets ``nnUNetResEncUNet{M,L,XL}Plans``, whose ``2d`` / ``3d_fullres`` data are the default plans'),
+   our memory-aware presets' (``<plans>_<variant>_<GB>G``) or any the suite maps to a planner (:func:`planner_for`);
 2. writes ``splits_final.json`` once if it does not exist (nnU-Net's own ``generate_crossval_split``, seed 12345),
    so that every arm trains and validates on the same folds;
 3. generates the budget/seed subclass of every arm's trainer into ``RESULTS_DIR/trainers/``
@@ -44,7 +47,8 @@ from nnunet_tubeconv.benchmarks.suite import (
     parse_suite,
 )
 
-from nnunet_tubeconv.evaluation.layout import RECORD_FILE, SUITE_FILE
+from nnunet_tubeconv.evaluation.layout import PLANS_SEPARATOR, RECORD_FILE, SUITE_FILE, split_arm_spec
+from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, close_plans_names, host_label, parse_preset_plans_name
 
 PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SPLIT_SEED = 12345  # nnU-Net's own seed for splits_final.json
@@ -140,6 +144,34 @@ def _count_cases(folder: Path) -> int:
     return len({p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".b2nd", ".npz", ".npy")})
 
 
+def planner_for(plans: str, suite: Suite, dataset: str = "", plans_file: Path | None = None
+                ) -> tuple[str, float | None]:
+    """``(planner, GB or None)`` that writes ``plans``: the suite's planner for that name (nnU-Net's own for its
+    plans names, ResEnc presets included), else our memory-aware preset when ``plans`` is one of its names
+    (``<host plans>_<variant>_<GB>G``, planned at that GB), else a ``SuiteError`` that lists what is known."""
+    if plans in suite.planners:
+        return suite.planners[plans], None
+    parsed = parse_preset_plans_name(plans)
+    if parsed is not None:
+        from nnunet_tubeconv.planning.planners import all_variants, preset_class_path
+
+        host, variant, gb = parsed
+        if variant not in all_variants():
+            raise SuiteError(f"plans {plans!r} name variant {variant!r}, which does not exist; variants: "
+                             f"{all_variants()}")
+        return preset_class_path(host.name, variant), gb
+    known = sorted(suite.planners)
+    close = close_plans_names(plans, known)
+    where = f"of data set {dataset} do not exist ({plans_file}) and " if plans_file is not None else ""
+    raise SuiteError(
+        f"plans {plans!r} {where}no planner is known for them"
+        + (f" (did you mean {close}?)" if close else "")
+        + f". Known plans names: {known}; our memory-aware presets' names <plans>_<variant>_<GB>G (e.g. "
+        f"{DEFAULT_PLANS}_dsconv_8G, nnUNetResEncUNetLPlans_dsconv_24G); or add `[planning.planners] {plans} = "
+        "\"PlannerClass\"` to the suite, or plan them yourself"
+    )
+
+
 def prepare_dataset(dataset: str, suite: Suite, paths: dict[str, str], env: dict[str, str], logs: Path) -> None:
     """Plan and preprocess ``dataset`` for every plans identifier of the suite's arms, where not yet done."""
     from nnunet_tubeconv.benchmarks.executors import nnunet_command
@@ -155,20 +187,14 @@ def prepare_dataset(dataset: str, suite: Suite, paths: dict[str, str], env: dict
     for plans in suite.plans_identifiers():
         plans_file = pre / f"{plans}.json"
         if not plans_file.is_file():
-            planner = suite.planners.get(plans)
-            if planner is None:
-                raise SuiteError(
-                    f"plans {plans!r} of data set {dataset} do not exist ({plans_file}) and no planner is known for "
-                    f"them; add `[planning.planners] {plans} = \"PlannerClass\"` to the suite or plan them yourself. "
-                    f"Known: {dict(suite.planners)}"
-                )
+            planner, preset_gb = planner_for(plans, suite, dataset, plans_file)
             if not raw.is_dir():
                 raise SuiteError(f"cannot plan {dataset}: raw data set {raw} does not exist")
             if not (pre / "dataset_fingerprint.json").is_file():
                 _run_logged(nnunet_command("nnUNetv2_extract_fingerprint")
                             + ["-d", dataset_id, "-np", str(suite.num_processes)], penv, log,
                             f"{dataset}: nnU-Net fingerprint")
-            gpu = suite.gpu_memory_target_gb
+            gpu = suite.gpu_memory_target_gb if preset_gb is None else preset_gb
             if "." in planner:
                 cmd = [sys.executable, "-c", _PLAN_WITH_CLASS, planner, dataset_id, plans,
                        "none" if gpu is None else str(gpu)]
@@ -331,6 +357,14 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
         if n_failed and not retry_failed:
             print("  (failed units are kept as failed; --retry-failed reruns them)", flush=True)
         if dry_run:
+            for ds in datasets:
+                for plans in suite.plans_identifiers():
+                    if (Path(paths["nnUNet_preprocessed"]) / ds / f"{plans}.json").is_file():
+                        print(f"  plans {plans} of {ds}: exist", flush=True)
+                    else:
+                        planner, gb = planner_for(plans, suite, ds)
+                        print(f"  plans {plans} of {ds}: would be planned by {planner}"
+                              f"{'' if gb is None else f' at {gb:g} GB'}", flush=True)
             for u in todo:
                 print(f"  would run: {u.label()}", flush=True)
             return BenchmarkOutcome(results_dir, units, n_done, n_failed, "", None)
@@ -435,7 +469,10 @@ def _mean(values: list) -> float | None:
 def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict | None]) -> str:
     """Plain-text table: per (data set, configuration, arm) the mean of each metric over all validation
     (case, label) pairs of its done units, and the costs. Statistics (paired tests, CIs) are in the report."""
-    header = ["arm", "trainer", "units", *[h for _, h in _TABLE_METRICS], "s/iter", "peak mem", "params", "train s"]
+    # the host column only when an arm is not on nnU-Net's default plans (keeps the usual table as it was)
+    show_host = any(a.plans != DEFAULT_PLANS for a in suite.arms.values())
+    header = ["arm", "trainer", *(["host"] if show_host else []), "units", *[h for _, h in _TABLE_METRICS],
+              "s/iter", "peak mem", "params", "train s"]
     lines = []
     for ds in datasets:
         for cfg in suite.configurations:
@@ -444,7 +481,8 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
                 recs = [r for u, r in records.items() if u.dataset == ds and u.configuration == cfg and u.arm == arm]
                 done = [r for r in recs if r and r["status"] == "done"]
                 per_case = [row for r in done for row in (r.get("metrics") or {}).get("per_case", [])]
-                cells = [arm, suite.arms[arm].trainer, f"{len(done)}/{len(recs)}"]
+                cells = [arm, suite.arms[arm].trainer, *([host_label(suite.arms[arm].plans)] if show_host else []),
+                         f"{len(done)}/{len(recs)}"]
                 for key, _ in _TABLE_METRICS:
                     m = _mean([row.get(key) for row in per_case])
                     cells.append("-" if m is None else (f"{m:.2f}" if key in ("hd95",) or "betti" in key
@@ -469,9 +507,12 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
 # ------------------------------------------------------------------------------------------------ CLI
 def _arm_flag(text: str) -> tuple[str, dict[str, str]]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--arm takes NAME=TRAINER or NAME=TRAINER@PLANS, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--arm takes NAME=TRAINER or NAME=TRAINER{PLANS_SEPARATOR}PLANS, got {text!r}")
     name, spec = text.split("=", 1)
-    trainer, _, plans = spec.partition("@")
+    try:
+        trainer, plans = split_arm_spec(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--arm {text!r}: {e}") from None
     out = {"trainer": trainer}
     if plans:
         out["plans"] = plans
@@ -486,7 +527,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--datasets", nargs="+", default=None, help="data set ids or DatasetXXX_Name")
     parser.add_argument("-c", "--configurations", nargs="+", default=None, help="e.g. 2d 3d_fullres")
     parser.add_argument("-tr", "--trainers", nargs="+", default=None,
-                        help="arms by trainer class name (arm name = trainer name); any nnU-Net trainer works")
+                        help="arms by trainer class name, or TRAINER@PLANS (e.g. nnUNetTrainerDSConv@nnUNetResEncUNetMPlans) "
+                             "for other plans (arm name = what is written); any nnU-Net trainer works")
     parser.add_argument("--arm", action="append", type=_arm_flag, default=None, metavar="NAME=TRAINER[@PLANS]",
                         help="a named arm (repeatable)")
     parser.add_argument("-p", "--plans", default=None, help="plans identifier for arms given with -tr")
@@ -523,7 +565,8 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
     }
     arms: dict[str, Any] = {}
     for t in args.trainers or []:
-        arms[t] = {"trainer": t, **({"plans": args.plans} if args.plans else {})}
+        # TRAINER@PLANS is split (and checked against -p) by the suite parser
+        arms[t] = {"trainer": t, **({"plans": args.plans} if args.plans and PLANS_SEPARATOR not in t else {})}
     for name, spec in args.arm or []:
         arms[name] = spec
     if arms:

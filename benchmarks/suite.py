@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_tubeconv.evaluation.layout import iter_units, unit_rel_dir
+from nnunet_tubeconv.evaluation.layout import PLANS_SEPARATOR, iter_units, split_arm_spec, unit_rel_dir
+from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, NNUNET_PLANNERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,8 @@ SUITE_SCHEMA = "nnunet-tubeconv/suite/1"
 DEVICES = ("auto", "cuda", "cpu", "mps")
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
 _SAFE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+#: arm names may also hold the plans separator: an arm written TRAINER@PLANS is named so
+_ARM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONFIG_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -81,7 +84,7 @@ class Arm:
 
     name: str
     trainer: str
-    plans: str = "nnUNetPlans"
+    plans: str = DEFAULT_PLANS
     seeds: tuple[int, ...] | None = None  # None: the suite's seeds
 
     def to_json(self) -> dict[str, Any]:
@@ -168,19 +171,17 @@ class Suite:
         }
 
 
-# nnU-Net's own planners for its own plans names, so that arms on ResEnc presets plan themselves
-DEFAULT_PLANNERS: dict[str, str] = {
-    "nnUNetPlans": "ExperimentPlanner",
-    "nnUNetResEncUNetMPlans": "nnUNetPlannerResEncM",
-    "nnUNetResEncUNetLPlans": "nnUNetPlannerResEncL",
-    "nnUNetResEncUNetXLPlans": "nnUNetPlannerResEncXL",
-}
+# nnU-Net's own planners for its own plans names, so that arms on ResEnc presets plan themselves (our presets'
+# names, <plans>_<variant>_<GB>G, are planned by our preset classes: see runner.planner_for)
+DEFAULT_PLANNERS: dict[str, str] = dict(NNUNET_PLANNERS)
 
 TOP_LEVEL_KEYS: dict[str, str] = {
     "name": "suite name (default: the file name)",
     "datasets": "list of nnU-Net data set ids or DatasetXXX_Name",
     "configurations": "list of nnU-Net configurations, e.g. ['2d'] or ['3d_fullres']",
-    "arms": "table arm-name -> trainer name, or -> {trainer, plans, seeds}; or a list of trainer names",
+    "arms": f"table arm-name -> trainer name (TRAINER{PLANS_SEPARATOR}PLANS for other plans, e.g. "
+            f"nnUNetTrainerDSConv{PLANS_SEPARATOR}nnUNetResEncUNetMPlans), or -> {{trainer, plans, seeds}}; or a list "
+            "of such trainer names",
     "baseline": "the arm every other arm is compared with (default: the first arm)",
     "folds": "list of fold indices of splits_final.json",
     "seeds": "list of integer seeds (each seed is a separate training); with one seed the baseline arm (unless it "
@@ -288,30 +289,49 @@ def parse_budget(name: str, spec: Any, source: str | None = None) -> Budget:
     )
 
 
+def _trainer_and_plans(text: Any, what: str, source: str | None) -> tuple[str, str | None]:
+    """``(trainer, plans or None)`` of ``TRAINER`` or ``TRAINER@PLANS``, validated."""
+    if not isinstance(text, str):
+        raise SuiteError(f"{what}{_where(source)} needs trainer = an nnU-Net trainer class name, got {text!r}")
+    try:
+        trainer, plans = split_arm_spec(text)
+    except ValueError as e:
+        raise SuiteError(f"{what}{_where(source)}: {e}") from None
+    if not _IDENTIFIER.match(trainer):
+        raise SuiteError(f"{what}{_where(source)} needs trainer = an nnU-Net trainer class name, got {trainer!r}")
+    if plans is not None and not _CONFIG_NAME.match(plans):
+        raise SuiteError(f"{what}{_where(source)}: plans must be a plans identifier, got {plans!r}")
+    return trainer, plans
+
+
 def _parse_arms(value: Any, source: str | None) -> dict[str, Arm]:
     if isinstance(value, (list, tuple)):
-        value = {str(t): str(t) for t in value}
+        names = [str(t) for t in value]
+        if len(set(names)) != len(names):
+            raise SuiteError(f"arms{_where(source)} lists an arm twice: {names}")
+        value = {n: n for n in names}
     if not isinstance(value, Mapping) or not value:
         raise SuiteError(
             f"arms{_where(source)} must be a non-empty table (arm name -> trainer name or {{trainer, plans, seeds}}) "
-            f"or a list of trainer names, got {value!r}"
+            f"or a list of trainer names (TRAINER or TRAINER{PLANS_SEPARATOR}PLANS), got {value!r}"
         )
     arms: dict[str, Arm] = {}
     for name, spec in value.items():
-        if not _SAFE_NAME.match(str(name)):
+        if not _ARM_NAME.match(str(name)) or str(name).count(PLANS_SEPARATOR) > 1:
             raise SuiteError(
-                f"arm name {name!r}{_where(source)} must start with a letter and hold only letters, digits, '_', '.' "
-                "and '-' (it names a folder)"
+                f"arm name {name!r}{_where(source)} must start with a letter and hold only letters, digits, '_', '.', "
+                f"'-' and one '{PLANS_SEPARATOR}' (it names a folder)"
             )
         if isinstance(spec, str):
             spec = {"trainer": spec}
         if not isinstance(spec, Mapping):
             raise SuiteError(f"arm {name!r}{_where(source)} must be a trainer name or a table with keys {list(_ARM_KEYS)}")
         _unknown(list(spec), _ARM_KEYS, f"key(s) of arm {name!r}", source)
-        trainer = spec.get("trainer")
-        if not isinstance(trainer, str) or not _IDENTIFIER.match(trainer):
-            raise SuiteError(f"arm {name!r}{_where(source)} needs trainer = an nnU-Net trainer class name, got {trainer!r}")
-        plans = spec.get("plans", "nnUNetPlans")
+        trainer, at_plans = _trainer_and_plans(spec.get("trainer"), f"arm {name!r}", source)
+        if at_plans is not None and "plans" in spec and spec["plans"] != at_plans:
+            raise SuiteError(f"arm {name!r}{_where(source)} names plans twice: trainer {spec['trainer']!r} and plans = "
+                             f"{spec['plans']!r}; give them once")
+        plans = at_plans if at_plans is not None else spec.get("plans", DEFAULT_PLANS)
         if not isinstance(plans, str) or not _CONFIG_NAME.match(plans):
             raise SuiteError(f"arm {name!r}{_where(source)}: plans must be a plans identifier, got {plans!r}")
         seeds = _int_list(spec["seeds"], f"arm {name!r} seeds", source) if "seeds" in spec else None

@@ -8,6 +8,11 @@
       runs/<dataset>/<configuration>/<arm>/test_seed_<s>/record.json       # held-out test set (imagesTs/labelsTs)
                                                                            # predicted by the arm's folds as ensemble
 
+An arm is one trainer on one plans identifier; an arm written ``TRAINER@PLANS`` (:func:`split_arm_spec`) is named
+so, which keeps the runs of one trainer on different plans (hosts) in different folders. Every record states its
+``trainer`` and ``plans``, and the harness refuses a folder whose records were made with other plans under the same
+arm name.
+
 A record (``RECORD_SCHEMA``) is a JSON object with at least :data:`RECORD_KEYS` (a held-out record has ``"split":
 "test"`` and ``"folds"``, the folds whose models were ensembled; ``fold`` is null); ``status`` is ``"done"`` or
 ``"failed"``; a done record's ``metrics`` is a results.json object (``nnunet-tubeconv/results/1``, see
@@ -36,6 +41,17 @@ RECORD_GLOB = f"{RUNS_DIR}/*/*/*/*/{RECORD_FILE}"
 _UNIT_DIR = re.compile(r"^fold_(\w+?)_seed_(\d+)$")
 _TEST_DIR = re.compile(r"^test_seed_(\d+)$")
 TEST_SPLIT = "test"
+#: separates trainer and plans in an arm written ``TRAINER@PLANS`` (e.g. ``nnUNetTrainerDSConv@nnUNetResEncUNetMPlans``)
+PLANS_SEPARATOR = "@"
+
+
+def split_arm_spec(text: str) -> tuple[str, str | None]:
+    """``(trainer, plans)`` of ``"TRAINER@PLANS"``; ``(trainer, None)`` of a bare trainer name."""
+    trainer, sep, plans = str(text).partition(PLANS_SEPARATOR)
+    if not trainer or (sep and not plans) or PLANS_SEPARATOR in plans:
+        raise ValueError(f"an arm is written TRAINER or TRAINER{PLANS_SEPARATOR}PLANS (e.g. "
+                         f"nnUNetTrainerDSConv{PLANS_SEPARATOR}nnUNetResEncUNetMPlans), got {text!r}")
+    return trainer, (plans if sep else None)
 
 
 def test_rel_dir(dataset: str, configuration: str, arm: str, seed: int) -> Path:

@@ -43,6 +43,7 @@ from nnunet_tubeconv.evaluation import layout
 from nnunet_tubeconv.evaluation import stats as st
 from nnunet_tubeconv.evaluation.folders import FLOAT_METRICS
 from nnunet_tubeconv.evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, host_label
 
 METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "nsd": "NSD", "cldice": "clDice",
                  "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err",
@@ -534,6 +535,27 @@ def _gib(v) -> str:
     return "–" if v is None else f"{v / 2**30:.2f}"
 
 
+def arm_labels(suite: dict[str, Any]) -> dict[str, str]:
+    """Each arm's name as the tables show it: with its host (``dsconv [ResEnc M]``) when the arm is not on
+    nnU-Net's default plans and its name does not already say which plans (``TRAINER@PLANS``)."""
+    out = {}
+    for a, spec in suite.get("arms", {}).items():
+        plans = spec.get("plans", DEFAULT_PLANS) if isinstance(spec, dict) else DEFAULT_PLANS
+        named = str(a).endswith(f"{layout.PLANS_SEPARATOR}{plans}")
+        out[str(a)] = str(a) if plans == DEFAULT_PLANS or named else f"{a} [{host_label(plans)}]"
+    return out
+
+
+def _host_note(suite: dict[str, Any], baseline: str) -> str:
+    arms = {str(a): s for a, s in suite.get("arms", {}).items() if isinstance(s, dict)}
+    base = arms.get(baseline, {}).get("plans", DEFAULT_PLANS)
+    other = [a for a, s in arms.items() if s.get("plans", DEFAULT_PLANS) != base]
+    if not other:
+        return ""
+    return (f" Arms on other plans than the baseline's ({host_label(base)}): {', '.join(other)}; their comparisons "
+            "with the baseline measure the network and the host together.")
+
+
 def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupAnalysis], n_resamples: int,
                    seed: int, alpha: float, min_pairs: int,
                    heldout: list[GroupAnalysis] | None = None) -> tuple[str, list[Block]]:
@@ -548,7 +570,8 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
                                            if isinstance(s, dict) else a for a, s in suite.get("arms", {}).items())
                                + f". Budget: {suite.get('budget', '?')}. Units: {len(done)} done, {len(failed)} failed, "
                                f"{len(missing)} without a record"
-                               + (" (listed with their errors at the end)." if failed or missing else ".")))]
+                               + (" (listed with their errors at the end)." if failed or missing else ".")
+                               + _host_note(suite, baseline)))]
     settings_items = [(f"Statistics: paired by (case, label), one family per (data set, configuration, label); "
                        f"{st.TEST_NAME}, exact up to {st.EXACT_MAX_N} pairs, else {st.N_PERMUTATIONS} seeded random "
                        f"sign patterns; Holm over every tested variant × metric of a family, alpha = {alpha}; "
@@ -564,9 +587,9 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
         blocks.append(Block("p", "No unit completed with metrics: nothing to compare."))
     blocks.extend(_across_blocks(groups, baseline, alpha, seed))
     for g in groups:
-        blocks.extend(_group_blocks(g, baseline, alpha))
+        blocks.extend(_group_blocks(g, baseline, alpha, arm_labels(suite)))
     for g in heldout or []:
-        blocks.extend(_group_blocks(g, baseline, alpha))
+        blocks.extend(_group_blocks(g, baseline, alpha, arm_labels(suite)))
     blocks.append(Block("h", f"Failed units ({len(failed)})", 2))
     if failed:
         blocks.append(Block("table", headers=["data set", "configuration", "arm", "fold", "seed", "error"],
@@ -603,7 +626,8 @@ def _describe_settings(s: dict[str, Any]) -> str:
     return desc + f", distances by {s.get('distance_method', '?')}, files read with {s.get('reader', '?')}."
 
 
-def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
+def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float, labels: dict[str, str] | None = None) -> list[Block]:
+    labels = labels or {}
     title = (f"Held-out test set: {g.dataset} — {g.configuration}" if g.heldout
              else f"{g.dataset} — {g.configuration}")
     blocks = [Block("h", title, 2)] if g.first_label else []
@@ -619,7 +643,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
     rows = []
     for a in g.arms:
         lacking = g.expected_cases - n_cases[a]
-        row = [Cell(a + (" (baseline)" if a == baseline and a != "baseline" else "")),
+        row = [Cell(labels.get(a, a) + (" (baseline)" if a == baseline and a != "baseline" else "")),
                Cell(", ".join(map(str, g.seeds[a]))),
                Cell(f"{n_cases[a]} of {g.expected_cases}", f"lacks {lacking}" if lacking else "",
                     "few" if lacking else "")]
@@ -662,7 +686,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float) -> list[Block]:
                 floor += f" [{_fmt(c.noise_floor_ci[0], c.metric)}, {_fmt(c.noise_floor_ci[1], c.metric)}]"
             elif c.noise_floor is None:
                 floor = "not measured (one seed)"
-            drows.append([Cell(c.variant), Cell(f"{METRIC_LABELS[c.metric]} {_arrow(c.metric)}"),
+            drows.append([Cell(labels.get(c.variant, c.variant)), Cell(f"{METRIC_LABELS[c.metric]} {_arrow(c.metric)}"),
                           Cell(f"{c.n} of {c.n_expected}" + (f" ({c.n_dropped} dropped)" if c.n_dropped else "")),
                           Cell(_fmt(c.baseline_stats.get("median"), c.metric)),
                           Cell(_fmt(c.variant_stats.get("median"), c.metric)),

@@ -27,18 +27,19 @@ plain network with the same machinery (identical to ``nnUNetPlans`` at 8 GB), as
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners as _resenc
 
 from nnunet_tubeconv.planning.estimate import VANILLA, check_gpu_memory, planner_estimate, variant_entry
+from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, HOST_PRESETS, PLAIN, check_host, preset_plans_name
 
-#: the default planner's plans name, whose 2d / 3d_fullres data the presets reuse
-DEFAULT_PLANS = "nnUNetPlans"
 #: the memory targets with a meaning in nnU-Net: its default (8) and its ResEnc L / XL presets (24, 40)
-PRESET_TARGETS_GB: tuple[int, ...] = (8, 24, 40)
+PRESET_TARGETS_GB: tuple[int, ...] = tuple(sorted({int(h.gpu_memory_gb) for h in HOST_PRESETS.values()}))
 
 
 def all_variants() -> list[str]:
@@ -54,10 +55,11 @@ def check_variant(variant: Any) -> str:
     return variant
 
 
-def plans_name_for(variant: str, gpu_memory_target_in_gb: float) -> str:
-    """``nnUNetPlans_<variant>_<GB>G``, e.g. ``nnUNetPlans_dsconv_8G`` (``12.5G`` for a fractional target)."""
+def plans_name_for(variant: str, gpu_memory_target_in_gb: float, host: str = PLAIN) -> str:
+    """``<host plans>_<variant>_<GB>G``, e.g. ``nnUNetPlans_dsconv_8G``, ``nnUNetResEncUNetLPlans_dsconv_24G``
+    (``12.5G`` for a fractional target)."""
     gb = check_gpu_memory(gpu_memory_target_in_gb)
-    return f"{DEFAULT_PLANS}_{check_variant(variant)}_{gb:g}G"
+    return preset_plans_name(host, check_variant(variant), gb)
 
 
 class TubePlanner(ExperimentPlanner):
@@ -69,19 +71,26 @@ class TubePlanner(ExperimentPlanner):
 
     variant: ClassVar[str] = VANILLA
     block_options: ClassVar[Mapping[str, Any] | None] = None
+    #: the host network (:data:`~nnunet_tubeconv.planning.hosts.HOST_PRESETS`); a ResEnc preset also subclasses nnU-Net's
+    #: planner of that host, whose plans (network, reference values) it then starts from
+    host: ClassVar[str] = PLAIN
 
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float | None = None,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
                  overwrite_target_spacing: list[float] | tuple[float, ...] | None = None,
                  suppress_transpose: bool = False) -> None:
-        gb = check_gpu_memory(gpu_memory_target_in_gb)
+        gb = check_gpu_memory(check_host(self.host).gpu_memory_gb if gpu_memory_target_in_gb is None
+                              else gpu_memory_target_in_gb)
         check_variant(self.variant)
         if self.variant == VANILLA and self.block_options:
             raise ValueError(f"{type(self).__name__}: variant {VANILLA!r} takes no block_options")
         if plans_name is None:
-            plans_name = plans_name_for(self.variant, gb)
-        super().__init__(dataset_name_or_id, gb, preprocessor_name, plans_name, overwrite_target_spacing,
-                         suppress_transpose)
+            plans_name = plans_name_for(self.variant, gb, self.host)
+        with warnings.catch_warnings():
+            # nnU-Net's ResEnc planners warn about a non-standard memory target; ours is deliberate
+            warnings.filterwarnings("ignore", message=".*non-standard gpu_memory_target_in_gb.*")
+            super().__init__(dataset_name_or_id, gb, preprocessor_name, plans_name, overwrite_target_spacing,
+                             suppress_transpose)
         # data written by the default planner is only the same data if nothing that shapes it was changed
         self._shares_default_data = (preprocessor_name == "DefaultPreprocessor" and overwrite_target_spacing is None
                                      and not suppress_transpose)
@@ -157,15 +166,37 @@ PLANNERS: dict[str, type[TubePlanner]] = {
 }
 
 
-def planner_class(variant: str, block_options: Mapping[str, Any] | None = None) -> type[TubePlanner]:
-    """The preset for ``variant``; with ``block_options``, a subclass of it that lays them over the variant's.
+def _resenc_preset(host: str, variant: str) -> type[TubePlanner]:
+    """The preset for ``variant`` on a ResEnc host: our hooks first, then nnU-Net's planner of that host."""
+    h = check_host(host)
+    base = getattr(_resenc, h.planner)
+    return type(f"{h.planner}_{variant}", (TubePlanner, base),
+                {"variant": variant, "host": host, "__module__": __name__,
+                 "__doc__": f"Plans for variant {variant!r} on nnU-Net's {h.label} ({h.plans}), {h.gpu_memory_gb:g} GB "
+                            "by default."})
+
+
+#: one preset per (ResEnc host, variant), e.g. ``RESENC_PLANNERS["resenc-l", "dsconv"]`` is
+#: ``nnUNetPlannerResEncL_dsconv`` (a name of this module, so a planner path can name it)
+RESENC_PLANNERS: dict[tuple[str, str], type[TubePlanner]] = {
+    (h, v): _resenc_preset(h, v) for h in HOST_PRESETS if h != PLAIN for v in all_variants()
+}
+globals().update({c.__name__: c for c in RESENC_PLANNERS.values()})
+
+
+def planner_class(variant: str, block_options: Mapping[str, Any] | None = None, host: str = PLAIN
+                  ) -> type[TubePlanner]:
+    """The preset for ``variant`` on ``host`` (default: nnU-Net's plain U-Net); with ``block_options``, a subclass
+    of it that lays them over the variant's.
 
     Options are validated here (unknown names and bad values raise ``ValueError``).
     """
     check_variant(variant)
-    base = PLANNERS.get(variant)
+    check_host(host)
+    base = PLANNERS.get(variant) if host == PLAIN else RESENC_PLANNERS.get((host, variant))
     if base is None:  # a variant added to VARIANTS after this module was written
-        base = type(f"nnUNetPlanner_{variant}", (TubePlanner,), {"variant": variant})
+        base = (type(f"nnUNetPlanner_{variant}", (TubePlanner,), {"variant": variant}) if host == PLAIN
+                else _resenc_preset(host, variant))
     if not block_options:
         return base
     if variant == VANILLA:
@@ -174,6 +205,11 @@ def planner_class(variant: str, block_options: Mapping[str, Any] | None = None) 
 
     check_option_names(block_options)
     return type(f"{base.__name__}Custom", (base,), {"block_options": MappingProxyType(copy.deepcopy(dict(block_options)))})
+
+
+def preset_class_path(host: str, variant: str) -> str:
+    """``module.ClassName`` of the preset for ``variant`` on ``host`` (what the benchmark harness imports)."""
+    return f"{__name__}.{planner_class(variant, host=host).__name__}"
 
 
 def trainer_for(variant: str) -> str:
