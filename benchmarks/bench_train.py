@@ -155,6 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="built-in plan: 3D (default) or 2D")
     parser.add_argument("--plans", help="use a configuration of this nnU-Net plans file instead of the built-in plan")
     parser.add_argument("--configuration", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
+    parser.add_argument("--host", default="plain", metavar="HOST",
+                        help="host network of the built-in plan: plain (PlainConvUNet, default) or resenc-m / resenc-l "
+                             "/ resenc-xl (nnU-Net's ResidualEncoderUNet; vanilla is then ResEnc, every variant built "
+                             "into it); with --plans the file's network is the host")
     parser.add_argument("--patch-size", type=int, nargs="+", help="override the patch size")
     parser.add_argument("--batch-size", type=int, help="override the batch size")
     parser.add_argument("--input-channels", type=int, help="image channels (default 1)")
@@ -245,6 +249,23 @@ def _skeleton_targets(run: dict, strides: list, device) -> tuple[list, list[floa
             times.append(time.perf_counter() - t0)
     scales, _ = _ds_weights_and_scales(strides)
     return _downsampled(torch.stack(out).float(), scales, device), times
+
+
+def _on_host(entry: dict, run: dict, host: str, from_plans: bool) -> tuple[dict, dict]:
+    """The plan on ``--host``: the built-in plan's ResEnc entry (same stages, nnU-Net's ResEnc blocks per stage);
+    with ``--plans`` the host is the file's network, and ``--host`` must agree with it."""
+    from nnunet_tubeconv.planning.hosts import check_host, resenc_entry
+
+    h = check_host(host)
+    residual = "ResidualEncoderUNet" in entry["network_class_name"]
+    if from_plans:
+        if host != "plain" and not residual:
+            raise ValueError(f"--host {host} but the plans' network is {entry['network_class_name']}; leave --host out "
+                             "with --plans (the file's network is the host) or give ResEnc plans")
+        return entry, {**run, "host": "plans file"}
+    if not h.residual:
+        return entry, {**run, "host": h.label}
+    return resenc_entry(entry, host), {**run, "host": h.label, "plan": f"{run['plan']}, {h.label} encoder"}
 
 
 def _extra_arm(name: str, entry: dict, run: dict, strides: list, device, overrides: dict) -> dict:
@@ -407,6 +428,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda" if use_cuda else "cpu")
 
     entry, run = _plans_file(args.plans, args.configuration) if args.plans else _small_plan(args.dim, args.quick)
+    entry, run = _on_host(entry, run, getattr(args, "host", "plain"), bool(args.plans))
     if args.patch_size:
         run["patch_size"] = list(args.patch_size)
     if args.batch_size:
@@ -463,7 +485,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "+ parameters + gradients + SGD momentum"
     )
     return {"device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "threads": torch.get_num_threads(), "plan": run["plan"], "patch_size": run["patch_size"],
+            "threads": torch.get_num_threads(), "plan": run["plan"], "host": run.get("host"),
+            "patch_size": run["patch_size"],
             "batch_size": run["batch_size"], "input_channels": run["input_channels"],
             "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": args.warmup,
             "memory_measure": memory_measure, "torch": torch.__version__, "results": rows}

@@ -50,7 +50,7 @@ _register("export-onnx", "nnunet_tubeconv.deploy.onnx_export", "export a trained
 _register("package", "nnunet_tubeconv.deploy.package", "challenge bundle: nnU-Net model zip, pinned requirements, predict.py, Dockerfile")
 _register("show-snakes", "nnunet_tubeconv.deploy.snakes", "draw a trained model's DSConv sample points over an image (PNG)")
 _register("snake-stats", "nnunet_tubeconv.deploy.snake_stats", "do a model's DSConv snakes follow the vessels? saturation, tilt, adherence")
-_register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant and a GPU memory target")
+_register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant, host preset and GPU memory target")
 _register("calibrate-memory", "nnunet_tubeconv.benchmarks.calibrate_memory", "memory estimates vs measured bytes; planned patch/batch per variant")
 
 

@@ -1,4 +1,8 @@
-"""``nnunet-tubeconv plan``: memory-aware nnU-Net plans for one variant and one GPU memory target.
+"""``nnunet-tubeconv plan``: memory-aware nnU-Net plans for one variant, host and GPU memory target.
+
+``--preset`` picks the host network and the nnU-Net planner our preset subclasses: ``plain`` (nnU-Net's
+``ExperimentPlanner``, PlainConvUNet) or ``resenc-m`` / ``resenc-l`` / ``resenc-xl`` (``nnUNetPlannerResEncM/L/XL``,
+ResidualEncoderUNet); see :mod:`nnunet_tubeconv.planning.hosts`.
 
 nnU-Net's ``nnUNetv2_plan_experiment -pl`` finds planner classes only inside nnunetv2's own source tree, so this
 command calls nnU-Net's planning API (``plan_experiment_dataset``) with our preset class instead. It needs the data
@@ -39,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--dataset", required=True, help="data set id or name (e.g. 8 or Dataset008_HepaticVessel)")
     parser.add_argument("--variant", required=True,
                         help="network variant: vanilla, dsconv, dlkdff, scse, deform, tubeconv (see VARIANTS)")
-    parser.add_argument("--gpu-memory", type=_gpu_memory, default=8.0, metavar="GB",
-                        help="GPU memory target in GB (default 8, nnU-Net's; its ResEnc presets use 24 and 40)")
+    parser.add_argument("--preset", default="plain", metavar="PRESET",
+                        help="host network and its nnU-Net planner: plain (nnU-Net's default U-Net, the default), "
+                             "resenc-m, resenc-l, resenc-xl (nnU-Net's residual-encoder presets)")
+    parser.add_argument("--gpu-memory", type=_gpu_memory, default=None, metavar="GB",
+                        help="GPU memory target in GB (default: the preset's, as nnU-Net's planner sets it: 8 for "
+                             "plain and resenc-m, 24 for resenc-l, 40 for resenc-xl)")
     parser.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                         help="block option laid over the variant's (JSON value), e.g. snake_kernel_size=5; repeatable")
     parser.add_argument("--plans-name", default=None,
-                        help="plans name to write (default nnUNetPlans_<variant>_<GB>G)")
+                        help="plans name to write (default <preset plans>_<variant>_<GB>G, e.g. nnUNetPlans_dsconv_8G, "
+                             "nnUNetResEncUNetLPlans_dsconv_24G)")
     parser.add_argument("--preprocess", action="store_true",
                         help="preprocess the planned configurations whose data does not exist yet")
     parser.add_argument("-np", "--num-processes", type=int, default=1,
@@ -71,10 +80,16 @@ def run(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+    from nnunet_tubeconv.planning.hosts import HOST_PRESETS, check_host
     from nnunet_tubeconv.planning.planners import all_variants, planner_class, trainer_for
 
     if args.variant not in all_variants():
         raise ValueError(f"unknown variant {args.variant!r}; valid variants are {all_variants()}")
+    try:
+        host = check_host(args.preset)
+    except ValueError:
+        raise ValueError(f"unknown --preset {args.preset!r}; allowed presets: {list(HOST_PRESETS)}") from None
+    gpu_memory = host.gpu_memory_gb if args.gpu_memory is None else args.gpu_memory
     dataset = int(args.dataset) if str(args.dataset).isdigit() else str(args.dataset)
     try:
         name = maybe_convert_to_dataset_name(dataset)
@@ -90,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the data set fingerprint {fingerprint} is missing. Run `nnUNetv2_extract_fingerprint -d "
                      f"{number}` (or `nnUNetv2_plan_and_preprocess -d {number}`, which also writes the default "
                      "preprocessed data the presets reuse) first")
-    cls = planner_class(args.variant, options)
-    _, plans_name = plan_experiment_dataset(_dataset_number(name), cls, gpu_memory_target_in_gb=args.gpu_memory,
+    cls = planner_class(args.variant, options, host=host.name)
+    _, plans_name = plan_experiment_dataset(_dataset_number(name), cls, gpu_memory_target_in_gb=gpu_memory,
                                             overwrite_plans_name=args.plans_name)
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -112,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     number = _dataset_number(name)
     trainer = trainer_for(args.variant)
-    print(f"\nWrote {plans_file} (variant {args.variant}, GPU memory target {args.gpu_memory:g} GB)")
+    print(f"\nWrote {plans_file} (variant {args.variant} on {host.label}, GPU memory target {gpu_memory:g} GB)")
     for c in configs:
         cm = pm.get_configuration(c)
         print(f"  {c:<19} patch {list(cm.patch_size)}  batch {cm.batch_size}  data {cm.data_identifier}")
