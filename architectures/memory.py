@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
@@ -149,28 +151,87 @@ def _account_decoder(decoder: Any, acc: _Accountant, encoder_out: list[tuple[lis
         saved = in_saved
 
 
+def _account_basic_block(block: BasicBlockD, acc: _Accountant, size: list[int], kernel, in_elems: int,
+                         in_saved: bool, drop_in_saves_output: bool) -> tuple[list[int], int, bool]:
+    """A ResNet-D BasicBlockD (conv1, conv2 or their drop-ins; residual path; in-place addition; ``nonlin2``).
+
+    The block's input is kept by conv1 (a convolution or a block counting its input), so the residual path's
+    average pooling adds nothing; its 1x1 projection keeps its input (the pooled tensor, or the block input) and its
+    norm's input. ``out += residual`` keeps nothing; ``nonlin2`` keeps its result (in place) or its input.
+    """
+    channels = block.output_channels
+    ones = [1] * len(size)
+    mid_size, mid_elems, mid_saved = acc.convs([block.conv1], size, [block.stride], kernel, channels, in_elems,
+                                               in_saved, drop_in_saves_output)
+    # conv2 (or a drop-in for it) ends with its norm: its output is not kept by it
+    out_size, out_elems, _ = acc.convs([block.conv2], mid_size, [ones], kernel, channels, mid_elems, mid_saved,
+                                       False)
+    if isinstance(block.skip, nn.Sequential):
+        cur_elems, cur_saved = in_elems, True
+        for op in block.skip:
+            if isinstance(op, ConvDropoutNormReLU):
+                extra, _ = _plain_conv_account(op, _elements(channels, out_size))
+                acc.tensor((0 if cur_saved else cur_elems) + extra)
+            else:  # average pooling keeps the block's input, already counted
+                cur_elems, cur_saved = _elements(block.input_channels, out_size), False
+    saved = False
+    if isinstance(block.nonlin2, nn.Module):
+        acc.tensor(out_elems)
+        saved = bool(getattr(block.nonlin2, "inplace", False))
+    return out_size, out_elems, saved
+
+
+def _account_residual_encoder(encoder: ResidualEncoder, acc: _Accountant, input_size: Sequence[int]
+                              ) -> list[tuple[list[int], bool]]:
+    """Add a (Tube)ResidualEncoder's saved elements to ``acc``; return per stage (output size, output saved)."""
+    size = list(input_size)
+    ones = [1] * len(size)
+    stem = encoder.stem.convs
+    in_elems, in_saved = _elements(stem[0].input_channels, size), False
+    kernel0 = maybe_convert_scalar_to_list(encoder.conv_op, encoder.kernel_sizes[0])
+    size, in_elems, in_saved = acc.convs(stem, size, [ones] * len(stem), kernel0, stem[-1].output_channels, in_elems,
+                                         in_saved, encoder._drop_in_saves_output)
+    out = []
+    for s, stage in enumerate(encoder.stages):
+        kernel = maybe_convert_scalar_to_list(encoder.conv_op, encoder.kernel_sizes[s])
+        for m in stage.blocks:
+            if isinstance(m, BasicBlockD):
+                size, in_elems, in_saved = _account_basic_block(m, acc, size, kernel, in_elems, in_saved,
+                                                                encoder._drop_in_saves_output)
+            else:  # DLK blocks, scSE: shape-preserving, output not kept by the block
+                acc.module(m, size, in_elems, in_saved)
+                in_saved = False
+        out.append((size, in_saved))
+    return out
+
+
+def _encoder_accountant(encoder: Any) -> Callable:
+    return _account_residual_encoder if isinstance(encoder, ResidualEncoder) else _account_encoder
+
+
 def encoder_saved_elements(encoder: Any, input_size: Sequence[int]) -> int:
-    """Elements saved for backward per batch element by a TubeEncoder alone (its input included)."""
+    """Elements saved for backward per batch element by a TubeEncoder or TubeResidualEncoder alone (input included)."""
     acc = _Accountant()
-    _account_encoder(encoder, acc, input_size)
+    _encoder_accountant(encoder)(encoder, acc, input_size)
     return acc.total
 
 
 def decoder_saved_elements(decoder: Any, input_size: Sequence[int]) -> int:
     """Elements saved per batch element by a TubeDecoder, plus its logits (``input_size``: the encoder's input)."""
-    encoder_out = _account_encoder(decoder.encoder, _Accountant(), input_size)
+    encoder_out = _encoder_accountant(decoder.encoder)(decoder.encoder, _Accountant(), input_size)
     acc = _Accountant()
     _account_decoder(decoder, acc, encoder_out, decoder.encoder._drop_in_saves_output)
     return acc.total
 
 
 def network_saved_elements(network: Any, input_size: Sequence[int]) -> int:
-    """Elements a TubeUNet's training-mode forward keeps for backward, per batch element, logits included."""
+    """Elements a TubeUNet's or TubeResEncUNet's training-mode forward keeps for backward, per batch element, logits
+    included."""
     dim = conv_op_to_dim(network.encoder.conv_op)
     if len(input_size) != dim:
         raise ValueError(f"input_size must have {dim} spatial entries (no batch or channel axis), got {input_size}")
     acc = _Accountant()
-    encoder_out = _account_encoder(network.encoder, acc, input_size)
+    encoder_out = _encoder_accountant(network.encoder)(network.encoder, acc, input_size)
     _account_decoder(network.decoder, acc, encoder_out, network.encoder._drop_in_saves_output)
     return acc.total
 

@@ -27,6 +27,11 @@ from nnunet_tubeconv.vocabulary import DLK_MODES, SCSE_MODES, SWING_NORMS
 
 CONV_BLOCKS: tuple[str, ...] = ("conv", "dsc", "deform")
 
+#: convolutions per residual block of a ResidualEncoderUNet encoder stage (BasicBlockD: conv1, conv2); there a
+#: stage's convolutions, counted by ``conv_block_convs`` from the stage's last one, are its blocks' conv1 and conv2
+#: in forward order (the stem and the residual path's 1x1 projection are never replaced)
+CONVS_PER_RESIDUAL_BLOCK = 2
+
 #: Every option with its neutral default: with all defaults the network is nnU-Net's PlainConvUNet.
 DEFAULT_BLOCK_OPTIONS: dict[str, Any] = {
     # which block replaces ordinary convolutions in the selected stages: "conv" (none), "dsc" (DSCNet multi-view
@@ -35,7 +40,8 @@ DEFAULT_BLOCK_OPTIONS: dict[str, Any] = {
     "conv_block_encoder_stages": [],
     "conv_block_decoder_stages": [],
     # how many convolutions of each selected stage are replaced, counted from the stage's last one (the last conv
-    # of a stage has stride 1 and equal input/output widths, the first carries the stride or the skip concatenation)
+    # of a stage has stride 1 and equal input/output widths, the first carries the stride or the skip concatenation;
+    # in a residual encoder stage the last conv is the last block's conv2, see CONVS_PER_RESIDUAL_BLOCK)
     "conv_block_convs": 1,
     "snake_kernel_size": 9,
     "snake_extend_scope": 1.0,

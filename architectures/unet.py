@@ -21,6 +21,12 @@ pretrained weights load. Extra blocks live under ``encoder.stages.<s>.<i>`` (app
 
 Shapes: input ``(B, input_channels, *S)``; output ``(B, num_classes, *S)``, or with deep supervision a list whose
 entry ``r`` is ``(B, num_classes, *S_r)`` at resolution ``r`` (``S_0 = S``), for ``r = 0 .. n_stages - 2``.
+
+``TubeResEncUNet`` is the same for nnU-Net's ``ResidualEncoderUNet`` (the ResEnc M/L/XL presets): its encoder
+(:class:`TubeResidualEncoder`) places the blocks inside and after the residual stages, its decoder is the same
+:class:`TubeDecoder` (ResEnc's decoder is nnU-Net's plain UNetDecoder), and the memory count
+(:mod:`~nnunet_tubeconv.architectures.memory`) walks both encoders with one decoder accountant. With neutral
+options it is exactly ``ResidualEncoderUNet`` (state-dict keys, parameter count, initialisation; pinned by tests).
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from nnunet_tubeconv.architectures import memory
-from nnunet_tubeconv.architectures.options import resolve_block_options
+from nnunet_tubeconv.architectures.options import CONVS_PER_RESIDUAL_BLOCK, resolve_block_options
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
@@ -261,3 +269,163 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         if getattr(module, "_tubeconv_keep_init", False):
             return
         InitWeights_He(1e-2)(module)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the residual-encoder host (nnU-Net's ResEnc presets)
+# ----------------------------------------------------------------------------------------------------------------
+def _check_basic_block(block: Any) -> None:
+    if block is not BasicBlockD:
+        raise ValueError(
+            f"TubeResEncUNet hosts residual encoders of BasicBlockD (what nnU-Net's ResEnc planners build), got "
+            f"block={block!r}; remove 'block' from arch_kwargs or use BasicBlockD"
+        )
+
+
+def residual_stage_convs(stage: nn.Module) -> list[tuple[nn.Module, str]]:
+    """A residual encoder stage's replaceable convolutions in forward order: ``(block, "conv1" | "conv2")`` pairs.
+
+    What ``conv_block_convs`` counts from the end on the ResEnc host (the residual path's projection is not one).
+    """
+    return [(b, name) for b in stage.blocks if isinstance(b, BasicBlockD) for name in ("conv1", "conv2")]
+
+
+class TubeResidualEncoder(ResidualEncoder):
+    """nnU-Net's ResidualEncoder (stem, BasicBlockD stages, strided first convs, skips returned) with blocks placed
+    by resolved ``block_options``.
+
+    * ``conv_block``: the last ``conv_block_convs`` convolutions of a selected stage (counted over its residual
+      blocks' conv1/conv2, see :func:`residual_stage_convs`) become DSC / deformable blocks. A block replacing a
+      ``conv2`` keeps what ``conv2`` is in ResNet-D: dropout-free, and without a nonlinearity at its end (norm, then
+      the residual addition, then the block's ``nonlin2``); the nonlinearities inside the block (its branches) stay.
+      The residual path (identity, or average pooling + 1x1 projection) is untouched.
+    * ``dlk_encoder_stages`` / ``scse_encoder_stages``: DLK blocks / scSE appended to the stage's ``blocks``
+      (``encoder.stages.<s>.blocks.<n_blocks + i>``), so the residual blocks' keys do not move.
+
+    Forward: (B, C_in, *S) -> list of ``n_stages`` skips, skip ``s`` of shape (B, features_per_stage[s], *S_s).
+    """
+
+    def __init__(self, input_channels: int, n_stages: int, features_per_stage: list[int], conv_op: type,
+                 kernel_sizes: list, strides: list, n_blocks_per_stage: list[int], layer_kwargs: dict,
+                 bottleneck_channels: Any, stem_channels: int | None, block_options: dict) -> None:
+        super().__init__(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
+                         n_blocks_per_stage, **layer_kwargs, block=BasicBlockD,
+                         bottleneck_channels=bottleneck_channels, return_skips=True, disable_default_stem=False,
+                         stem_channels=stem_channels)
+        o = block_options
+        last_conv = {**layer_kwargs, "dropout_op": None, "dropout_op_kwargs": None}
+        for s in range(n_stages):
+            stage = self.stages[s]
+            if s in o["conv_block_encoder_stages"]:
+                for block, name in residual_stage_convs(stage)[-o["conv_block_convs"]:]:
+                    old = getattr(block, name)
+                    new = _make_conv_block(o["conv_block"], conv_op, old.input_channels, old.output_channels,
+                                           self.kernel_sizes[s], list(old.stride),
+                                           last_conv if name == "conv2" else layer_kwargs, o)
+                    if name == "conv2":  # ResNet-D: no nonlinearity before the residual addition
+                        new.nonlin = nn.Identity()
+                    setattr(block, name, new)
+            if s in o["dlk_encoder_stages"]:
+                for _ in range(o["dlk_blocks_per_stage"]):
+                    stage.blocks.append(DLKBlock(conv_op=conv_op, channels=features_per_stage[s],
+                                                 mlp_ratio=o["dlk_mlp_ratio"], dlk_mode=o["dlk_mode"]))
+            if s in o["scse_encoder_stages"]:
+                stage.blocks.append(SCSE(conv_op=conv_op, channels=features_per_stage[s],
+                                         reduction=o["scse_reduction"], mode=o["scse_mode"]))
+        # whether a drop-in block with its nonlinearity (conv1) keeps its own output for backward
+        self._drop_in_saves_output = memory.nonlin_saves_result(layer_kwargs["nonlin"], layer_kwargs["nonlin_kwargs"])
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements saved for backward per batch element by the encoder alone (input included)."""
+        return memory.encoder_saved_elements(self, input_size)
+
+
+class TubeResEncUNet(AbstractDynamicNetworkArchitectures):
+    """nnU-Net's ResidualEncoderUNet (the ResEnc M/L/XL presets' network) plus tubular-structure blocks.
+
+    Arguments: those of ``ResidualEncoderUNet`` (same names, same meaning; ``block`` must be ``BasicBlockD``, what
+    the ResEnc planners use) and ``block_options`` (:mod:`nnunet_tubeconv.architectures.options`; ``None``: no
+    blocks, i.e. exactly ResidualEncoderUNet: same modules with parameters, state-dict keys, parameter count and
+    initialisation). Encoder: :class:`TubeResidualEncoder`; decoder: :class:`TubeDecoder`, the one TubeUNet uses
+    (nnU-Net's plain UNetDecoder is ResEnc's decoder too). Option meanings are TubeUNet's; on this host the encoder's
+    replaceable convolutions are the residual blocks' (see :func:`residual_stage_convs`), and the stem is never
+    replaced. ``x: (B, input_channels, *S) -> (B, num_classes, *S)`` or, with deep supervision, a list of
+    ``(B, num_classes, *S_r)`` for ``r = 0 .. n_stages - 2``, highest resolution first. No final nonlinearity.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: int | list[int] | tuple[int, ...],
+        conv_op: type[nn.Module],
+        kernel_sizes: int | list | tuple,
+        strides: int | list | tuple,
+        n_blocks_per_stage: int | list[int] | tuple[int, ...],
+        num_classes: int,
+        n_conv_per_stage_decoder: int | list[int] | tuple[int, ...],
+        conv_bias: bool = False,
+        norm_op: type[nn.Module] | None = None,
+        norm_op_kwargs: dict | None = None,
+        dropout_op: type[_DropoutNd] | None = None,
+        dropout_op_kwargs: dict | None = None,
+        nonlin: type[nn.Module] | None = None,
+        nonlin_kwargs: dict | None = None,
+        deep_supervision: bool = False,
+        block: type[nn.Module] = BasicBlockD,
+        bottleneck_channels: int | list[int] | tuple[int, ...] | None = None,
+        stem_channels: int | None = None,
+        block_options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        conv_op_to_dim(conv_op)
+        _check_basic_block(block)
+        for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if n_stages < 2:
+            raise ValueError(f"n_stages must be >= 2 (an encoder stage and a bottleneck), got {n_stages}")
+        features_per_stage = _per_stage("features_per_stage", features_per_stage, n_stages)
+        kernel_sizes = _per_stage("kernel_sizes", kernel_sizes, n_stages)
+        strides = _per_stage("strides", strides, n_stages)
+        n_blocks_per_stage = _per_stage("n_blocks_per_stage", n_blocks_per_stage, n_stages)
+        if any(not isinstance(b, (int, np.integer)) or b < 1 for b in n_blocks_per_stage):
+            raise ValueError(f"n_blocks_per_stage must be positive integers, got {n_blocks_per_stage!r}")
+        n_conv_per_stage_decoder = _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
+        opts = resolve_block_options(block_options, n_stages,
+                                     [CONVS_PER_RESIDUAL_BLOCK * int(b) for b in n_blocks_per_stage],
+                                     n_conv_per_stage_decoder)
+        self.block_options = opts
+
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stem"
+        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
+        layer_kwargs = {"conv_bias": conv_bias, "norm_op": norm_op, "norm_op_kwargs": norm_op_kwargs,
+                        "dropout_op": dropout_op, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
+                        "nonlin_kwargs": nonlin_kwargs}
+        self.encoder = TubeResidualEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes,
+                                           strides, n_blocks_per_stage, layer_kwargs, bottleneck_channels,
+                                           stem_channels, opts)
+        # ResidualEncoderUNet builds UNetDecoder(encoder, ...) with the encoder's layer settings, nonlin last
+        self.decoder = TubeDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision, False,
+                                   layer_kwargs, opts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Tensor elements a training-mode forward keeps for backward, per batch element, plus the logits.
+
+        Same unit and counting as :meth:`TubeUNet.compute_conv_feature_map_size` (what ``saved_tensors_hooks``
+        sees; the residual blocks, their projections and the in-place additions included), so *not* on the scale
+        of ``ResidualEncoderUNet.compute_conv_feature_map_size`` that nnU-Net's ResEnc planners were tuned for.
+        """
+        return memory.network_saved_elements(self, input_size)
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        """ResidualEncoderUNet's initialisation: He init (except convolutions marked ``_tubeconv_keep_init``), then
+        the last norm of every residual branch (``conv2.norm``, also when a block replaced ``conv2``) set to zero,
+        so that every residual block starts as the identity (plus its nonlinearity)."""
+        TubeUNet.initialize(module)
+        init_last_bn_before_add_to_0(module)

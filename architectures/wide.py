@@ -1,4 +1,5 @@
-"""Capacity-matched vanilla nnU-Net: a PlainConvUNet whose stage widths are scaled to match a variant's cost.
+"""Capacity-matched vanilla nnU-Net: a PlainConvUNet (or, on ResEnc plans, a ResidualEncoderUNet) whose stage widths
+are scaled to match a variant's cost.
 
 The control arm for "the block helps" versus "more capacity helps": same plans, same network class, same training,
 only ``features_per_stage`` grows until the vanilla network costs what the named variant (on the same plans entry)
@@ -32,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from nnunet_tubeconv.architectures.variants import (
-    PLAIN_CONV_UNET_CLASS,
+    HOSTS,
     VARIANTS,
     is_plain_conv_unet,
+    is_resenc_unet,
     variant_architecture,
 )
 
@@ -70,11 +72,15 @@ class WidthMatch:
         }
 
 
+def _is_vanilla(name: Any) -> bool:
+    return isinstance(name, str) and (is_plain_conv_unet(name) or is_resenc_unet(name))
+
+
 def _check_plain(entry: Mapping[str, Any]) -> None:
     name = entry.get("network_class_name") if isinstance(entry, Mapping) else None
-    if not is_plain_conv_unet(name):
-        raise ValueError(f"a Wide network is widened from nnU-Net's {PLAIN_CONV_UNET_CLASS} plans entry, got "
-                         f"network class {name!r}; use the default planner's plans (nnUNetPlans)")
+    if not _is_vanilla(name):
+        raise ValueError(f"a Wide network is widened from one of nnU-Net's own plans entries {list(HOSTS)} (default "
+                         f"or ResEnc plans), got network class {name!r}")
 
 
 def scaled_features(base: Sequence[int], factor: float, multiple: int = 1) -> list[int]:
@@ -85,7 +91,7 @@ def scaled_features(base: Sequence[int], factor: float, multiple: int = 1) -> li
 
 
 def widened_entry(entry: Mapping[str, Any], features_per_stage: Sequence[int]) -> dict:
-    """A deep copy of a PlainConvUNet plans entry with other stage widths."""
+    """A deep copy of a PlainConvUNet / ResidualEncoderUNet plans entry with other stage widths."""
     _check_plain(entry)
     out = copy.deepcopy(dict(entry))
     if len(features_per_stage) != out["arch_kwargs"]["n_stages"]:
@@ -123,7 +129,7 @@ def training_flops(entry: Mapping[str, Any], in_channels: int, out_channels: int
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = "meta" if is_plain_conv_unet(entry["network_class_name"]) else "cpu"
+    device = "meta" if _is_vanilla(entry["network_class_name"]) else "cpu"
     net = _build(entry, in_channels, out_channels, device).train()
     size = list(patch_size) if patch_size is not None else flops_input(entry)
     x = torch.zeros((1, in_channels, *size), device=device)
@@ -151,7 +157,8 @@ def match_width(
     multiple: int = 1,
     options: Mapping[str, Any] | None = None,
 ) -> WidthMatch:
-    """Widths of ``entry``'s PlainConvUNet whose ``measure`` is nearest to that of ``variant`` on the same entry."""
+    """Widths of ``entry``'s network (PlainConvUNet or ResidualEncoderUNet) whose ``measure`` is nearest to that of
+    ``variant`` on the same entry."""
     _check_plain(entry)
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} to match; valid are {sorted(VARIANTS)}")

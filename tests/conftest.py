@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
+from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry, resenc_unet_entry
 
 NNUNET_PATH_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -89,6 +89,19 @@ def tiny_plans(features: Sequence[int] = (4, 8, 16)) -> dict:
             ),
         }
     )
+
+
+def tiny_resenc_plans(features: Sequence[int] = (4, 8, 16)) -> dict:
+    """``tiny_plans`` as nnU-Net's ResEnc planners write them (ResidualEncoderUNet, 1-3-4 blocks, plans name
+    nnUNetResEncUNetMPlans)."""
+    plans = tiny_plans(features)
+    for configuration in plans["configurations"].values():
+        kw = configuration["architecture"]["arch_kwargs"]
+        dim = len(kw["kernel_sizes"][0])
+        configuration["architecture"] = resenc_unet_entry(dim, kw["features_per_stage"], kw["strides"],
+                                                          kw["kernel_sizes"])
+    plans["plans_name"] = "nnUNetResEncUNetMPlans"
+    return plans
 
 
 def hepatic_vessel_like_plans() -> dict:

@@ -1,4 +1,5 @@
-"""nnU-Net's network contract for every variant x {2D, 3D}, on plans shaped like the default planner's.
+"""nnU-Net's network contract for every variant x {2D, 3D} x host {PlainConvUNet, ResidualEncoderUNet}, on plans
+shaped like the default planner's and the ResEnc planners'.
 
 3D: 6 stages, [1,3,3] kernels and [1,2,2] strides in the first stages (thick slices). 2D: 7 stages. Widths and
 patches are tiny so that the whole file runs in seconds on one CPU thread.
@@ -8,14 +9,15 @@ import json
 
 import pytest
 import torch
-from nnunet_tubeconv.architectures import TUBE_UNET_CLASS, VARIANTS, variant_architecture
+from nnunet_tubeconv.architectures import HOSTS, VARIANTS, variant_architecture
 from nnunet_tubeconv.architectures.memory import SavedTensors
-from test_architectures import aniso_3d, build, iso_2d
+from nnunet_tubeconv.architectures.unet import residual_stage_convs
+from test_architectures import PLANS_BY_HOST, build
 
 torch.set_num_threads(1)
 
 NUM_CLASSES = 3
-CASES = [(v, d) for v in sorted(VARIANTS) for d in (2, 3)]
+CASES = [(v, d, h) for h in PLANS_BY_HOST for v in sorted(VARIANTS) for d in (2, 3)]
 
 
 def _resolutions(entry: dict, patch: list[int]) -> list[list[int]]:
@@ -26,19 +28,30 @@ def _resolutions(entry: dict, patch: list[int]) -> list[list[int]]:
     return sizes
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{v}-{d}d" for v, d in CASES])
+def _stage_convs(net, s: int) -> list:
+    """Encoder stage ``s``'s replaceable convolutions in forward order, on either host."""
+    stage = net.encoder.stages[s]
+    if hasattr(stage, "blocks"):  # residual encoder
+        return [getattr(block, name) for block, name in residual_stage_convs(stage)]
+    return list(stage[0].convs)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{h}-{v}-{d}d" for v, d, h in CASES])
 def case(request):
-    variant, dim = request.param
-    plans, patch = (iso_2d if dim == 2 else aniso_3d)()
+    variant, dim, host = request.param
+    three_d, two_d = PLANS_BY_HOST[host]
+    plans, patch = (two_d if dim == 2 else three_d)()
     entry = variant_architecture(plans, variant)
     torch.manual_seed(0)
     net = build(entry, 1, NUM_CLASSES, ds=True)
-    return {"variant": variant, "entry": entry, "patch": patch, "net": net}
+    return {"variant": variant, "entry": entry, "patch": patch, "net": net, "nnunet_class":
+            plans["network_class_name"]}
 
 
 def test_entry_names_our_class(case):
-    assert case["entry"]["network_class_name"] == TUBE_UNET_CLASS
-    assert type(case["net"]).__module__ + "." + type(case["net"]).__name__ == TUBE_UNET_CLASS
+    ours = HOSTS[case["nnunet_class"]]
+    assert case["entry"]["network_class_name"] == ours
+    assert type(case["net"]).__module__ + "." + type(case["net"]).__name__ == ours
 
 
 def test_forward_shapes_deep_supervision_on_and_off(case):
@@ -127,7 +140,9 @@ def test_blocks_are_where_the_options_say(case):
     if opts["conv_block"] != "conv":
         assert expected[opts["conv_block"]] in names
         for s in opts["conv_block_encoder_stages"]:
-            assert type(net.encoder.stages[s][0].convs[-1]).__name__ == expected[opts["conv_block"]]
+            convs = _stage_convs(net, s)
+            assert type(convs[-1]).__name__ == expected[opts["conv_block"]]
+            assert type(convs[-1 - opts["conv_block_convs"]]).__name__ == "ConvDropoutNormReLU"
     assert ("DLKBlock" in names) == bool(opts["dlk_encoder_stages"])
     assert ("DFF" in names) == bool(opts["dff_skips"])
     assert ("SCSE" in names) == bool(opts["scse_encoder_stages"] or opts["scse_decoder_stages"])
@@ -156,5 +171,5 @@ def test_feature_map_size_matches_saved_tensors(case):
             rec.add(o)
     measured = rec.elements / 2
     estimate = net.compute_conv_feature_map_size(patch)
-    # measured: within 0.02-0.08% for every variant in 2D and 3D
+    # measured: within 0.02-0.08% (PlainConvUNet host) and 0.03-0.09% (ResEnc host) for every variant in 2D and 3D
     assert abs(estimate - measured) / measured < 0.001, (estimate, measured)

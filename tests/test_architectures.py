@@ -18,7 +18,7 @@ from nnunet_tubeconv.architectures import (
 )
 from nnunet_tubeconv.architectures.memory import SavedTensors
 from nnunet_tubeconv.architectures.unet import TubeUNet
-from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
+from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry, resenc_unet_entry
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
@@ -46,6 +46,26 @@ def iso_2d() -> tuple[dict, list[int]]:
     """7 stages, as the planner makes for 2D configurations."""
     entry = plans_entry(2, 7, [2, 4, 6, 8, 8, 8, 8], [[3, 3]] * 7, [[1, 1]] + [[2, 2]] * 6)
     return entry, [128, 128]
+
+
+def aniso_3d_resenc() -> tuple[dict, list[int]]:
+    """``aniso_3d``'s stages as a ResidualEncoderUNet entry (ResEnc planner's form), 1-2 blocks per stage."""
+    entry, patch = aniso_3d()
+    kw = entry["arch_kwargs"]
+    return resenc_unet_entry(3, kw["features_per_stage"], kw["strides"], kw["kernel_sizes"],
+                             n_blocks_per_stage=[1, 2, 2, 2, 2, 2]), patch
+
+
+def iso_2d_resenc() -> tuple[dict, list[int]]:
+    """``iso_2d``'s stages as a ResidualEncoderUNet entry, 1-2 blocks per stage."""
+    entry, patch = iso_2d()
+    kw = entry["arch_kwargs"]
+    return resenc_unet_entry(2, kw["features_per_stage"], kw["strides"], kw["kernel_sizes"],
+                             n_blocks_per_stage=[1, 2, 2, 2, 2, 2, 2]), patch
+
+
+#: the test plans per host: nnU-Net's network class -> (3D plan, 2D plan)
+PLANS_BY_HOST = {"plain": (aniso_3d, iso_2d), "resenc": (aniso_3d_resenc, iso_2d_resenc)}
 
 
 def build(entry: dict, in_ch: int = 1, out_ch: int = 3, ds: bool = True, init: bool = True) -> nn.Module:
@@ -155,10 +175,11 @@ def test_unknown_option_lists_allowed_ones():
 
 def test_other_network_class_is_refused():
     entry, _ = aniso_3d()
-    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-    with pytest.raises(ValueError, match="ResidualEncoderUNet") as e:
+    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualUNet"
+    with pytest.raises(ValueError, match="'dynamic_network_architectures.architectures.unet.ResidualUNet'") as e:
         variant_architecture(entry, "scse")
-    assert "PlainConvUNet" in str(e.value)
+    assert "PlainConvUNet" in str(e.value) and "ResidualEncoderUNet" in str(e.value)
+    assert "nnUNetPlannerResEncM" in str(e.value)
     with pytest.raises(ValueError, match="network_class_name"):
         variant_architecture({"arch_kwargs": {}}, "scse")
 
@@ -305,3 +326,186 @@ def test_class_paths_name_the_classes_nnunet_builds():
     assert pydoc.locate(TUBE_UNET_CLASS) is TubeUNet
     assert pydoc.locate(PLAIN_CONV_UNET_CLASS) is PlainConvUNet
     assert PLAIN_CONV_UNET_NAMES == (PLAIN_CONV_UNET_CLASS, PlainConvUNet.__name__)
+
+
+# ---------------------------------------------------------------------------- ResEnc host == ResidualEncoderUNet
+
+
+def _resenc_neutral(entry: dict) -> dict:
+    from nnunet_tubeconv.architectures import neutral_architecture
+
+    return neutral_architecture(entry)
+
+
+def _param_modules(net: nn.Module) -> list[tuple[str, str]]:
+    """(name, type) of every module that owns parameters itself: the module tree as checkpoints see it."""
+    return [(n, type(m).__name__) for n, m in net.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+@pytest.mark.parametrize("plan", [aniso_3d_resenc, iso_2d_resenc])
+def test_neutral_resenc_network_is_residual_encoder_unet(plan):
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from nnunet_tubeconv.architectures import TUBE_RESENC_UNET_CLASS
+    from nnunet_tubeconv.architectures.unet import TubeResEncUNet
+
+    entry, patch = plan()
+    ours = _resenc_neutral(entry)
+    assert ours["network_class_name"] == TUBE_RESENC_UNET_CLASS
+    for ds in (True, False):
+        torch.manual_seed(0)
+        vanilla = build(entry, 2, 3, ds)
+        torch.manual_seed(0)
+        net = build(ours, 2, 3, ds)
+        assert type(vanilla) is ResidualEncoderUNet and type(net) is TubeResEncUNet
+        sv, so = vanilla.state_dict(), net.state_dict()
+        assert list(sv) == list(so)
+        assert all(sv[k].shape == so[k].shape for k in sv)
+        assert _param_modules(net) == _param_modules(vanilla)
+        assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in vanilla.parameters())
+        assert (net.key_to_encoder, net.key_to_stem, net.keys_to_in_proj) == (
+            vanilla.key_to_encoder, vanilla.key_to_stem, vanilla.keys_to_in_proj)
+        submodules_loadable(net)
+        # same initialisation, zeroed last norms of the residual branches included (same seed, same order)
+        for k in sv:
+            torch.testing.assert_close(sv[k], so[k])
+        assert all(b.conv2.norm.weight.abs().sum() == 0 for st in net.encoder.stages for b in st.blocks)
+        x = torch.randn(1, 2, *patch)
+        with torch.no_grad():  # perturb so that every weight matters, then load nnU-Net's weights strictly
+            for p in vanilla.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        net.load_state_dict(vanilla.state_dict(), strict=True)
+        out_v, out_n = vanilla(x), net(x)
+        if ds:
+            assert isinstance(out_n, list) and len(out_n) == len(out_v) == entry["arch_kwargs"]["n_stages"] - 1
+            for a, b in zip(out_v, out_n):
+                torch.testing.assert_close(a, b)
+        else:
+            torch.testing.assert_close(out_v, out_n)
+
+
+@pytest.mark.parametrize("plan", [aniso_3d_resenc, iso_2d_resenc])
+@pytest.mark.parametrize("ds", [True, False])
+def test_resenc_feature_map_size_matches_saved_tensors(plan, ds):
+    entry, patch = plan()
+    net = build(_resenc_neutral(entry), 2, 3, ds).train()
+    x = torch.randn(2, 2, *patch)
+    with SavedTensors(exclude=net.parameters()) as rec:
+        out = net(x)
+        for o in out if isinstance(out, list) else [out]:
+            rec.add(o)
+    estimate = net.compute_conv_feature_map_size(patch)
+    measured = rec.elements / 2
+    assert abs(estimate - measured) / measured < 0.001, (estimate, measured)  # measured: 0.04-0.09%
+    vanilla = build(entry, 2, 3, ds, init=False)
+    assert estimate > 1.5 * vanilla.compute_conv_feature_map_size(patch)
+
+
+@pytest.mark.parametrize("extra, options", [
+    ({"dropout_op": "torch.nn.Dropout", "dropout_op_kwargs": {"p": 0.2}}, {"conv_block": "dsc",
+                                                                           "conv_block_encoder_stages": [1]}),
+    ({"dropout_op": "torch.nn.Dropout3d", "dropout_op_kwargs": {"p": 0.2}}, None),
+    ({"nonlin_kwargs": {"inplace": False}}, {"conv_block": "dsc", "conv_block_encoder_stages": [0, 1],
+                                             "conv_block_convs": 2}),
+    ({}, {"conv_block": "deform", "conv_block_encoder_stages": [1, 2], "conv_block_convs": 3,
+          "dlk_encoder_stages": [0], "scse_encoder_stages": [1, 3]}),
+])
+def test_resenc_feature_map_size_other_settings(extra, options):
+    """Dropout in conv1, non-in-place nonlinearities, drop-ins for conv1 (strided, widening) and conv2, DLK/scSE."""
+    entry = resenc_unet_entry(3, [2, 4, 4, 4], [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+                              [[1, 3, 3]] + [[3, 3, 3]] * 3, n_blocks_per_stage=[1, 2, 2, 1], **extra)
+    ours = _resenc_neutral(entry) if options is None else variant_architecture(entry, "scse", {
+        "scse_encoder_stages": [], "scse_decoder_stages": [], **options})
+    net = build(ours, 1, 2, True).train()
+    x = torch.randn(1, 1, 8, 32, 32)
+    with SavedTensors(exclude=net.parameters()) as rec:
+        for o in net(x):
+            rec.add(o)
+    estimate = net.compute_conv_feature_map_size([8, 32, 32])
+    assert abs(estimate - rec.elements) / rec.elements < 0.001, (estimate, rec.elements)  # measured: 0.04-0.08%
+
+
+def test_resenc_snake_replaces_conv2_without_nonlinearity_and_keeps_the_residual_path():
+    from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+
+    from nnunet_tubeconv.blocks import DSCBlock
+
+    entry, _ = aniso_3d_resenc()
+    vanilla = build(entry, 1, 3, ds=False)
+    ours = variant_architecture(entry, "dsconv", {"conv_block_encoder_stages": [1, 3], "conv_block_convs": 2,
+                                                  "conv_block_decoder_stages": []})
+    net = build(ours, 1, 3, ds=False)
+    for s in (1, 3):
+        last, ref = net.encoder.stages[s].blocks[-1], vanilla.encoder.stages[s].blocks[-1]
+        assert isinstance(last.conv1, DSCBlock) and isinstance(last.conv2, DSCBlock)
+        assert isinstance(last.conv1.nonlin, nn.LeakyReLU)  # conv1 keeps its nonlinearity
+        assert isinstance(last.conv2.nonlin, nn.Identity)  # conv2: norm, then the residual addition
+        assert isinstance(last.conv2.plain[2], nn.LeakyReLU)  # the branches inside the block keep theirs
+        assert isinstance(last.conv2.dropout, nn.Identity)
+        assert type(last.skip) is type(ref.skip)  # the residual path is untouched
+        assert isinstance(net.encoder.stages[s].blocks[0].conv2, ConvDropoutNormReLU)  # only the last 2 convs
+    # block 0 of stage 3 carries the stride and the widening: a strided conv1 drop-in there
+    ours = variant_architecture(entry, "dsconv", {"conv_block_encoder_stages": [3], "conv_block_convs": 4,
+                                                  "conv_block_decoder_stages": []})
+    first = build(ours, 1, 3, ds=False).encoder.stages[3].blocks[0]
+    assert isinstance(first.conv1, DSCBlock) and list(first.conv1.stride) == [2, 2, 2]
+    assert (first.conv1.input_channels, first.conv1.output_channels) == (6, 8)
+    # ResidualEncoderUNet's initialisation zeroes the last norm of every residual branch, the snake block's too:
+    # the block starts as nonlin2(residual path), as vanilla ResEnc's blocks do
+    block = net.encoder.stages[1].blocks[-1]
+    assert block.conv2.norm.weight.abs().sum() == 0
+    x = torch.randn(2, 4, 8, 32, 32)
+    net.train()
+    torch.testing.assert_close(block(x.clone()), nn.functional.leaky_relu(block.skip(x), 0.01))
+
+
+def test_resenc_options_count_residual_block_convs():
+    entry, _ = aniso_3d_resenc()  # stage 0: one block = 2 convs; stages 1..5: two blocks = 4 convs
+    with pytest.raises(ValueError, match="encoder stage 0 has only 2 conv"):
+        variant_architecture(entry, "dsconv", {"conv_block_encoder_stages": [0], "conv_block_convs": 3})
+    with pytest.raises(ValueError, match="decoder stage at resolution 2 has only 1 conv"):
+        variant_architecture(entry, "dsconv", {"conv_block_convs": 2})  # ResEnc decoders have 1 conv per stage
+    out = variant_architecture(entry, "dsconv", {"conv_block_encoder_stages": [1], "conv_block_decoder_stages": [],
+                                                 "conv_block_convs": 4})
+    assert out["arch_kwargs"]["block_options"]["conv_block_convs"] == 4
+    # the ResEnc entry's kwargs are carried over unchanged
+    assert {k: v for k, v in out["arch_kwargs"].items() if k != "block_options"} == entry["arch_kwargs"]
+
+
+def test_resenc_refuses_bottleneck_blocks_and_bad_arguments():
+    from dynamic_network_architectures.building_blocks.residual import BottleneckD
+    from nnunet_tubeconv.architectures.unet import TubeResEncUNet
+
+    entry, _ = aniso_3d_resenc()
+    kw = copy.deepcopy(entry["arch_kwargs"])
+    kw.update(conv_op=nn.Conv3d, norm_op=nn.InstanceNorm3d, nonlin=nn.LeakyReLU)
+    TubeResEncUNet(input_channels=1, num_classes=2, **kw)  # valid
+    with pytest.raises(ValueError, match="BasicBlockD"):
+        TubeResEncUNet(input_channels=1, num_classes=2, block=BottleneckD, **kw)
+    with pytest.raises(ValueError, match="n_blocks_per_stage"):
+        TubeResEncUNet(input_channels=1, num_classes=2, **{**kw, "n_blocks_per_stage": [1, 2]})
+    with pytest.raises(ValueError, match="n_blocks_per_stage"):
+        TubeResEncUNet(input_channels=1, num_classes=2, **{**kw, "n_blocks_per_stage": [0] * 6})
+    with pytest.raises(ValueError, match="n_blocks_per_stage"):
+        variant_architecture({**entry, "arch_kwargs": {k: v for k, v in kw.items() if k != "n_blocks_per_stage"}},
+                             "scse")
+
+
+def test_class_paths_of_the_resenc_host():
+    import pydoc
+
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from nnunet_tubeconv.architectures import (
+        HOSTS,
+        PLAIN_CONV_UNET_CLASS,
+        RESENC_UNET_CLASS,
+        RESENC_UNET_NAMES,
+        TUBE_RESENC_UNET_CLASS,
+        host_class,
+    )
+    from nnunet_tubeconv.architectures.unet import TubeResEncUNet
+
+    assert pydoc.locate(TUBE_RESENC_UNET_CLASS) is TubeResEncUNet
+    assert pydoc.locate(RESENC_UNET_CLASS) is ResidualEncoderUNet
+    assert RESENC_UNET_NAMES == (RESENC_UNET_CLASS, ResidualEncoderUNet.__name__)
+    assert HOSTS == {PLAIN_CONV_UNET_CLASS: TUBE_UNET_CLASS, RESENC_UNET_CLASS: TUBE_RESENC_UNET_CLASS}
+    assert host_class("ResidualEncoderUNet") == TUBE_RESENC_UNET_CLASS and host_class("ResidualUNet") is None

@@ -219,12 +219,12 @@ def test_doctor_checks_the_loss_trainers_and_wide(good_env, capsys):
 def test_doctor_refuses_plans_of_another_network_with_a_message(good_env, capsys):
     plans = tiny_plans()
     entry = plans["configurations"]["3d_fullres"]["architecture"]
-    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualUNet"
     _write_preprocessed(good_env, plans)
     rc, out = _doctor(capsys, "-d", "999", "-tr", "nnUNetTrainerDSConv", "-c", "3d_fullres")
     assert rc == 1
     line = next(x for x in out.splitlines() if x.startswith("[FAIL] nnUNetTrainerDSConv"))
-    assert "ResidualEncoderUNet" in line and "PlainConvUNet" in line
+    assert "ResidualUNet" in line and "PlainConvUNet" in line and "ResidualEncoderUNet" in line
     assert "Traceback" not in out
 
 

@@ -21,8 +21,20 @@ from types import MappingProxyType
 
 import pytest
 import torch
-from conftest import HEPATIC_VESSEL_DATASET_JSON, TINY_DATASET_JSON, hepatic_vessel_like_plans, tiny_plans
-from nnunet_tubeconv.architectures import TUBE_UNET_CLASS, VARIANTS
+from conftest import (
+    HEPATIC_VESSEL_DATASET_JSON,
+    TINY_DATASET_JSON,
+    hepatic_vessel_like_plans,
+    tiny_plans,
+    tiny_resenc_plans,
+)
+from nnunet_tubeconv.architectures import (
+    RESENC_UNET_CLASS,
+    TUBE_RESENC_UNET_CLASS,
+    TUBE_UNET_CLASS,
+    VARIANTS,
+    resenc_unet_entry,
+)
 from nnunet_tubeconv.trainers import (
     TRAINER_MODULES,
     TRAINERS,
@@ -254,13 +266,87 @@ def test_hepatic_vessel_shaped_plans_every_configuration(configuration):
 def test_other_network_classes_are_refused_with_a_clear_message():
     plans = tiny_plans()
     entry = plans["configurations"]["3d_fullres"]["architecture"]
-    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    entry["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualUNet"
     entry["arch_kwargs"]["n_blocks_per_stage"] = entry["arch_kwargs"].pop("n_conv_per_stage")
-    with pytest.raises(ValueError, match="ResidualEncoderUNet") as e:
+    with pytest.raises(ValueError, match="ResidualUNet") as e:
         _build(nnUNetTrainerDSConv, plans, "3d_fullres", TINY_DATASET_JSON)
-    assert "PlainConvUNet" in str(e.value) and "nnUNetTrainerDSConv" in str(e.value)
-    with pytest.raises(ValueError, match="ResidualEncoderUNet"):
+    message = str(e.value)
+    assert "nnUNetTrainerDSConv" in message
+    assert "PlainConvUNet" in message and RESENC_UNET_CLASS in message and "nnUNetResEncUNetMPlans" in message
+    with pytest.raises(ValueError, match="ResidualUNet"):
         nnUNetTrainerDSConv.plans_with_architecture(plans, "3d_fullres")
+    with pytest.raises(ValueError, match="ResidualUNet"):
+        _build(TRAINERS["nnUNetTrainerWide"], plans, "3d_fullres", TINY_DATASET_JSON)
+
+
+# ------------------------------------------------------------------------------------- ResEnc plans (issue 14)
+
+
+@pytest.mark.parametrize("name", ALL_TRAINERS)
+@pytest.mark.parametrize("configuration", ["2d", "3d_fullres"])
+def test_every_trainer_builds_from_resenc_plans(name, configuration):
+    """Every registered trainer accepts nnU-Net's ResEnc plans: block trainers build a TubeResEncUNet, the loss-only
+    trainers nnU-Net's ResidualEncoderUNet, Wide a widened ResidualEncoderUNet."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from nnunet_tubeconv.architectures.unet import TubeResEncUNet
+
+    cls = TRAINERS[name]
+    plans = tiny_resenc_plans()
+    before = copy.deepcopy(plans)
+    torch.manual_seed(0)
+    net = _build(cls, plans, configuration, TINY_DATASET_JSON, ds=True)
+    assert plans == before
+    if issubclass(cls, nnUNetTrainerTubeBase):
+        assert type(net) is TubeResEncUNet
+        saved = json.loads(json.dumps(cls.plans_with_architecture(plans, configuration)))
+        entry = saved["configurations"][configuration]["architecture"]
+        assert entry["network_class_name"] == TUBE_RESENC_UNET_CLASS and entry["arch_kwargs"]["block_options"]
+        again = _build(cls, saved, configuration, TINY_DATASET_JSON)  # the model folder's plans.json
+        again.load_state_dict(net.state_dict())  # strict
+    else:
+        assert type(net) is ResidualEncoderUNet
+    if name == "nnUNetTrainerWide":
+        base = plans["configurations"][configuration]["architecture"]["arch_kwargs"]["features_per_stage"]
+        assert all(w > b for w, b in zip(net.encoder.output_channels, base))
+    patch = PlansManager(plans).get_configuration(configuration).patch_size
+    net.train()
+    out = net(torch.randn(2, 1, *patch))
+    assert isinstance(out, list) and tuple(out[0].shape) == (2, 2, *patch)
+
+
+def test_wide_on_resenc_plans_matches_dsconv_on_the_resenc_host():
+    from nnunet_tubeconv.architectures.wide import parameter_count
+
+    cls = TRAINERS["nnUNetTrainerWide"]
+    plans = tiny_resenc_plans()
+    pm = PlansManager(plans)
+    record = cls.plans_with_wide_architecture(plans, "2d", TINY_DATASET_JSON)["configurations"]["2d"]["tubeconv_wide"]
+    snake = nnUNetTrainerDSConv.plans_with_architecture(plans, "2d")["configurations"]["2d"]["architecture"]
+    assert record["target"] == parameter_count(snake, 1, 2)
+    assert record["vanilla"] == parameter_count(pm.plans["configurations"]["2d"]["architecture"], 1, 2)
+    assert abs(record["achieved"] - record["target"]) < 0.02 * record["target"] < record["target"] - record["vanilla"]
+
+
+def test_resenc_m_shaped_plans_default_placements():
+    """HepaticVessel-sized ResEnc M plans (1-3-4-6-6-6 blocks; meta device): the variants' default placements."""
+    from nnunet_tubeconv.architectures.unet import residual_stage_convs
+
+    plans = hepatic_vessel_like_plans()
+    for configuration in ("2d", "3d_fullres", "3d_lowres"):
+        kw = plans["configurations"][configuration]["architecture"]["arch_kwargs"]
+        plans["configurations"][configuration]["architecture"] = resenc_unet_entry(
+            len(kw["kernel_sizes"][0]), kw["features_per_stage"], kw["strides"], kw["kernel_sizes"])
+    for name, configuration in [("nnUNetTrainerTubeConv", "3d_fullres"), ("nnUNetTrainerDLKDFF", "3d_fullres"),
+                                ("nnUNetTrainerDeformConv", "3d_cascade_fullres"), ("nnUNetTrainerDSConv", "2d")]:
+        net = _build(TRAINERS[name], plans, configuration, HEPATIC_VESSEL_DATASET_JSON, meta=True)
+        opts = net.block_options
+        assert type(net).__name__ == "TubeResEncUNet"
+        for s in opts["conv_block_encoder_stages"]:  # the snake / deformable conv replaces the last block's conv2
+            block, conv = residual_stage_convs(net.encoder.stages[s])[-1]
+            assert conv == "conv2" and type(block.conv2).__name__ in ("DSCBlock", "DeformConv")
+        extra = (opts["dlk_blocks_per_stage"] if 2 in opts["dlk_encoder_stages"] else 0) + (
+            2 in opts["scse_encoder_stages"])
+        assert len(net.encoder.stages[2].blocks) == 4 + extra  # ResEnc M: 4 residual blocks in stage 2
 
 
 def test_base_trainer_needs_a_variant_or_our_plans():

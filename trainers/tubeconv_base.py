@@ -1,4 +1,5 @@
-"""The base of every nnunet-tubeconv trainer: stock nnU-Net training with a TubeUNet built from the plans.
+"""The base of every nnunet-tubeconv trainer: stock nnU-Net training with a TubeUNet (or, on ResEnc plans, a
+TubeResEncUNet) built from the plans.
 
 nnU-Net's network contract (Isensee et al., Nature Methods 2021; nnunetv2 ``nnUNetTrainer``): a configuration's
 plans entry ``{"network_class_name", "arch_kwargs", "_kw_requires_import"}`` describes the network, and
@@ -9,8 +10,10 @@ here it is a classmethod whose result depends on the plans and on two class cons
 * ``block_options``: optional block options laid over that variant's (see
   :mod:`nnunet_tubeconv.architectures.options`).
 
-A PlainConvUNet entry becomes the variant's network; an entry that already names our network (the plans.json that
-training writes into the model folder, or plans written by a planner preset) is rebuilt exactly as it stands.
+A PlainConvUNet entry (default plans) or a ResidualEncoderUNet entry (nnU-Net's ResEnc presets, plans
+``nnUNetResEncUNetM/L/XLPlans``) becomes the variant's network on that host; an entry that already names our
+network (the plans.json that training writes into the model folder, or plans written by a planner preset) is
+rebuilt exactly as it stands.
 
 This module is imported twice in practice: as ``nnunet_tubeconv.trainers.tubeconv_base``, and as a top-level module
 ``tubeconv_base`` by nnU-Net's ``nnUNet_extTrainer`` lookup, which puts this folder on ``sys.path``. Hence absolute
@@ -81,7 +84,8 @@ class ScaledPolyLRScheduler(PolyLRScheduler):
 
 
 class nnUNetTrainerTubeBase(nnUNetTrainer):
-    """nnUNetTrainer whose network is ``variant`` (+ ``block_options``) applied to the plans' PlainConvUNet.
+    """nnUNetTrainer whose network is ``variant`` (+ ``block_options``) applied to the plans' PlainConvUNet or
+    ResidualEncoderUNet (nnU-Net's ResEnc presets, ``-p nnUNetResEncUNetMPlans`` etc.).
 
     Subclasses set the class constants and nothing else; a user's subclass (a shorter schedule, other block
     options) keeps working because everything is looked up on ``cls``. Used directly (``variant = None``) it only
@@ -175,13 +179,13 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
         """The architecture entry this trainer builds from a plans entry (a new dict; the input is not touched).
 
         Raises ``ValueError`` (naming the trainer, the network class and what is supported) when the entry is
-        neither a PlainConvUNet nor one of ours.
+        none of the supported classes (PlainConvUNet, ResidualEncoderUNet, ours).
         """
         from nnunet_tubeconv.architectures import (
             OUR_CLASSES,
-            PLAIN_CONV_UNET_CLASS,
             VARIANTS,
-            is_plain_conv_unet,
+            host_class,
+            unsupported_class_message,
             variant_architecture,
         )
         from nnunet_tubeconv.trainers import TRAINER_MODULES
@@ -203,12 +207,11 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
             if cls.block_options:
                 raise ValueError(f"{cls.__name__} sets block_options but no variant; set `variant` as well")
             return copy.deepcopy(dict(architecture))
-        if name not in OUR_CLASSES and not is_plain_conv_unet(name):
+        if host_class(name) is None:
             raise ValueError(
-                f"{cls.__name__} cannot build network class {name!r}: supported are nnU-Net's {PLAIN_CONV_UNET_CLASS} "
-                f"(what the default ExperimentPlanner writes; ResEnc presets and other planners write other classes) "
-                f"and our own {list(OUR_CLASSES)}. Train with plans whose configurations name one of these, e.g. the "
-                f"default nnUNetPlans (nnUNetv2_plan_and_preprocess -d ID, then -p nnUNetPlans)."
+                f"{cls.__name__}: {unsupported_class_message(name)}. Train with plans whose configurations name one "
+                f"of these, e.g. the default nnUNetPlans (nnUNetv2_plan_and_preprocess -d ID, then -p nnUNetPlans) "
+                f"or a ResEnc preset (-pl nnUNetPlannerResEncM, then -p nnUNetResEncUNetMPlans)."
             )
         try:
             return variant_architecture(

@@ -1,5 +1,8 @@
 """``nnUNetTrainerWide``: vanilla nnU-Net whose stage widths are scaled to match a variant's parameters (or FLOPs).
 
+On default plans the network is a widened PlainConvUNet, on ResEnc plans (``-p nnUNetResEncUNetMPlans`` etc.) a
+widened ResidualEncoderUNet matched against the variant on the ResEnc host.
+
 The capacity control: if a block variant beats vanilla nnU-Net, does a vanilla network with as many parameters
 beat it too? Everything but ``features_per_stage`` is stock nnU-Net (same network class, loss, schedule).
 How the widths are found: :mod:`nnunet_tubeconv.architectures.wide`.
@@ -39,7 +42,8 @@ _CUDA = torch.device("cuda")
 
 
 class nnUNetTrainerWide(nnUNetTrainer):
-    """Vanilla PlainConvUNet, widths scaled so that its parameters match ``nnUNetTrainerDSConv``'s network."""
+    """Vanilla PlainConvUNet / ResidualEncoderUNet, widths scaled so that its parameters match
+    ``nnUNetTrainerDSConv``'s network on the same plans."""
 
     wide_match_variant: ClassVar[str] = "dsconv"
     wide_match_measure: ClassVar[str] = "params"
@@ -101,7 +105,7 @@ class nnUNetTrainerWide(nnUNetTrainer):
         num_output_channels: int,
         enable_deep_supervision: bool = True,
     ) -> nn.Module:
-        """The widened PlainConvUNet; a model folder's plans (already widened) are built as they stand."""
+        """The widened network; a model folder's plans (already widened) are built as they stand."""
         entry, record = cls.resolve_wide(configuration_manager, num_input_channels, num_output_channels)
         configuration = copy.deepcopy(configuration_manager.configuration)
         configuration["architecture"] = entry
