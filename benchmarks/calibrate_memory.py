@@ -405,7 +405,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="benchmarks/results/calibration_cpu.json", help="JSON written here")
     parser.add_argument("--table", default=None, help="markdown table (default: --out with .md)")
     parser.add_argument("--variants", nargs="+", default=None, help="default: vanilla and every variant")
-    parser.add_argument("--targets", nargs="+", type=float, default=[8.0, 24.0], help="GPU memory targets in GB")
+    parser.add_argument("--targets", nargs="+", type=float, default=None,
+                        help="GPU memory targets in GB (default: 8 and 24 for the plain preset, each ResEnc preset's "
+                             "own target: 8, 24, 40 for resenc-m, -l, -xl)")
+    parser.add_argument("--preset", nargs="+", default=["plain"], metavar="PRESET",
+                        help="host presets (default plain): plain, resenc-m, resenc-l, resenc-xl; the networks of "
+                             "parts 1-2 are those of the first preset of each host, part 3 plans every preset")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: measure part 3 with torch.cuda.max_memory_allocated of an AMP training step")
     parser.add_argument("--max-measure-gb", type=float, default=8.0,
@@ -428,16 +433,35 @@ def _variants(requested: Sequence[str] | None) -> list[str]:
     return list(requested)
 
 
-def calibrate(variants: Sequence[str], targets: Sequence[float], device: str = "cpu", max_measure_gb: float = 8.0,
-              threads: int = 1, quick: bool = False, log=print) -> dict:
+def step_ratio_key(family: str, variant: str) -> str:
+    """Key of ``result["step_ratios"]``: the variant on the plain host (as before ResEnc), ``resenc:<variant>``."""
+    return variant if family == "plain" else f"{family}:{variant}"
+
+
+#: the default targets of the plain preset (nnU-Net's default and its ResEnc L target)
+PLAIN_TARGETS_GB = (8.0, 24.0)
+
+
+def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: str = "cpu",
+              max_measure_gb: float = 8.0, threads: int = 1, quick: bool = False, log=print,
+              presets: Sequence[str] = ("plain",)) -> dict:
+    """The three parts for each preset of ``presets`` (:data:`~nnunet_tubeconv.planning.hosts.HOST_PRESETS`):
+    parts 1-2 on the networks nnU-Net's planner of the first preset of each host (plain / ResEnc) plans, part 3
+    at ``targets`` (None: :data:`PLAIN_TARGETS_GB` for plain, each ResEnc preset's own target)."""
     import nnunetv2
     import torch
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners as rp
 
     from nnunet_tubeconv.planning.estimate import GpuMemoryModel, check_gpu_memory, network_estimate, variant_entry
+    from nnunet_tubeconv.planning.hosts import check_host
     from nnunet_tubeconv.planning.planners import planner_class
 
-    targets = [check_gpu_memory(t) for t in targets]
+    hosts = [check_host(p) for p in presets]
+    if not hosts or len({h.name for h in hosts}) != len(hosts):
+        raise ValueError(f"presets must be distinct names of {['plain', 'resenc-m', 'resenc-l', 'resenc-xl']}, "
+                         f"got {list(presets)}")
+    targets = None if targets is None else [check_gpu_memory(t) for t in targets]
     torch.set_num_threads(threads)
     spec = HEPATIC_VESSEL_LIKE
     in_ch, out_ch = len(spec["channel_names"]), len(spec["labels"])
@@ -450,99 +474,134 @@ def calibrate(variants: Sequence[str], targets: Sequence[float], device: str = "
         "dataset": {k: v for k, v in spec.items()},
         "model": {"bytes_per_parameter": model.bytes_per_parameter, "workspace_bytes": model.workspace_bytes,
                   "target_unit": "GiB"},
+        "presets": [h.name for h in hosts],
         "estimates": [], "step_ratios": {}, "plans": [], "errors": [],
     }
     with tempfile.TemporaryDirectory(prefix="tubeconv_calib_") as tmp, nnunet_paths(tmp) as paths:
         fingerprint, dataset_json = hepatic_vessel_like_fingerprint(spec)
         write_fingerprint_dataset(paths["nnUNet_raw"], paths["nnUNet_preprocessed"], spec["name"], fingerprint,
                                   dataset_json)
-        reference = plan_quietly(ExperimentPlanner, spec["name"], 8)
-        plain3 = reference["configurations"]["3d_fullres"]["architecture"]
-        plain2 = reference["configurations"]["2d"]["architecture"]
-        result["nnUNetPlans_8G"] = {c: _config_summary(cfg) for c, cfg in reference["configurations"].items()
-                                    if "patch_size" in cfg}
+        measured_family: set[bool] = set()
+        for host in hosts:
+            reference_cls = ExperimentPlanner if not host.residual else getattr(rp, host.planner)
+            reference = plan_quietly(reference_cls, spec["name"], host.gpu_memory_gb)
+            if not host.residual:
+                result["nnUNetPlans_8G"] = {c: _config_summary(cfg) for c, cfg in reference["configurations"].items()
+                                            if "patch_size" in cfg}
+            else:
+                result.setdefault("resenc_reference", {})[host.name] = {
+                    "plans_name": reference["plans_name"], "target_gb": host.gpu_memory_gb,
+                    "configurations": {c: _config_summary(cfg) for c, cfg in reference["configurations"].items()
+                                       if "patch_size" in cfg}}
+            if host.residual not in measured_family:
+                measured_family.add(host.residual)
+                _parts_1_2(result, reference, host.name, variants, in_ch, out_ch, threads, max_measure_gb, quick, log)
+            family = "resenc" if host.residual else "plain"
+            amp = {}
+            for row in result["estimates"]:
+                if row["dim"] == 3 and row["amp_ratio"] is not None and row.get("host", "plain") == family:
+                    amp[row["variant"]] = row["amp_ratio"]  # the larger 3D patch wins (listed last)
 
-        # part 1
-        d3, d2 = shape_divisor(plain3), shape_divisor(plain2)
-        if quick:
-            plain3, plain2 = narrower(plain3, 8), narrower(plain2, 16)
-            patches = [(plain3, [d * k for d in d3]) for k in (2, 3)] + [(plain2, [d * k for d in d2]) for k in (2, 3)]
-        else:  # the bottleneck needs more than one voxel (instance norm), hence at least twice the divisor
-            patches = [(plain3, [2 * d3[0], 2 * d3[1], 2 * d3[2]]), (plain3, [2 * d3[0], 5 * d3[1], 5 * d3[2]]),
-                       (plain2, [2 * d for d in d2]), (plain2, [4 * d for d in d2])]
-        for plain, patch in patches:
-            for v in variants:
-                try:
-                    row = estimate_row(plain, v, patch, in_ch, out_ch, threads, max_measure_gb * 1e9)
-                except (ImportError, ValueError, RuntimeError) as e:
-                    result["errors"].append({"part": "estimates", "variant": v, "patch": patch, "error": repr(e)})
-                    log(f"  {v} {patch}: {e!r}")
-                    continue
-                result["estimates"].append(row)
-                log(f"  estimate {v:9s} {patch!s:16s} est {row['estimate_elements']:>12d} measured "
-                    f"{row['measured_elements']:>12d} ({100 * row['relative_error']:+.2f}%) amp {row['amp_ratio']}")
-        amp = {}
-        for row in result["estimates"]:
-            if row["dim"] == 3 and row["amp_ratio"] is not None:
-                amp[row["variant"]] = row["amp_ratio"]  # the larger 3D patch wins (listed last)
-
-        # part 2
-        if not quick:
-            patch = [2 * d3[0], 4 * d3[1], 4 * d3[2]]  # smaller than planned: a conservative (larger) ratio
-            for v in variants:
-                try:
-                    r = step_ratio(plain3, v, patch, in_ch, out_ch, threads, max_measure_gb * 1e9)
-                except (ImportError, ValueError, RuntimeError) as e:
-                    result["errors"].append({"part": "step_ratios", "variant": v, "error": repr(e)})
-                    continue
-                result["step_ratios"][v] = r
-                log(f"  step ratio {v:9s} {r['step_ratio']:.3f}")
-
-        # part 3
-        for gb in targets:
-            vanilla_plans = plan_quietly(planner_class("vanilla"), spec["name"], gb)
-            naive_cfg = vanilla_plans["configurations"]["3d_fullres"]
-            for v in variants:
-                try:
-                    plans = plan_quietly(planner_class(v), spec["name"], gb)
-                except (ImportError, ValueError, RuntimeError) as e:
-                    result["errors"].append({"part": "plans", "variant": v, "target_gb": gb, "error": repr(e)})
-                    continue
-                cfgs = {c: _config_summary(cfg) for c, cfg in plans["configurations"].items() if "patch_size" in cfg}
-                full = plans["configurations"]["3d_fullres"]
-                entry = full["architecture"]
-                row: dict[str, Any] = {"variant": v, "target_gb": gb, "plans_name": plans["plans_name"],
-                                       "configurations": cfgs}
-                try:
-                    params = _count_parameters(entry, in_ch, out_ch)
-                    naive_entry = variant_entry(naive_cfg["architecture"], v)
-                    naive_bytes = 4 * network_estimate(naive_entry, naive_cfg["patch_size"], in_ch, out_ch)
-                    naive_params = _count_parameters(naive_entry, in_ch, out_ch)
-                    ratios = {"amp_ratio": amp.get(v), "step_ratio": result["step_ratios"].get(v, {}).get("step_ratio")}
-                    row["parameters"] = params
-                    row["ratios_used"] = ratios
-                    row["naive"] = {"patch": [int(p) for p in naive_cfg["patch_size"]],
-                                    "batch": int(naive_cfg["batch_size"]), "bytes_per_sample_estimate": naive_bytes,
-                                    "predicted_peak_gib": model.predict(naive_bytes, naive_cfg["batch_size"],
-                                                                        naive_params, **ratios) / GIB}
-                    if device == "cuda":
-                        peak = gpu_step_peak(entry, full["patch_size"], full["batch_size"], in_ch, out_ch)
-                        gc.collect()
-                        torch.cuda.empty_cache()
-                        row["measured_gpu_peak_gib"] = peak / GIB
-                        row["within_target"] = peak / GIB <= gb
-                    elif not quick:
-                        m = measure_planned(entry, full["patch_size"], in_ch, out_ch, max_measure_gb * 1e9, threads)
-                        row["measured"] = m
-                        peak = model.predict(m["bytes_per_sample"], full["batch_size"], params, **ratios)
-                        row["predicted_peak_gib"] = peak / GIB
-                        row["within_target"] = peak / GIB <= gb
-                except (ImportError, ValueError, RuntimeError) as e:
-                    result["errors"].append({"part": "measure", "variant": v, "target_gb": gb, "error": repr(e)})
-                result["plans"].append(row)
-                log(f"  plan {v:9s} {gb:g} GB: 3d_fullres {cfgs['3d_fullres']['patch']} x{cfgs['3d_fullres']['batch']}"
-                    f"  peak {row.get('predicted_peak_gib', row.get('measured_gpu_peak_gib', float('nan'))):.2f} GiB")
+            # part 3
+            host_targets = targets or (list(PLAIN_TARGETS_GB) if not host.residual else [host.gpu_memory_gb])
+            for gb in host_targets:
+                vanilla_plans = plan_quietly(planner_class("vanilla", host=host.name), spec["name"], gb)
+                naive_cfg = vanilla_plans["configurations"]["3d_fullres"]
+                for v in variants:
+                    try:
+                        plans = plan_quietly(planner_class(v, host=host.name), spec["name"], gb)
+                    except (ImportError, ValueError, RuntimeError) as e:
+                        result["errors"].append({"part": "plans", "variant": v, "target_gb": gb, "error": repr(e),
+                                                 "preset": host.name})
+                        continue
+                    cfgs = {c: _config_summary(cfg) for c, cfg in plans["configurations"].items()
+                            if "patch_size" in cfg}
+                    full = plans["configurations"]["3d_fullres"]
+                    entry = full["architecture"]
+                    row: dict[str, Any] = {"variant": v, "preset": host.name, "target_gb": gb,
+                                           "plans_name": plans["plans_name"], "configurations": cfgs}
+                    try:
+                        params = _count_parameters(entry, in_ch, out_ch)
+                        naive_entry = variant_entry(naive_cfg["architecture"], v)
+                        naive_bytes = 4 * network_estimate(naive_entry, naive_cfg["patch_size"], in_ch, out_ch)
+                        naive_params = _count_parameters(naive_entry, in_ch, out_ch)
+                        ratios = {"amp_ratio": amp.get(v), "step_ratio": result["step_ratios"].get(
+                            step_ratio_key(family, v), {}).get("step_ratio")}
+                        row["parameters"] = params
+                        row["ratios_used"] = ratios
+                        row["naive"] = {"patch": [int(p) for p in naive_cfg["patch_size"]],
+                                        "batch": int(naive_cfg["batch_size"]),
+                                        "bytes_per_sample_estimate": naive_bytes,
+                                        "predicted_peak_gib": model.predict(naive_bytes, naive_cfg["batch_size"],
+                                                                            naive_params, **ratios) / GIB}
+                        if device == "cuda":
+                            peak = gpu_step_peak(entry, full["patch_size"], full["batch_size"], in_ch, out_ch)
+                            gc.collect()
+                            torch.cuda.empty_cache()
+                            row["measured_gpu_peak_gib"] = peak / GIB
+                            row["within_target"] = peak / GIB <= gb
+                        elif not quick:
+                            m = measure_planned(entry, full["patch_size"], in_ch, out_ch, max_measure_gb * 1e9,
+                                                threads)
+                            row["measured"] = m
+                            peak = model.predict(m["bytes_per_sample"], full["batch_size"], params, **ratios)
+                            row["predicted_peak_gib"] = peak / GIB
+                            row["within_target"] = peak / GIB <= gb
+                    except (ImportError, ValueError, RuntimeError) as e:
+                        result["errors"].append({"part": "measure", "variant": v, "target_gb": gb, "error": repr(e),
+                                                 "preset": host.name})
+                    result["plans"].append(row)
+                    peak_txt = row.get("predicted_peak_gib", row.get("measured_gpu_peak_gib", float("nan")))
+                    log(f"  plan {host.name:9s} {v:9s} {gb:g} GB: 3d_fullres {cfgs['3d_fullres']['patch']} "
+                        f"x{cfgs['3d_fullres']['batch']}  peak {peak_txt:.2f} GiB")
     return result
+
+
+def _parts_1_2(result: dict, reference: dict, preset: str, variants: Sequence[str], in_ch: int, out_ch: int,
+               threads: int, max_measure_gb: float, quick: bool, log) -> None:
+    """Parts 1 and 2 on the 3d_fullres / 2d networks of ``reference`` (plans of nnU-Net's planner of ``preset``)."""
+    from nnunet_tubeconv.planning.hosts import check_host
+
+    residual = check_host(preset).residual
+    family = "resenc" if residual else "plain"
+    plain3 = reference["configurations"]["3d_fullres"]["architecture"]
+    plain2 = reference["configurations"]["2d"]["architecture"]
+
+    # part 1
+    d3, d2 = shape_divisor(plain3), shape_divisor(plain2)
+    if quick:
+        plain3, plain2 = narrower(plain3, 8), narrower(plain2, 16)
+        patches = [(plain3, [d * k for d in d3]) for k in (2, 3)] + [(plain2, [d * k for d in d2]) for k in (2, 3)]
+    else:  # the bottleneck needs more than one voxel (instance norm), hence at least twice the divisor
+        patches = [(plain3, [2 * d3[0], 2 * d3[1], 2 * d3[2]]), (plain3, [2 * d3[0], 5 * d3[1], 5 * d3[2]]),
+                   (plain2, [2 * d for d in d2]), (plain2, [4 * d for d in d2])]
+    for plain, patch in patches:
+        for v in variants:
+            try:
+                row = estimate_row(plain, v, patch, in_ch, out_ch, threads, max_measure_gb * 1e9)
+            except (ImportError, ValueError, RuntimeError) as e:
+                result["errors"].append({"part": "estimates", "variant": v, "patch": patch, "error": repr(e),
+                                         "host": family})
+                log(f"  {v} {patch}: {e!r}")
+                continue
+            row["host"] = family
+            result["estimates"].append(row)
+            log(f"  estimate {family} {v:9s} {patch!s:16s} est {row['estimate_elements']:>12d} measured "
+                f"{row['measured_elements']:>12d} ({100 * row['relative_error']:+.2f}%) amp {row['amp_ratio']}")
+    # part 2
+    if not quick:
+        patch = [2 * d3[0], 4 * d3[1], 4 * d3[2]]  # smaller than planned: a conservative (larger) ratio
+        for v in variants:
+            try:
+                r = step_ratio(plain3, v, patch, in_ch, out_ch, threads, max_measure_gb * 1e9)
+            except (ImportError, ValueError, RuntimeError) as e:
+                result["errors"].append({"part": "step_ratios", "variant": v, "error": repr(e), "host": family})
+                continue
+            result["step_ratios"][step_ratio_key(family, v)] = {**r, "host": family}
+            log(f"  step ratio {family} {v:9s} {r['step_ratio']:.3f}")
+
+
+_HOST_NAMES = {"plain": "plain", "resenc": "ResEnc"}
 
 
 def _fmt_patch(p: Sequence[int]) -> str:
@@ -552,17 +611,21 @@ def _fmt_patch(p: Sequence[int]) -> str:
 def markdown_table(result: dict) -> str:
     """The README tables from a :func:`calibrate` result."""
     meta = result["meta"]
+    presets = result.get("presets", ["plain"])
+    hosts_shown = presets != ["plain"]
     lines = [(f"Measured with `{meta['command'].strip()}` (torch {meta['torch']}, {meta['device']}, "
               f"{meta['threads']} thread(s), {meta['date']})."), ""]
     lines += [("**Estimate vs measured** (elements autograd keeps for backward per sample; float32 CPU forward with "
-               "`saved_tensors_hooks`; networks of nnU-Net's default plans for the Task08-like data set, 3 classes). "
+               "`saved_tensors_hooks`; networks of nnU-Net's default plans (ResEnc: of its first ResEnc preset "
+               "planner) for the Task08-like data set, 3 classes). "
                "`planner / vanilla`: the presets' estimate on nnU-Net's scale over vanilla's. `AMP bytes`: under CPU "
                "bfloat16 autocast, over float32, autocast's weight copies excluded."), "",
-              "| variant | dim | patch | estimate | measured | error | planner / vanilla | AMP bytes |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+              (f"| {'host | ' if hosts_shown else ''}variant | dim | patch | estimate | measured | error | "
+              "planner / vanilla | AMP bytes |"),
+              f"|{'---|' if hosts_shown else ''}---|---|---|---:|---:|---:|---:|---:|"]
     for r in result["estimates"]:
         ratio = r["planner_estimate"] / r["dna_vanilla_estimate"]
-        lines.append(f"| {r['variant']} | {r['dim']}D | {_fmt_patch(r['patch'])} | {r['estimate_elements']:,} | "
+        lines.append(f"| {(_HOST_NAMES[r.get('host', 'plain')] + ' | ') if hosts_shown else ''}{r['variant']} | {r['dim']}D | {_fmt_patch(r['patch'])} | {r['estimate_elements']:,} | "
                      f"{r['measured_elements']:,} | {100 * r['relative_error']:+.2f}% | {ratio:.3f} | "
                      f"{'n/a' if r['amp_ratio'] is None else format(r['amp_ratio'], '.3f')} |")
     amp_errors = dict.fromkeys(f"{r['variant']} {r['dim']}D: {r['amp_error']}" for r in result["estimates"]
@@ -572,10 +635,11 @@ def markdown_table(result: dict) -> str:
     if result["step_ratios"]:
         lines += ["", ("**Step ratio** (float32 CPU training step, one sample: growth of the process's RSS "
                        "high-water mark over the bytes forward keeps):"), "",
-                  "| variant | patch | kept by forward | step peak | ratio |",
-                  "|---|---|---:|---:|---:|"]
-        for v, r in result["step_ratios"].items():
-            lines.append(f"| {v} | {_fmt_patch(r['patch'])} | {r['saved_bytes'] / GIB:.2f} GiB | "
+                  f"| {'host | ' if hosts_shown else ''}variant | patch | kept by forward | step peak | ratio |",
+                  f"|{'---|' if hosts_shown else ''}---|---|---:|---:|---:|"]
+        for r in result["step_ratios"].values():
+            lines.append(f"| {(_HOST_NAMES[r.get('host', 'plain')] + ' | ') if hosts_shown else ''}{r['variant']} | "
+                         f"{_fmt_patch(r['patch'])} | {r['saved_bytes'] / GIB:.2f} GiB | "
                          f"{r['rss_growth_bytes'] / GIB:.2f} GiB | {r['step_ratio']:.2f} |")
     ds = result["dataset"]
     ref = result.get("nnUNetPlans_8G", {})
@@ -583,17 +647,22 @@ def markdown_table(result: dict) -> str:
     gpu = result["meta"]["device"] == "cuda"
     lines += ["", f"**Plans for a Task08 HepaticVessel-like data set** ({ds['num_training']} CTs, 3 labels, in-plane "
               f"{ds['inplane_spacing']} mm, slice spacings {z}, {ds['z_extent_mm']:g} mm along z; "
-              "only a fingerprint, nothing preprocessed). nnU-Net's own `ExperimentPlanner` at 8 GB: "
-              + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}" for c, s in ref.items()) + ".",
+              "only a fingerprint, nothing preprocessed)."
+              + ((" nnU-Net's own `ExperimentPlanner` at 8 GB: "
+                  + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}" for c, s in ref.items()) + ".")
+                 if ref else "")
+              + "".join(f" nnU-Net's `{r['plans_name']}` ({r['target_gb']:g} GB): "
+                        + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}" for c, s in r["configurations"].items())
+                        + "." for r in result.get("resenc_reference", {}).values()),
               ("Peak: `torch.cuda.max_memory_allocated` of an AMP training step at the planned batch and patch. "
                if gpu else
                "Predicted peak = batch x measured bytes per sample x AMP ratio x step ratio + "
                f"{result['model']['bytes_per_parameter']:g} B/parameter + "
                f"{result['model']['workspace_bytes'] / GIB:g} GiB, against the target in GiB. ")
               + "Naive: the variant on the vanilla plan at that target (predicted from the estimate).", "",
-              ("| variant | target | 3d_fullres patch x batch | 3d_lowres | 2d | measured / sample | "
-               f"{'GPU peak' if gpu else 'predicted peak'} | within | naive: vanilla plan's peak |"),
-              "|---|---|---|---|---|---:|---:|---|---:|"]
+              (f"| {'preset | ' if hosts_shown else ''}variant | target | 3d_fullres patch x batch | 3d_lowres | 2d | "
+               f"measured / sample | {'GPU peak' if gpu else 'predicted peak'} | within | naive: vanilla plan's peak |"),
+              f"|{'---|' if hosts_shown else ''}---|---|---|---|---|---:|---:|---|---:|"]
     for r in result["plans"]:
         c = r["configurations"]
         low = f"{_fmt_patch(c['3d_lowres']['patch'])} x{c['3d_lowres']['batch']}" if "3d_lowres" in c else "-"
@@ -605,7 +674,7 @@ def markdown_table(result: dict) -> str:
             how = "-"
         peak = r.get("predicted_peak_gib", r.get("measured_gpu_peak_gib"))
         naive = r.get("naive", {}).get("predicted_peak_gib")
-        lines.append(f"| {r['variant']} | {r['target_gb']:g} GB | {_fmt_patch(c['3d_fullres']['patch'])} "
+        lines.append(f"| {(r.get('preset', 'plain') + ' | ') if hosts_shown else ''}{r['variant']} | {r['target_gb']:g} GB | {_fmt_patch(c['3d_fullres']['patch'])} "
                      f"x{c['3d_fullres']['batch']} | {low} | {_fmt_patch(c['2d']['patch'])} x{c['2d']['batch']} | "
                      f"{how} | {'-' if peak is None else f'{peak:.2f} GiB'} | "
                      f"{'-' if 'within_target' not in r else ('yes' if r['within_target'] else '**no**')} | "
@@ -626,7 +695,8 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but torch sees no CUDA device")
     os.environ.setdefault("nnUNet_n_proc_DA", "1")
-    result = calibrate(variants, args.targets, args.device, args.max_measure_gb, args.threads, args.quick)
+    result = calibrate(variants, args.targets, args.device, args.max_measure_gb, args.threads, args.quick,
+                       presets=args.preset)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -374,3 +374,91 @@ def test_markdown_table_lists_every_row():
     assert "| dsconv | 3D | 16x32x32 | 100 | 101 | -1.00% | 1.500 | 0.500 |" in table
     assert "| dsconv | 8 GB | 48x160x160 x2 | - | 512x512 x9 | 2.00 GiB (1/2 width) | 7.50 GiB | yes | 11.00 GiB |" \
         in table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# presets on nnU-Net's residual-encoder host (ResEnc M / L / XL)
+
+
+def test_resenc_presets_start_from_nnunets_resenc_planners(task08):
+    from nnunet_tubeconv.architectures import RESENC_UNET_CLASS, TUBE_RESENC_UNET_CLASS
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+        nnUNetPlannerResEncM,
+    )
+
+    from nnunet_tubeconv.planning.planners import RESENC_PLANNERS
+
+    assert {h for h, _ in RESENC_PLANNERS} == {"resenc-m", "resenc-l", "resenc-xl"}
+    assert {v for _, v in RESENC_PLANNERS} == set(all_variants())
+    cls = planner_class("dsconv", host="resenc-l")
+    assert cls.__name__ == "nnUNetPlannerResEncL_dsconv" and cls.host == "resenc-l"
+    assert plans_name_for("dsconv", 24, "resenc-l") == "nnUNetResEncUNetLPlans_dsconv_24G"
+    # the preset's own memory target by default (nnU-Net's: M 8, L 24, XL 40), without nnU-Net's warning about it
+    assert planner_class("scse", host="resenc-xl")(TASK08).plans_identifier == "nnUNetResEncUNetXLPlans_scse_40G"
+    with pytest.raises(ValueError, match="unknown host/preset"):
+        planner_class("dsconv", host="resenc-s")
+
+    theirs = _quiet(nnUNetPlannerResEncM(TASK08).plan_experiment)["configurations"]
+    vanilla = _quiet(planner_class("vanilla", host="resenc-m")(TASK08).plan_experiment)["configurations"]
+    for c in ("2d", "3d_fullres"):  # vanilla on ResEnc M: nnU-Net's own ResEnc M plans
+        a, b = vanilla[c], theirs[c]
+        assert list(a["patch_size"]) == list(b["patch_size"]) and a["batch_size"] == b["batch_size"], c
+        assert a["architecture"]["network_class_name"] == RESENC_UNET_CLASS
+        assert a["data_identifier"] == b["data_identifier"] == f"nnUNetPlans_{c}"
+
+    planner = planner_class("dsconv", host="resenc-m")(TASK08)
+    plans = _quiet(planner.plan_experiment)["configurations"]
+    for c, ref, ref_bs in (("3d_fullres", planner.UNet_reference_val_3d, 2), ("2d", planner.UNet_reference_val_2d, 12)):
+        cfg, van = plans[c], vanilla[c]
+        arch = cfg["architecture"]
+        assert arch["network_class_name"] == TUBE_RESENC_UNET_CLASS
+        resenc = json.loads(json.dumps(arch, default=int))
+        resenc["arch_kwargs"].pop("block_options")
+        resenc["network_class_name"] = RESENC_UNET_CLASS
+        assert arch["arch_kwargs"]["block_options"] == variant_entry(resenc, "dsconv")["arch_kwargs"]["block_options"]
+        # within the ResEnc reference at the planned patch and batch (rounding aside), never more voxels than vanilla
+        est = planner_estimate(resenc, "dsconv", cfg["patch_size"], 1, 3)
+        assert est * cfg["batch_size"] <= ref * ref_bs + est / 2, c
+        assert math.prod(cfg["patch_size"]) * cfg["batch_size"] <= math.prod(van["patch_size"]) * van["batch_size"]
+        # the estimate's scale is ResidualEncoderUNet's own count (what nnU-Net's ResEnc reference values are for)
+        assert dna_vanilla_estimate(resenc, cfg["patch_size"], 1, 3) == network_estimate(resenc, cfg["patch_size"], 1, 3,
+                                                                                         deep_supervision=None)
+    v3, p3 = vanilla["3d_fullres"], plans["3d_fullres"]
+    assert math.prod(p3["patch_size"]) * p3["batch_size"] < math.prod(v3["patch_size"]) * v3["batch_size"]
+
+
+def test_plan_command_resenc_preset(task08, capsys, tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    assert main(["plan", "-d", str(TASK08_ID), "--variant", "scse", "--preset", "resenc-l"]) == 0
+    out = capsys.readouterr().out
+    plans_file = tmp_path / "nnUNet_preprocessed" / TASK08 / "nnUNetResEncUNetLPlans_scse_24G.json"
+    pm = PlansManager(str(plans_file))
+    assert pm.plans["experiment_planner_used"] == "nnUNetPlannerResEncL_scse"
+    assert pm.get_configuration("3d_fullres").network_arch_class_name.endswith("TubeResEncUNet")
+    assert "variant scse on ResEnc L, GPU memory target 24 GB" in out
+    assert "-tr nnUNetTrainerScSE -p nnUNetResEncUNetLPlans_scse_24G" in out
+
+
+def test_markdown_table_shows_hosts_and_presets():
+    row = {"variant": "dsconv", "dim": 3, "patch": [16, 32, 32], "estimate_elements": 100, "measured_elements": 101,
+           "relative_error": -0.01, "planner_estimate": 150, "dna_vanilla_estimate": 100, "amp_ratio": 0.5,
+           "host": "resenc"}
+    step = {"variant": "dsconv", "patch": [16, 64, 64], "saved_bytes": 2 ** 30, "rss_growth_bytes": 2 ** 30 * 1.25,
+            "step_ratio": 1.25, "host": "resenc"}
+    plan = {"variant": "dsconv", "preset": "resenc-l", "target_gb": 24.0, "configurations": {
+        "3d_fullres": {"patch": [96, 256, 256], "batch": 2}, "2d": {"patch": [512, 512], "batch": 31}},
+        "predicted_peak_gib": 20.5, "within_target": True, "naive": {"predicted_peak_gib": 25.0}}
+    result = {"meta": {"command": "nnunet-tubeconv calibrate-memory --preset resenc-l", "torch": "x", "device": "cpu",
+                       "threads": 1, "date": "today"}, "presets": ["resenc-l"],
+              "dataset": HEPATIC_VESSEL_LIKE, "model": {"bytes_per_parameter": 16, "workspace_bytes": 2 ** 30},
+              "estimates": [row], "step_ratios": {"resenc:dsconv": step}, "plans": [plan], "errors": [],
+              "resenc_reference": {"resenc-l": {"plans_name": "nnUNetResEncUNetLPlans", "target_gb": 24.0,
+                                                "configurations": {"3d_fullres": {"patch": [96, 320, 256],
+                                                                                  "batch": 2}}}}}
+    table = markdown_table(result)
+    assert "| ResEnc | dsconv | 3D | 16x32x32 | 100 | 101 | -1.00% | 1.500 | 0.500 |" in table
+    assert "| ResEnc | dsconv | 16x64x64 | 1.00 GiB | 1.25 GiB | 1.25 |" in table
+    assert "| resenc-l | dsconv | 24 GB | 96x256x256 x2 | - | 512x512 x31 | - | 20.50 GiB | yes | 25.00 GiB |" in table
+    assert "nnU-Net's `nnUNetResEncUNetLPlans` (24 GB): 3d_fullres 96x320x256 x2." in table
+    assert "ExperimentPlanner" not in table

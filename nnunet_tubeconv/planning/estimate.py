@@ -11,7 +11,8 @@ within a fraction of a percent of :class:`~nnunet_tubeconv.architectures.memory.
     estimate_variant(patch) = DNA_vanilla(patch) * ours_variant(patch) / ours_vanilla(patch)
 
 ``ours_vanilla`` is a TubeUNet with no block options, i.e. exactly the PlainConvUNet of the plans, counted
-honestly. The ratio is what the variant adds on top of the very network the reference was tuned for, measured in
+honestly (on nnU-Net's ResEnc presets: a TubeResEncUNet with no block options, exactly their ResidualEncoderUNet,
+and DNA's count is ResidualEncoderUNet's, the scale of the ResEnc planners' reference values). The ratio is what the variant adds on top of the very network the reference was tuned for, measured in
 the unit where it is true; multiplying by DNA's vanilla count maps it back onto the reference's scale. For the
 vanilla network the ratio is exactly 1, so plans for it are nnU-Net's own. Both honest counts are taken with deep
 supervision on (as in training); DNA's is taken exactly as nnU-Net's planner takes it.
@@ -66,31 +67,29 @@ def _check_patch(patch_size: Sequence[int], dim: int | None = None) -> tuple[int
 
 
 def _check_plain(architecture: Mapping[str, Any]) -> None:
+    """``architecture`` must be nnU-Net's own entry: a PlainConvUNet (default planner) or a ResidualEncoderUNet
+    (its ResEnc planners), the networks whose DNA counts nnU-Net's reference values were tuned for."""
     if not isinstance(architecture, Mapping) or "network_class_name" not in architecture:
         raise ValueError(f"expected a plans architecture entry (dict with 'network_class_name'), got {architecture!r}")
-    from nnunet_tubeconv.architectures import PLAIN_CONV_UNET_CLASS, is_plain_conv_unet
+    from nnunet_tubeconv.architectures import HOSTS, host_class
 
-    if not is_plain_conv_unet(architecture["network_class_name"]):
-        raise ValueError(
-            f"the planner estimate starts from nnU-Net's PlainConvUNet entry ({PLAIN_CONV_UNET_CLASS}), "
-            f"got {architecture['network_class_name']!r}"
-        )
+    name = architecture["network_class_name"]
+    if host_class(name) is None or host_class(name) == name:  # not a host, or already one of ours
+        raise ValueError(f"the planner estimate starts from nnU-Net's own entry, one of {list(HOSTS)}, got {name!r}")
 
 
 def neutral_entry(architecture: Mapping[str, Any]) -> dict:
-    """A TubeUNet entry with no blocks from a PlainConvUNet entry: the same network, counted honestly."""
-    from nnunet_tubeconv.architectures import TUBE_UNET_CLASS
+    """Our entry with no blocks from nnU-Net's PlainConvUNet / ResidualEncoderUNet entry: the same network, counted
+    honestly (TubeUNet / TubeResEncUNet with ``block_options=None``)."""
+    from nnunet_tubeconv.architectures import neutral_architecture
 
     _check_plain(architecture)
-    out = jsonable_entry(architecture)
-    out["network_class_name"] = TUBE_UNET_CLASS
-    out["arch_kwargs"]["block_options"] = None
-    return out
+    return neutral_architecture(jsonable_entry(architecture))
 
 
 def variant_entry(architecture: Mapping[str, Any], variant: str, block_options: Mapping[str, Any] | None = None
                   ) -> dict:
-    """The plans entry of ``variant`` (or of the neutral TubeUNet for ``"vanilla"``) from a PlainConvUNet entry."""
+    """The plans entry of ``variant`` (or of the neutral entry for ``"vanilla"``) from nnU-Net's own entry."""
     from nnunet_tubeconv.architectures import variant_architecture
 
     if variant == VANILLA:
@@ -154,7 +153,8 @@ def network_estimate(architecture: Mapping[str, Any], patch_size: Sequence[int],
 
 def dna_vanilla_estimate(architecture: Mapping[str, Any], patch_size: Sequence[int], input_channels: int,
                          output_channels: int) -> int:
-    """What nnU-Net's ``ExperimentPlanner.static_estimate_VRAM_usage`` returns for a PlainConvUNet entry."""
+    """What nnU-Net's ``ExperimentPlanner.static_estimate_VRAM_usage`` returns for a PlainConvUNet or
+    ResidualEncoderUNet entry."""
     _check_plain(architecture)
     return network_estimate(architecture, patch_size, input_channels, output_channels, deep_supervision=None)
 
@@ -174,7 +174,9 @@ def planner_estimate(architecture: Mapping[str, Any], variant: str, patch_size: 
                      output_channels: int, block_options: Mapping[str, Any] | None = None) -> int:
     """The variant's memory estimate on nnU-Net's scale: ``DNA_vanilla * ours_variant / ours_vanilla``.
 
-    ``architecture``: a configuration's PlainConvUNet entry (as the default planner builds it); ``variant``: a key
+    ``architecture``: a configuration's PlainConvUNet entry (as the default planner builds it) or ResidualEncoderUNet
+    entry (as the ResEnc planners build it; then ``DNA_vanilla`` is ResidualEncoderUNet's count, the scale of the
+    ResEnc planners' reference values, and both honest counts are TubeResEncUNet's); ``variant``: a key
     of ``VARIANTS`` or ``"vanilla"``; ``patch_size``: spatial axes only. Comparable with
     ``ExperimentPlanner.UNet_reference_val_3d`` / ``_2d``; for ``"vanilla"`` it is DNA's own number.
     """
