@@ -108,42 +108,21 @@ def close_plans_names(plans: str, known: list[str]) -> list[str]:
 
 def resenc_entry(plain_entry: dict[str, Any], host: str = "resenc-m") -> dict[str, Any]:
     """The ``ResidualEncoderUNet`` entry nnU-Net's ResEnc planner of ``host`` writes for the same stages, widths,
-    kernels and strides as a ``PlainConvUNet`` entry (for benchmarks on a fixed plan): residual blocks per encoder
-    stage and convolutions per decoder stage read from nnU-Net's ``ResEncUNetPlanner`` (1, 3, 4, 6, 6, ... and 1).
-    M, L and XL build the same network for the same stages; they differ in the patch and batch their planners pick.
+    kernels and strides as a ``PlainConvUNet`` entry (for benchmarks on a fixed plan), built by
+    :func:`~nnunet_tubeconv.architectures.resenc_unet_entry` (the planners' residual blocks per stage, one
+    convolution per decoder stage); other layer settings are kept. M, L and XL build the same network for the same
+    stages; they differ in the patch and batch their planners pick.
     """
-    from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners as rp
+    from nnunet_tubeconv.architectures import resenc_unet_entry
 
     h = check_host(host)
     if not h.residual:
         raise ValueError(f"host {host!r} is not a residual-encoder host; allowed: "
                          f"{[n for n, x in HOST_PRESETS.items() if x.residual]}")
-    out = copy.deepcopy(dict(plain_entry))
-    kwargs = dict(out["arch_kwargs"])
-    n = int(kwargs["n_stages"])
-    kwargs.pop("n_conv_per_stage", None)
-    planner_blocks_enc, planner_blocks_dec = _resenc_blocks(getattr(rp, h.planner))
-    if n > len(planner_blocks_enc):
-        raise ValueError(f"nnU-Net's ResEnc planner defines blocks for at most {len(planner_blocks_enc)} stages, got {n}")
-    new = {}
-    for k, v in kwargs.items():  # keep nnU-Net's key order: n_blocks_per_stage where n_conv_per_stage was
-        new[k] = v
-        if k == "strides":
-            new["n_blocks_per_stage"] = list(planner_blocks_enc[:n])
-    new["n_conv_per_stage_decoder"] = list(planner_blocks_dec[:n - 1])
-    out["arch_kwargs"] = new
-    out["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    kw = copy.deepcopy(dict(plain_entry["arch_kwargs"]))
+    dim = len(kw["strides"][0])
+    out = resenc_unet_entry(dim, kw["features_per_stage"], kw["strides"], kw["kernel_sizes"])
+    for k, v in kw.items():  # the plain entry's layer settings (norm, nonlinearity, bias, dropout)
+        if k in out["arch_kwargs"] and k not in ("n_conv_per_stage_decoder",):
+            out["arch_kwargs"][k] = v
     return out
-
-
-def _resenc_blocks(planner_cls: type) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``UNet_blocks_per_stage_encoder`` / ``_decoder`` as nnU-Net's ResEnc planner sets them in its constructor
-    (instance attributes): its constructor is run with ``ExperimentPlanner.__init__`` (which reads a data set) skipped."""
-    from unittest import mock
-
-    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
-
-    obj = object.__new__(planner_cls)
-    with mock.patch.object(ExperimentPlanner, "__init__", lambda self, *a, **k: None):
-        planner_cls.__init__(obj, "unused")
-    return tuple(obj.UNet_blocks_per_stage_encoder), tuple(obj.UNet_blocks_per_stage_decoder)
