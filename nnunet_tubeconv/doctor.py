@@ -13,7 +13,8 @@ directory of :mod:`nnunet_tubeconv.trainers` wherever the package is installed):
   (``recursive_find_trainer_class_by_name``, what ``nnUNetv2_train -tr`` uses) finds each trainer;
 * the torch device (a warning only: without a GPU, pass ``-device cpu``);
 * with ``-d DATASET``: that each trainer builds its network from that data set's plans (on the meta device: no
-  memory, no compute), e.g. refusing a plans file whose network is not a PlainConvUNet with a readable message.
+  memory, no compute), e.g. refusing a plans file whose network is neither a PlainConvUNet nor a
+  ResidualEncoderUNet (default and ResEnc plans) with a readable message.
 
 Both commands keep imports light until ``run`` (torch and nnU-Net load there).
 """

@@ -222,3 +222,113 @@ def run_console(
         tail = (r.stdout + "\n" + r.stderr)[-6000:]
         pytest.fail(f"{' '.join(args)} exited with {r.returncode}:\n{tail}")
     return r
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end-to-end runs: a user's short trainer subclasses, a synthetic data set planned by nnU-Net's console script
+
+#: a user's trainer class of the end-to-end tests: exactly what the README tells people to write (a shorter
+#: schedule), no mirroring (validation and prediction 4-8x faster on CPU) and a test-only interruption hook
+_SHORT_TRAINER_CLASS = '''
+
+class {name}({base}):
+    """{base}, {epochs} epochs of {iterations} iterations, no mirroring."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = {epochs}
+        self.num_iterations_per_epoch = {iterations}
+        self.num_val_iterations_per_epoch = 1
+        self.save_every = 1  # checkpoint_latest.pth after every epoch
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        # no mirroring, hence no test-time mirroring either
+        rot, dummy_2d, initial_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rot, dummy_2d, initial_size, None
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        stop = os.environ.get("E2E_STOP_AFTER_EPOCHS")  # test hook: die like a killed job
+        if stop is not None and self.current_epoch == int(stop):
+            raise SystemExit(f"simulated interruption after {{self.current_epoch}} epoch(s)")
+'''
+
+
+def short_trainer_source(classes: dict[str, str], epochs: int = 2, iterations: int = 2) -> str:
+    """Source of a user's trainer module: one short subclass ``name`` of each of our trainers ``base``
+    (``{name: base}``), with the ``E2E_STOP_AFTER_EPOCHS`` interruption hook."""
+    bases = sorted(set(classes.values()))
+    head = f"import os\n\nimport torch\n\nfrom nnunet_tubeconv.trainers import {', '.join(bases)}\n"
+    return head + "".join(_SHORT_TRAINER_CLASS.format(name=n, base=b, epochs=epochs, iterations=iterations)
+                          for n, b in classes.items())
+
+
+def planned_synthetic_dataset(base: Path, dataset_id: int, shape: Sequence[int], num_cases: int,
+                              configurations: Sequence[str] = ("2d", "3d_fullres")) -> dict:
+    """A synthetic 3D data set under ``base``, planned and preprocessed by ``nnUNetv2_plan_and_preprocess`` (default
+    planner), and an empty user trainer folder ``user`` in ``nnUNet_extTrainer`` after ours (put files there with
+    :func:`add_user_trainers` before training). Returns the workspace dict of the end-to-end tests: ``base``,
+    ``env``, ``log``, ``user``, ``dataset`` (folder name), ``raw`` and ``pre`` (its raw and preprocessed folders)."""
+    from nnunet_tubeconv.trainers import trainer_folder
+
+    from nnunet_tubeconv.data.synthetic import write_synthetic_dataset
+
+    user = base / "user_trainers"
+    user.mkdir()
+    env = nnunet_env(base, [trainer_folder(), user])
+    log = base / "commands.log"
+    folder = write_synthetic_dataset(env["nnUNet_raw"], dataset_id, 3, num_cases, shape=shape)
+    plan_env = {**env, "nnUNet_n_proc_DA": "1"}  # the planner calls torch.set_num_threads(n_proc_DA)
+    run_console(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", *configurations,
+                 "-np", *["1"] * len(configurations), "-npfp", "1"], plan_env, log=log)
+    pre = Path(env["nnUNet_preprocessed"]) / folder.name
+    return {"base": base, "env": env, "log": log, "user": user, "dataset": folder.name, "raw": folder, "pre": pre}
+
+
+def add_user_trainers(ws: dict, file_name: str, source: str) -> None:
+    """Write a user's trainer module into the workspace's user trainer folder (found by nnU-Net's lookup)."""
+    path = ws["user"] / file_name
+    if path.exists():
+        raise ValueError(f"{path} exists: give each test module's trainers their own file")
+    path.write_text(source)
+
+
+#: the end-to-end data set shared by the test modules that train on it (tests/test_e2e_nnunet.py,
+#: tests/test_e2e_resenc.py): 5 cases of 16 x 32 x 32, planned for 2d and 3d_fullres
+E2E_DATASET_ID = 987
+E2E_SHAPE = (16, 32, 32)  # (z, y, x); 16 slices keep 2d validation short
+E2E_CONFIGURATIONS = ("2d", "3d_fullres")
+
+
+@pytest.fixture(scope="session")
+def e2e_dataset(tmp_path_factory) -> dict:
+    """The shared end-to-end workspace (:func:`planned_synthetic_dataset`), planned once per session; the ResEnc
+    presets reuse its preprocessed 2d / 3d_fullres data, as nnU-Net's ResEnc planners do."""
+    return planned_synthetic_dataset(tmp_path_factory.mktemp("e2e"), E2E_DATASET_ID, E2E_SHAPE, 5,
+                                     E2E_CONFIGURATIONS)
+
+
+def predict_input_folder(ws: dict, cases: Sequence[str]) -> Path:
+    """A fresh folder with the images of ``cases`` of the workspace's raw data set (nnUNetv2_predict's ``-i``)."""
+    src = ws["raw"] / "imagesTr"
+    dst = ws["base"] / f"predict_in_{'_'.join(cases)}"
+    dst.mkdir()
+    for c in cases:
+        shutil.copy(src / f"{c}_0000.nii.gz", dst / f"{c}_0000.nii.gz")
+    return dst
+
+
+def check_predictions(ws: dict, out: Path, cases: Sequence[str]) -> None:
+    """nnUNetv2_predict wrote one binary segmentation per case with the image's shape and affine."""
+    import nibabel as nib
+    import numpy as np
+
+    written = sorted(p.name for p in out.glob("*.nii.gz"))
+    assert written == sorted(f"{c}.nii.gz" for c in cases)
+    for c in cases:
+        image = nib.load(ws["raw"] / "imagesTr" / f"{c}_0000.nii.gz")
+        seg = nib.load(out / f"{c}.nii.gz")
+        assert seg.shape == image.shape
+        np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}

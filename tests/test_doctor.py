@@ -9,7 +9,7 @@ import subprocess
 import textwrap
 
 import pytest
-from conftest import TINY_DATASET_JSON, console_script, nnunet_folders, tiny_plans
+from conftest import TINY_DATASET_JSON, console_script, nnunet_folders, tiny_plans, tiny_resenc_plans
 from nnunet_tubeconv.trainers import TRAINERS, trainer_folder
 
 from nnunet_tubeconv.cli import main
@@ -186,9 +186,9 @@ def test_doctor_finds_a_users_subclass_and_reports_a_broken_module(good_env, mon
 def _write_preprocessed(root, plans: dict, dataset_id: int = 999, dataset_json: dict = TINY_DATASET_JSON) -> str:
     name = f"Dataset{dataset_id:03d}_Test"
     folder = root / "nnUNet_preprocessed" / name
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     plans = {**plans, "dataset_name": name}
-    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (folder / f"{plans.get('plans_name', 'nnUNetPlans')}.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
     return name
 
@@ -200,6 +200,15 @@ def test_doctor_checks_plans(good_env, capsys):
     for t in ("nnUNetTrainerDSConv", "nnUNetTrainerTubeConv"):
         for c in ("2d", "3d_fullres"):
             assert f"[ OK ] {t} builds TubeUNet for {name} nnUNetPlans {c}: 1 input channel(s), 2 output(s)" in out
+
+
+def test_doctor_checks_resenc_plans(good_env, capsys):
+    name = _write_preprocessed(good_env, tiny_resenc_plans())
+    rc, out = _doctor(capsys, "-d", "999", "-p", "nnUNetResEncUNetMPlans", "-c", "3d_fullres", "-tr",
+                      "nnUNetTrainerDSConv", "nnUNetTrainerSkeletonRecall")
+    assert rc == 0, out
+    assert f"[ OK ] nnUNetTrainerDSConv builds TubeResEncUNet for {name} nnUNetResEncUNetMPlans 3d_fullres" in out
+    assert f"[ OK ] nnUNetTrainerSkeletonRecall builds ResidualEncoderUNet for {name} nnUNetResEncUNetMPlans" in out
 
 
 def test_doctor_checks_the_loss_trainers_and_wide(good_env, capsys):

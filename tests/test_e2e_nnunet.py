@@ -1,4 +1,5 @@
-"""End to end through stock nnU-Net's console scripts, on CPU, on a tiny synthetic 3D data set made here.
+"""End to end through stock nnU-Net's console scripts, on CPU, on a tiny synthetic 3D data set (conftest's
+``e2e_dataset``, shared with tests/test_e2e_resenc.py).
 
 What a user does, in order: plan and preprocess; write a shortened subclass of ``nnUNetTrainerDSConv`` in their own
 ``nnUNet_extTrainer`` folder (next to ours, separated by ``os.pathsep``); train 2d and 3d_fullres fold 0 (the 3D run
@@ -15,59 +16,30 @@ a user would make a variant plans file.
 from __future__ import annotations
 
 import json
-import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import nnunet_env, run_console
-from nnunet_tubeconv.trainers import trainer_folder
-
-from nnunet_tubeconv.data.synthetic import write_synthetic_dataset
+from conftest import (
+    E2E_CONFIGURATIONS,
+    E2E_DATASET_ID,
+    add_user_trainers,
+    check_predictions,
+    predict_input_folder,
+    run_console,
+    short_trainer_source,
+)
 
 pytestmark = pytest.mark.slow
 
-DATASET_ID = 987
+DATASET_ID = E2E_DATASET_ID
 TRAINER = "nnUNetTrainerDSConvE2E"
 PLANS = "nnUNetPlansTiny"
-CONFIGURATIONS = ("2d", "3d_fullres")
-SHAPE = (16, 32, 32)  # (z, y, x); 16 slices keep 2d validation short
+CONFIGURATIONS = E2E_CONFIGURATIONS
 TUBE_UNET = "nnunet_tubeconv.architectures.unet.TubeUNet"
 
 # A user's trainer file: exactly what the README tells people to write (plus a test-only interruption hook).
-USER_TRAINER_SOURCE = textwrap.dedent(
-    '''
-    import os
-
-    import torch
-
-    from nnunet_tubeconv.trainers import nnUNetTrainerDSConv
-
-
-    class nnUNetTrainerDSConvE2E(nnUNetTrainerDSConv):
-        """nnUNetTrainerDSConv, 2 epochs of 2 iterations, no mirroring."""
-
-        def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-            super().__init__(plans, configuration, fold, dataset_json, device)
-            self.num_epochs = 2
-            self.num_iterations_per_epoch = 2
-            self.num_val_iterations_per_epoch = 1
-            self.save_every = 1  # checkpoint_latest.pth after every epoch
-
-        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-            # no mirroring, hence no test-time mirroring either: validation and prediction 4-8x faster on CPU
-            rot, dummy_2d, initial_size, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-            self.inference_allowed_mirroring_axes = None
-            return rot, dummy_2d, initial_size, None
-
-        def on_epoch_end(self):
-            super().on_epoch_end()
-            stop = os.environ.get("E2E_STOP_AFTER_EPOCHS")  # test hook: die like a killed job
-            if stop is not None and self.current_epoch == int(stop):
-                raise SystemExit(f"simulated interruption after {self.current_epoch} epoch(s)")
-    '''
-)
+USER_TRAINER_SOURCE = short_trainer_source({TRAINER: "nnUNetTrainerDSConv"})
 
 
 def _load(path: Path) -> dict:
@@ -85,22 +57,11 @@ def _checkpoint(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> dict:
-    """Data set written, planned and preprocessed; tiny plans and the user's trainer folder in place."""
-    base = tmp_path_factory.mktemp("e2e")
-    user = base / "user_trainers"
-    user.mkdir()
-    (user / "my_tubeconv_trainers.py").write_text(USER_TRAINER_SOURCE)
-    env = nnunet_env(base, [trainer_folder(), user])
-    log = base / "commands.log"
-    folder = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, 3, 5, shape=SHAPE)
-    plan_env = {**env, "nnUNet_n_proc_DA": "1"}  # the planner calls torch.set_num_threads(n_proc_DA)
-    run_console(
-        ["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", *CONFIGURATIONS, "-np", "1", "1", "-npfp", "1"],
-        plan_env,
-        log=log,
-    )
-    pre = Path(env["nnUNet_preprocessed"]) / folder.name
+def ws(e2e_dataset) -> dict:
+    """Data set written, planned and preprocessed (conftest.e2e_dataset); tiny plans and the user's trainer file."""
+    ws = e2e_dataset
+    add_user_trainers(ws, "my_tubeconv_trainers.py", USER_TRAINER_SOURCE)
+    pre = ws["pre"]
     plans = _load(pre / "nnUNetPlans.json")
     plans["plans_name"] = PLANS
     for c in plans["configurations"].values():
@@ -108,7 +69,7 @@ def ws(tmp_path_factory) -> dict:
         kw["features_per_stage"] = [min(8 * 2**i, 32) for i in range(kw["n_stages"])]
         c["batch_size"] = 2
     (pre / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
-    return {"base": base, "env": env, "log": log, "dataset": folder.name, "raw": folder, "pre": pre}
+    return ws
 
 
 @pytest.fixture(scope="module")
@@ -200,31 +161,9 @@ def test_validation_only_with_val(ws, trained_2d):
     assert "foreground_mean" in metrics and np.isfinite(metrics["foreground_mean"]["Dice"])
 
 
-def _input_folder(ws: dict, cases: list[str]) -> Path:
-    src = ws["raw"] / "imagesTr"
-    dst = ws["base"] / f"predict_in_{'_'.join(cases)}"
-    dst.mkdir()
-    for c in cases:
-        shutil.copy(src / f"{c}_0000.nii.gz", dst / f"{c}_0000.nii.gz")
-    return dst
-
-
-def _check_predictions(ws: dict, out: Path, cases: list[str]) -> None:
-    import nibabel as nib
-
-    written = sorted(p.name for p in out.glob("*.nii.gz"))
-    assert written == sorted(f"{c}.nii.gz" for c in cases)
-    for c in cases:
-        image = nib.load(ws["raw"] / "imagesTr" / f"{c}_0000.nii.gz")
-        seg = nib.load(out / f"{c}.nii.gz")
-        assert seg.shape == image.shape
-        np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
-        assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
-
-
 def test_predict_with_our_trainer(ws, trained_3d):
     cases = ["tubes_000", "tubes_003"]
-    inp = _input_folder(ws, cases)
+    inp = predict_input_folder(ws, cases)
     out = ws["base"] / "predict_3d"
     common = ["-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
     run_console(
@@ -247,7 +186,7 @@ def test_predict_with_our_trainer(ws, trained_3d):
         ws["env"],
         log=ws["log"],
     )
-    _check_predictions(ws, out, cases)
+    check_predictions(ws, out, cases)
 
 
 def test_find_best_configuration(ws, trained_2d, trained_3d):
