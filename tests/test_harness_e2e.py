@@ -303,3 +303,70 @@ def test_runner_killed_mid_unit_resumes_without_redoing_finished_units(world, tm
     r3 = _runner([suite, "-o", results, "--no-report"], env)
     assert r3.returncode == 0 and "units: 2 (2 done, 0 failed, 0 to run)" in r3.stdout, r3.stdout + r3.stderr
     assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime
+
+
+RESENC_SUITE = """
+name = "harness-resenc"
+datasets = [{dataset_id}]
+configurations = ["2d"]
+folds = [0]
+seeds = [0]
+num_splits = 3
+budget = "tiny"
+device = "cpu"
+baseline = "vanilla"
+
+[arms]
+vanilla = {{ trainer = "nnUNetTrainer@nnUNetResEncUNetMPlans", seeds = [0] }}
+"{arm}" = "{arm}"
+
+[budgets.tiny]
+num_epochs = 1
+num_iterations_per_epoch = 2
+num_val_iterations_per_epoch = 1
+save_every = 1
+
+[planning]
+num_processes = 1
+"""
+
+
+def test_resenc_arms_plan_the_preset_once_train_on_it_and_keep_their_own_results(world, tmp_path):
+    """Arms written TRAINER@nnUNetResEncUNetMPlans: the harness plans ResEnc M once with nnU-Net's own planner,
+    both arms train on it (vanilla ResEnc M and our scSE inside it), results and labels are kept apart, and a
+    second start has nothing to redo."""
+    _, env = world
+    env = {**env, "nnUNet_results": str(tmp_path / "nnunet_results")}
+    plans_name = "nnUNetResEncUNetMPlans"
+    arm = f"nnUNetTrainerScSE@{plans_name}"
+    suite = tmp_path / "resenc.toml"
+    suite.write_text(RESENC_SUITE.format(dataset_id=DATASET_ID, arm=arm))
+    results = tmp_path / "results"
+    r = _runner([suite, "-o", results], env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    # planned once although two arms need it, by nnU-Net's own ResEnc M planner
+    assert out.count(f"nnU-Net planning (nnUNetPlannerResEncM -> {plans_name}): done") == 1, out
+    plans = json.loads((Path(env["nnUNet_preprocessed"]) / DATASET / f"{plans_name}.json").read_text())
+    assert plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith("ResidualEncoderUNet")
+    assert plans["configurations"]["2d"]["data_identifier"] == "nnUNetPlans_2d"  # the default plans' data
+
+    for name, trainer, network in (("vanilla", "nnUNetTrainer", "ResidualEncoderUNet"),
+                                   (arm, "nnUNetTrainerScSE", "TubeResEncUNet")):
+        rec = json.loads(_record(results, name).read_text())
+        assert rec["status"] == "done", rec.get("error")
+        assert (rec["trainer"], rec["plans"]) == (trainer, plans_name)
+        assert f"{trainer}_tiny_s0__{plans_name}__2d" in rec["nnunet_output_folder"]
+        model_plans = json.loads((Path(rec["nnunet_output_folder"]).parent / "plans.json").read_text())
+        assert model_plans["configurations"]["2d"]["architecture"]["network_class_name"].endswith(network)
+        assert rec["metrics"]["per_case"]
+    suite_json = json.loads((results / "suite.json").read_text())
+    assert suite_json["arms"][arm] == {"trainer": "nnUNetTrainerScSE", "plans": plans_name}
+    md = (results / "report.md").read_text()
+    assert "vanilla [ResEnc M] (baseline)" in md and arm in md
+    assert "ResEnc M" in out and "host" in out  # the comparison table's host column
+
+    r2 = _runner([suite, "-o", results, "--no-report"], env)
+    out2 = r2.stdout + r2.stderr
+    assert r2.returncode == 0 and "units: 2 (2 done, 0 failed, 0 to run)" in out2, out2
+    assert "nnU-Net planning" not in out2
