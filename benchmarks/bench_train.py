@@ -7,6 +7,9 @@ dynamic_network_architectures' ``PlainConvUNet``, each variant the entry from
 ``do_bg=False``) in a ``DeepSupervisionWrapper`` with nnU-Net's weights (``1/2^i``, lowest output 0, normalised),
 backward, gradient clipping at 12, ``SGD(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)``.
 Everything is measured in one process; the ratio columns divide by vanilla measured in the same run.
+``--host resenc-m`` (or ``-l`` / ``-xl``: the same network on a fixed plan) puts the built-in plan on nnU-Net's
+residual encoder: vanilla is then ``ResidualEncoderUNet`` (the ResEnc planners' blocks per stage), every variant is
+built into it, and the ratios are against vanilla ResEnc.
 
 Time: median wall time of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
 rounds (vanilla, variant 1, ..., then again) so that load from other processes hits all of them alike.

@@ -22,6 +22,10 @@ Three parts, all recorded in one JSON file plus a markdown table (``benchmarks/r
    parameter + 1 GiB) compared with the target in GiB. "Naive" is the same prediction for the variant trained on
    nnU-Net's own plans at that target (the failure the presets fix), from the honest estimate.
 
+``--preset resenc-m resenc-l resenc-xl`` does the same on nnU-Net's residual-encoder host: parts 1-2 on the
+networks nnU-Net's ResEnc planner plans (``benchmarks/results/calibration_cpu_resenc.md``), part 3 for our ResEnc
+presets at each preset's own target (``--targets`` overrides).
+
 With ``--device cuda`` part 3 instead measures ``torch.cuda.max_memory_allocated`` of a real training step under
 AMP (autocast float16 + GradScaler, ``cudnn.benchmark``) at the planned batch and patch. (Written for completeness;
 the development machines had no GPU, so that path has not run.)
