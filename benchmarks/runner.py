@@ -144,6 +144,14 @@ def _count_cases(folder: Path) -> int:
     return len({p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".b2nd", ".npz", ".npy")})
 
 
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def planner_for(plans: str, suite: Suite, dataset: str = "", plans_file: Path | None = None
                 ) -> tuple[str, float | None]:
     """``(planner, GB or None)`` that writes ``plans``: the suite's planner for that name (nnU-Net's own for its
@@ -186,6 +194,11 @@ def prepare_dataset(dataset: str, suite: Suite, paths: dict[str, str], env: dict
         num_raw_cases = int(json.loads((raw / "dataset.json").read_text()).get("numTraining", 0)) or None
     for plans in suite.plans_identifiers():
         plans_file = pre / f"{plans}.json"
+        if plans_file.is_file() and not _readable_json(plans_file):
+            # nnU-Net writes plans in place: a planning killed mid-write leaves a torn file, planned again here
+            print(f"[prepare] {dataset}: {plans_file.name} is not valid JSON (an interrupted planning?); planning "
+                  "again", flush=True)
+            plans_file.unlink()
         if not plans_file.is_file():
             planner, preset_gb = planner_for(plans, suite, dataset, plans_file)
             if not raw.is_dir():

@@ -6,6 +6,7 @@ Fast: no training. The end-to-end run with a ResEnc arm is in test_harness_e2e.p
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,28 @@ def test_report_and_table_labels_show_the_host():
     # on the default plans only: no host column (the demo's table stays as it was)
     plain = parse_suite({"datasets": [1], "configurations": ["2d"], "arms": ["nnUNetTrainer", "nnUNetTrainerDSConv"]})
     assert "host" not in comparison_table(plain, ["D"], {Unit("D", "2d", a, 0, 0): None for a in plain.arms})
+
+
+def test_torn_plans_file_is_planned_again(tmp_path, monkeypatch):
+    """A planning killed while nnU-Net wrote the plans leaves a torn file: the next start plans again."""
+    from nnunet_tubeconv.benchmarks import runner
+
+    pre = tmp_path / "pre" / "Dataset001_X"
+    pre.mkdir(parents=True)
+    (pre / f"{RESENC_M}.json").write_text('{"configurations": {"2d": ')
+    calls = []
+
+    def fake_run(cmd, env, log, what):
+        calls.append(what)
+        if "planning" in what:
+            (pre / f"{RESENC_M}.json").write_text(json.dumps({"configurations": {"2d": {"data_identifier": "d"}}}))
+        raise SystemExit  # stop before preprocessing
+
+    monkeypatch.setattr(runner, "_run_logged", fake_run)
+    (pre / "dataset_fingerprint.json").write_text("{}")
+    (tmp_path / "raw" / "Dataset001_X").mkdir(parents=True)
+    s = parse_suite({"datasets": [1], "configurations": ["2d"], "arms": [f"nnUNetTrainer@{RESENC_M}"]})
+    with pytest.raises(SystemExit):
+        runner.prepare_dataset("Dataset001_X", s, {"nnUNet_preprocessed": str(tmp_path / "pre"),
+                                                   "nnUNet_raw": str(tmp_path / "raw")}, {}, tmp_path / "logs")
+    assert calls == [f"Dataset001_X: nnU-Net planning (nnUNetPlannerResEncM -> {RESENC_M})"]
