@@ -46,6 +46,8 @@ def test_ddp_step_equals_one_process_on_the_whole_batch(results, trainer):
         assert all(g is not None for g in record["ddp_second"].values())
         for k, g in record["ddp"].items():
             torch.testing.assert_close(g, single[k], rtol=1e-4, atol=1e-6, msg=k)
+    largest = max((g - single[k]).abs().max().item() for k, g in ranks[0]["ddp"].items())
+    print(f"{trainer}: largest |DDP - single-process| gradient difference {largest:.2g}")
     # both ranks hold the same all-reduced gradient, from different local losses
     for k, g in ranks[0]["ddp"].items():
         torch.testing.assert_close(g, ranks[1]["ddp"][k], rtol=0, atol=0, msg=k)

@@ -45,6 +45,12 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _like(t: Tensor) -> Tensor:
+    """A contiguous tensor of ``t``'s shape and dtype: the real ops return contiguous tensors whatever the input's
+    layout (e.g. channels-last), and a compiler trusts the fake's strides."""
+    return t.new_empty(t.shape)
+
+
 def _or_empty(grad: Tensor | None, like: Tensor) -> Tensor:
     return _empty(like) if grad is None else grad
 
@@ -80,9 +86,9 @@ def _snake_conv_backward_op(grad_out: Tensor, x: Tensor, delta: Tensor | None, w
 def _(grad_out, x, delta, weight, has_bias, axis, swing_axes, extend_scope, needs):
     need_x, need_d, need_w, need_b = needs
     return (
-        torch.empty_like(x) if need_x else _empty(x),
-        torch.empty_like(delta) if (need_d and delta is not None) else _empty(x if delta is None else delta),
-        torch.empty_like(weight) if need_w else _empty(weight),
+        _like(x) if need_x else _empty(x),
+        _like(delta) if (need_d and delta is not None) else _empty(x if delta is None else delta),
+        _like(weight) if need_w else _empty(weight),
         weight.new_empty((weight.shape[0],)) if (need_b and has_bias) else _empty(weight),
     )
 
@@ -141,7 +147,7 @@ def _scse_add_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, ws: 
 @_scse_add_op.register_fake
 def _(x, w1, b1, w2, b2, ws, bs):
     batch, channels = x.shape[0], x.shape[1]
-    return (torch.empty_like(x), x.new_empty((batch, x[0, 0].numel())), x.new_empty((batch, channels)),
+    return (_like(x), x.new_empty((batch, x[0, 0].numel())), x.new_empty((batch, channels)),
             x.new_empty((batch, w1.shape[0])), x.new_empty((batch, channels)))
 
 
@@ -160,7 +166,7 @@ def _scse_add_backward_op(grad: Tensor, x: Tensor, q: Tensor, pooled: Tensor, hi
 
 @_scse_add_backward_op.register_fake
 def _(grad, x, q, pooled, hidden, z, w1, b1, w2, b2, ws, bs):
-    return tuple(torch.empty_like(t) for t in (x, w1, b1, w2, b2, ws, bs))
+    return tuple(_like(t) for t in (x, w1, b1, w2, b2, ws, bs))
 
 
 def _scse_setup(ctx, inputs, output):
