@@ -14,6 +14,11 @@ backward formula registered with ``register_autograd``: a ctypes call there woul
 state the Functions keep on ``ctx`` travels as op arguments (ints, floats, bools, int lists). Gradients that are
 not needed come back as empty tensors (an op cannot return None) and are turned into None again.
 
+Coupling to keep: the backward ops rebuild the ctx the Functions' ``backward`` reads from what their ``forward``
+saves (DSConv: ``x``, ``delta``, ``weight`` and ``has_bias``, ``axis``, ``swing_axes``, ``extend_scope``; scSE: the
+flattened input, the gates, ``pooled``, ``hidden``, ``w1``, ``w2``, ``ws`` and the kernels). A change there must be
+mirrored here; ``tests/test_compile.py`` (opcheck, op against Function bit for bit) fails otherwise.
+
 Which capture takes which path (``_utils._tracing`` / ``_utils._compiling``): ONNX export, TorchScript and
 ``torch.export`` take the plain maths (an exported graph must not name our ops); ``torch.compile`` takes these ops.
 """
