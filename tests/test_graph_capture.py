@@ -1,8 +1,9 @@
 """Graph capture of the blocks (ONNX export, TorchScript, torch.compile) with no patching, against their eager forwards.
 
-One rule, ``_tracing()`` in ``nnunet_tubeconv/blocks/_utils.py``: while a graph is captured, DSConv, DeformConv, scSE
-and DLK leave their custom autograd Functions, compiled CPU kernels, torchvision op and layout conversion for the same
-maths in plain tensor operations (``blocks/_traceable.py``). These tests pin that the captured graphs compute what the
+One rule, ``_tracing()`` in ``nnunet_tubeconv/blocks/_utils.py``: while a graph is exported (ONNX, TorchScript,
+torch.export), DSConv, DeformConv, scSE and DLK leave their custom autograd Functions, compiled CPU kernels,
+torchvision op and layout conversion for the same maths in plain tensor operations (``blocks/_traceable.py``). Under
+torch.compile (``_compiling()``) DSConv and scSE call their kernels as custom ops instead (tests/test_compile.py). These tests pin that the captured graphs compute what the
 eager forwards compute (random, large swings and offsets; every morph axis; 2D and 3D; restricted swing axes; sizes
 below the kernel length; a batch of different images), that a graph traced at one size takes others, and that no
 block carries its own copy of the rule.
@@ -21,7 +22,7 @@ from torch import nn
 from nnunet_tubeconv import blocks
 from nnunet_tubeconv.blocks import SCSE, DeformConv, DLKBlock, DSConv
 from nnunet_tubeconv.blocks._traceable import traceable_deform_conv
-from nnunet_tubeconv.blocks._utils import _tracing
+from nnunet_tubeconv.blocks._utils import _compiling, _tracing
 from nnunet_tubeconv.blocks.dsconv import _cumulative_swing, snake_conv
 
 
@@ -45,22 +46,36 @@ class _Probe(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.seen: list[bool] = []
+        self.seen: list[tuple[bool, bool]] = []
 
     def forward(self, x):
-        self.seen.append(_tracing())
+        self.seen.append((_tracing(), _compiling()))
         return x * 2
 
 
-def test_the_rule_is_false_in_eager_mode_and_true_in_every_capture(tmp_path):
+_EXPORT_SEEN: list[tuple[bool, bool]] = []
+
+
+class _ExportProbe(nn.Module):
+    def forward(self, x):
+        _EXPORT_SEEN.append((_tracing(), _compiling()))
+        return x * 2
+
+
+def test_the_rule_is_false_in_eager_mode_and_true_in_every_export(tmp_path):
+    """_tracing() (plain maths) holds for TorchScript, torch.export and ONNX; under torch.compile _compiling() holds
+    instead (the blocks' custom ops, tests/test_compile.py), never both."""
     probe = _Probe()
     probe(torch.ones(1))
     _trace(probe, torch.ones(1))
     torch.compile(probe, backend="eager", fullgraph=True)(torch.ones(2))
-    assert probe.seen == [False, True, True]
+    assert probe.seen == [(False, False), (True, False), (False, True)]
+    _EXPORT_SEEN.clear()  # torch.export runs forward on a copy of the module: record in a global
+    torch.export.export(_ExportProbe(), (torch.ones(2),))
+    assert _EXPORT_SEEN and all(seen == (True, False) for seen in _EXPORT_SEEN)
     pytest.importorskip("onnx")
     torch.onnx.export(probe, (torch.ones(1),), str(tmp_path / "probe.onnx"), dynamo=False)
-    assert probe.seen[3:] and all(probe.seen[3:])
+    assert probe.seen[3:] and all(seen == (True, False) for seen in probe.seen[3:])
 
 
 def test_no_block_module_has_its_own_capture_rule():
@@ -202,7 +217,7 @@ BLOCKS = {
 
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_torch_compile_takes_each_block_in_one_graph(name):
-    """fullgraph=True: a custom Function, a ctypes kernel or a layout change on the path would fail the capture."""
+    """fullgraph=True: a ctypes kernel dynamo had to trace into would fail the capture (the blocks call custom ops)."""
     make, shape = BLOCKS[name]
     torch.manual_seed(0)
     m, x = make(), torch.randn(*shape)

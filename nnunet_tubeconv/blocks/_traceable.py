@@ -1,4 +1,4 @@
-"""The blocks' maths in plain tensor operations, which every graph capture takes (ONNX, TorchScript, torch.compile).
+"""The blocks' maths in plain tensor operations, which every graph export takes (ONNX, TorchScript, torch.export).
 
 Why this exists: :class:`~nnunet_tubeconv.blocks.dsconv.DSConv` computes its snake convolution inside a custom
 ``torch.autograd.Function`` (a memory-lean backward, compiled CPU kernels). Neither of torch's ONNX exporters takes it
@@ -7,8 +7,9 @@ op, and the dynamo exporter specialises the spatial sizes (Python ``max``/``int`
 the model only accepts the example shape. :class:`~nnunet_tubeconv.blocks.deform.DeformConv` runs ``torchvision``'s
 ``deform_conv2d`` in 2D (no ONNX symbolic) and another autograd Function in 3D. The functions here compute the same
 maths (docs/maths.md, DSConv and DCNv2) with plain tensor operations whose every size is derived from the input's
-traced shape. The blocks call them by themselves while a graph is captured
+traced shape. The blocks call them by themselves while a graph is exported
 (:func:`nnunet_tubeconv.blocks._utils._tracing`); tests compare them with the blocks' eager forwards.
+``torch.compile`` does not come here: it takes the blocks' kernels as custom ops (``_custom_ops.py``).
 
 DSConv's sampling uses flat int64 gathers (ONNX ``GatherElements``), not ``grid_sample``: the coordinate along the
 morph axis is an exact integer, so interpolation only needs the ``2^(d-1)`` corners across the swing axes, and

@@ -3,10 +3,12 @@
 Blocks import nothing from nnunetv2; they speak dynamic-network-architectures' vocabulary
 (``conv_op``, ``norm_op``, ``nonlin`` ...) so that nnU-Net plans can configure them.
 
-The tracing rule: a block whose eager forward uses something a graph capture cannot take (a custom autograd
+The capture rules: a block whose eager forward uses something an exported graph cannot hold (a custom autograd
 Function, the compiled CPU kernels, an op without an ONNX symbolic, a memory-format conversion) asks
-:func:`_tracing` and, while it is True, computes the same maths in plain tensor operations. So
-``torch.onnx.export``, ``torch.jit.trace`` and ``torch.compile`` work on any network of these blocks as it stands.
+:func:`_tracing` and, while it is True, computes the same maths in plain tensor operations. Under ``torch.compile``
+(:func:`_compiling`) DSConv and scSE call their kernels as ``torch.library`` custom ops instead (``_custom_ops.py``),
+so a compiled network keeps the eager kernels and memory. So ``torch.onnx.export``, ``torch.jit.trace``,
+``torch.export`` and ``torch.compile`` work on any network of these blocks as it stands.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ _CONV_TO_DIM: dict[type, int] = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 
 def _tracing() -> bool:
-    """True while a graph is being captured (ONNX export, TorchScript tracing or scripting, torch.compile): the one
-    rule by which every block leaves its eager-only paths for plain, traceable tensor operations."""
+    """True while a graph is exported (ONNX export, TorchScript tracing or scripting, ``torch.export``): the one rule
+    by which every block leaves its eager-only paths for plain tensor operations (``_traceable.py``), which such a
+    graph can hold. ``torch.compile`` is not an export: see :func:`_compiling`."""
     return bool(
         torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
     )
+
+
+def _compiling() -> bool:
+    """True while ``torch.compile`` captures a graph (and not an export): DSConv and scSE then call their custom
+    ops (``_custom_ops.py``: the eager kernels behind a fake implementation), DeformConv and DLK their eager code,
+    which dynamo traces as it stands."""
+    return bool(torch.compiler.is_compiling() and not _tracing())
 
 
 def conv_op_to_dim(conv_op: type) -> int:

@@ -237,7 +237,7 @@ class DeformConv(nn.Module):
         check_input(x, self.dim, self.input_channels, type(self).__name__)
         offset, mask = self.offsets_and_mask(x)
         weight, bias = self.conv.weight, self.conv.bias
-        if _tracing():  # graph capture: the same maths in plain operations (torchvision's op has no ONNX symbolic)
+        if _tracing():  # graph export: the same maths in plain operations (torchvision's op has no ONNX symbolic)
             y = traceable_deform_conv(x, offset, mask, weight, bias, self.stride, self.padding)
         elif self.dim == 2 and x.is_cuda:
             from torchvision.ops import deform_conv2d

@@ -37,7 +37,7 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     """On CPU, ``x`` in channels-last layout, for the input of a k > 1 convolution: oneDNN's depth-wise, dilated
     and few-channel kernels run 2-4x faster (forward + backward) in it than in the default layout. (A 1x1
     convolution returns the default layout whatever it is given, hence a conversion before each large kernel.)
-    Other devices keep their layout, and so does a graph capture (:func:`_tracing`): ONNX tensors have no memory
+    Other devices keep their layout, and so does a graph export (:func:`_tracing`): ONNX tensors have no memory
     format, and the TorchScript exporter refuses ``contiguous(memory_format=...)``."""
     if x.device.type != "cpu" or _tracing():
         return x

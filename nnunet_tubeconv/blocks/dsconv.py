@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks import _native
+from nnunet_tubeconv.blocks import _custom_ops, _native
 from nnunet_tubeconv.blocks._traceable import traceable_snake_conv
 from nnunet_tubeconv.blocks._utils import (
+    _compiling,
     _tracing,
     build_nonlin,
     build_norm,
@@ -463,7 +464,15 @@ def snake_conv(
         raise ValueError("delta was given but swing_axes is empty")
     if _tracing():
         return _traced_snake_conv(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
-    return _SnakeConvFunction.apply(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
+    return _apply_snake_conv(x, delta, weight, bias, axis, swing_axes, float(extend_scope))
+
+
+def _apply_snake_conv(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
+    """The eager Function, or, under ``torch.compile``, the same Function behind the custom op of
+    ``_custom_ops.py`` (the compiler cannot trace into its kernels; the op runs them as they are)."""
+    if _compiling():
+        return _custom_ops.snake_conv(x, delta, weight, bias, axis, swing_axes, extend_scope)
+    return _SnakeConvFunction.apply(x, delta, weight, bias, axis, swing_axes, extend_scope)
 
 
 def _traced_snake_conv(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
@@ -644,7 +653,7 @@ class DSConv(nn.Module):
         if _tracing():
             y = _traced_snake_conv(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
         else:
-            y = _SnakeConvFunction.apply(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
+            y = _apply_snake_conv(x, delta, weight, bias, self.axis, self.swing_axes, self.extend_scope)
         return self.nonlin(self.norm(y))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:

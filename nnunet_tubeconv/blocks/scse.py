@@ -12,8 +12,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nnunet_tubeconv.blocks import _native
-from nnunet_tubeconv.blocks._utils import _tracing, as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.blocks import _custom_ops, _native
+from nnunet_tubeconv.blocks._utils import (
+    _compiling,
+    _tracing,
+    as_tuple,
+    check_channels,
+    check_input,
+    conv_op_to_dim,
+    numel,
+)
 from nnunet_tubeconv.vocabulary import SCSE_MODES
 
 
@@ -81,7 +89,14 @@ class SCSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.dim, self.channels, "SCSE")
-        if self.mode == "add" and not torch.is_autocast_enabled(x.device.type) and not _tracing():
+        if self.mode == "add" and not torch.is_autocast_enabled(x.device.type) and _compiling():
+            params = list(self.parameters())
+            if _custom_ops.scse_native_ok(x, params):  # the compiled kernels behind a custom op
+                c, cb = self.channels, self.bottleneck
+                return _custom_ops.scse_add(x, self.squeeze.weight.view(cb, c), self.squeeze.bias,
+                                            self.excite.weight.view(c, cb), self.excite.bias,
+                                            self.spatial.weight.view(c), self.spatial.bias)
+        elif self.mode == "add" and not torch.is_autocast_enabled(x.device.type) and not _tracing():
             kernels = _native.scse_add_kernels(x, *self.parameters())
             if kernels is not None:  # CPU, full precision: the compiled kernels (same numbers, fewer passes)
                 c, cb = self.channels, self.bottleneck
