@@ -277,10 +277,10 @@ class NoCudaBackend(RuntimeError):
 _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def compile_for_gpu(capability: int = 90, kernel_size: int = 9, dtype: torch.dtype = torch.bfloat16,
-                    n_swing: int = 2) -> dict[str, int]:
+def compile_for_gpu(capability: int = 90, dtype: torch.dtype = torch.bfloat16, n_swing: int = 2) -> dict[str, int]:
     """Compile the three kernels ahead of time for an NVIDIA GPU of compute ``capability`` (90: H100/H200), with no
-    GPU present: 3D, ``n_swing`` swing axes, features of ``dtype``. Returns the size in bytes of each kernel's cubin.
+    GPU present: ``n_swing`` swing axes (2: a 3D DSConv), features of ``dtype`` (the axes, K and the sizes are
+    runtime arguments, so this is every kernel a 3D network of that dtype runs). Returns the size in bytes of each kernel's cubin.
     Proves that the real compiler (not only the interpreter) accepts the kernels; raises :class:`NoCudaBackend`
     where this Triton cannot target CUDA, and ``ValueError`` for a dtype the kernels do not take."""
     if dtype not in _TRITON_TYPES:
@@ -295,8 +295,8 @@ def compile_for_gpu(capability: int = 90, kernel_size: int = 9, dtype: torch.dty
     mod = kernels(interpret=False)
     feat, i64 = "*" + _TRITON_TYPES[dtype], "i64"
     common = {"scope": "fp32", "n0": i64, "n": i64, "B": i64, "N": i64, "C": i64, "size0": i64, "size1": i64,
-              "size2": i64, "delta_ptr": "*fp32"}
-    consts = {"K1": kernel_size - 1, "AXIS": 1, "NSW": n_swing, "SW0": 0, "SW1": 2, "BLOCK_R": _BLOCK_R, "BLOCK_C": 32}
+              "size2": i64, "delta_ptr": "*fp32", "K1": i64, "AXIS": i64, "SW0": i64, "SW1": i64}
+    consts = {"NSW": n_swing, "BLOCK_R": _BLOCK_R, "BLOCK_C": 32}
     specs = {
         "sample_kernel": ({"x_ptr": feat, "s_ptr": feat}, {}),
         "gather_backward_kernel": ({"x_ptr": feat, "gt_ptr": feat, "s_ptr": feat, "gdelta_ptr": "*fp32"},

@@ -12,7 +12,10 @@ Geometry and clamping are those of ``_Geometry.plan`` in dsconv.py and of ``_cpu
                 low = min(floor(pos), max(size_s - 2, 0)); frac = pos - low;
                 inside = 0 <= raw <= size_s - 1 (no swing gradient from a clamped coordinate);
   value = sum over the 2^NSW corners of prod_s (frac_s or 1 - frac_s) * x[corner] (first swing axis outermost).
-Spatial shapes are padded to 3D with leading sizes of 1 (AXIS, SW0, SW1 index the padded axes).
+Spatial shapes are padded to 3D with leading sizes of 1 (AXIS, SW0, SW1 index the padded axes). Only the number of
+swing axes, the feature dtype and the block sizes specialise a kernel (constexpr); the morph and swing axes, K and
+the sizes are runtime arguments and the loop over the kernel points is not unrolled, so a network with snakes along
+every axis compiles each kernel once per dtype and number of swing axes, in seconds.
 
 Layouts (contiguous): x and gx (B, N, C) channels-last rows; delta and gdelta (B, NSW * (K - 1), N), the raw swing
 per outer point (channels j = -c..-1, +1..+c per swing axis; the kernels sum it outward from the centre, always in
@@ -34,27 +37,22 @@ def _sum(v, axis: tl.constexpr):
 
 
 @triton.jit
-def _pick(v0, v1, v2, I: tl.constexpr):
-    if I == 0:
-        r = v0
-    elif I == 1:
-        r = v1
-    else:
-        r = v2
-    return r
+def _pick(v0, v1, v2, i):
+    return tl.where(i == 0, v0, tl.where(i == 1, v1, v2))
 
 
 @triton.jit
-def _cum(delta_ptr, dbase, N, JJ: tl.constexpr, K1: tl.constexpr, mask):
-    """Cumulative swing of outer point JJ along one swing axis, summed outward from the centre (float32)."""
-    HALF: tl.constexpr = K1 // 2
+def _cum(delta_ptr, dbase, N, jj, K1, mask):
+    """Cumulative swing of outer point jj along one swing axis, summed outward from the centre (float32), always
+    in the same order, so every kernel computes the same coordinates."""
+    half = K1 // 2
     acc = tl.full(dbase.shape, 0, tl.float32)
-    if JJ < HALF:
-        for t in tl.static_range(HALF - JJ):
-            acc += tl.load(delta_ptr + dbase + (HALF - 1 - t) * N, mask=mask, other=0.0).to(tl.float32)
+    if jj < half:
+        for t in range(half - jj):
+            acc += tl.load(delta_ptr + dbase + (half - 1 - t) * N, mask=mask, other=0.0).to(tl.float32)
     else:
-        for t in tl.static_range(JJ - HALF + 1):
-            acc += tl.load(delta_ptr + dbase + (HALF + t) * N, mask=mask, other=0.0).to(tl.float32)
+        for t in range(jj - half + 1):
+            acc += tl.load(delta_ptr + dbase + (half + t) * N, mask=mask, other=0.0).to(tl.float32)
     return acc
 
 
@@ -73,15 +71,11 @@ def _swing_axis(coord, size, stride, cum, scope):
 
 
 @triton.jit
-def _point(delta_ptr, b, p, coords0, coords1, coords2, size0, size1, size2, N, scope, mask,
-           JJ: tl.constexpr, K1: tl.constexpr, AXIS: tl.constexpr, NSW: tl.constexpr, SW0: tl.constexpr,
-           SW1: tl.constexpr):
-    """Row of the low corner, fracs, inside flags and corner steps of outer point JJ for a block of positions."""
-    HALF: tl.constexpr = K1 // 2
-    if JJ < HALF:
-        J: tl.constexpr = JJ - HALF
-    else:
-        J: tl.constexpr = JJ - HALF + 1
+def _point(delta_ptr, b, p, coords0, coords1, coords2, size0, size1, size2, N, scope, mask, jj, K1, AXIS, SW0, SW1,
+           NSW: tl.constexpr):
+    """Row of the low corner, fracs, inside flags and corner steps of outer point jj for a block of positions."""
+    half = K1 // 2
+    J = tl.where(jj < half, jj - half, jj - half + 1)
     stride0 = size1 * size2
     ca = _pick(coords0, coords1, coords2, AXIS)
     sa = _pick(size0, size1, size2, AXIS)
@@ -95,12 +89,12 @@ def _point(delta_ptr, b, p, coords0, coords1, coords2, size0, size1, size2, N, s
     step0 = tl.full(p.shape, 0, tl.int64)
     step1 = tl.full(p.shape, 0, tl.int64)
     if NSW >= 1:
-        cum0 = _cum(delta_ptr, (b * NSW) * K1 * N + p, N, JJ, K1, mask)
+        cum0 = _cum(delta_ptr, (b * NSW) * K1 * N + p, N, jj, K1, mask)
         sh0, f0, in0, step0 = _swing_axis(_pick(coords0, coords1, coords2, SW0), _pick(size0, size1, size2, SW0),
                                           _pick(stride0, size2, 1, SW0), cum0, scope)
         low = low + sh0
     if NSW >= 2:
-        cum1 = _cum(delta_ptr, (b * NSW + 1) * K1 * N + p, N, JJ, K1, mask)
+        cum1 = _cum(delta_ptr, (b * NSW + 1) * K1 * N + p, N, jj, K1, mask)
         sh1, f1, in1, step1 = _swing_axis(_pick(coords0, coords1, coords2, SW1), _pick(size0, size1, size2, SW1),
                                           _pick(stride0, size2, 1, SW1), cum1, scope)
         low = low + sh1
@@ -152,15 +146,14 @@ def _interpolate(v0, v1, v2, v3, f0, f1, NSW: tl.constexpr):
 
 @triton.jit
 def sample_kernel(x_ptr, delta_ptr, s_ptr, scope, n0, n, B, N, C, size0, size1, size2,
-                  K1: tl.constexpr, AXIS: tl.constexpr, NSW: tl.constexpr, SW0: tl.constexpr, SW1: tl.constexpr,
-                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                  K1, AXIS, SW0, SW1, NSW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """s[r, jj, :] = interpolated x at outer point jj. Grid: (position blocks, channel blocks)."""
     r, mask, b, p, c0, c1, c2 = _positions(tl.program_id(0), n0, n, B, size1, size2, BLOCK_R)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask2 = mask[:, None] & (ch < C)[None, :]
-    for jj in tl.static_range(K1):
+    for jj in range(K1):
         low, f0, f1, _in0, _in1, step0, step1 = _point(delta_ptr, b, p, c0, c1, c2, size0, size1, size2, N, scope,
-                                                       mask, jj, K1, AXIS, NSW, SW0, SW1)
+                                                       mask, jj, K1, AXIS, SW0, SW1, NSW)
         v0, v1, v2, v3 = _corners(x_ptr, low, step0, step1, ch, mask2, C, NSW)
         val = _interpolate(v0, v1, v2, v3, f0, f1, NSW)
         tl.store(s_ptr + (r * K1 + jj)[:, None] * C + ch[None, :], val.to(s_ptr.dtype.element_ty), mask=mask2)
@@ -168,19 +161,18 @@ def sample_kernel(x_ptr, delta_ptr, s_ptr, scope, n0, n, B, N, C, size0, size1, 
 
 @triton.jit
 def _gather_point(x_ptr, delta_ptr, gt_ptr, s_ptr, gdelta_ptr, scope, r, mask, b, p, c0, c1, c2, N, C, size0, size1,
-                  size2, run0, run1, JJ: tl.constexpr, K1: tl.constexpr, AXIS: tl.constexpr, NSW: tl.constexpr,
-                  SW0: tl.constexpr, SW1: tl.constexpr, STORE_S: tl.constexpr, GRAD_DELTA: tl.constexpr,
-                  BLOCK_C: tl.constexpr):
-    """Outer point JJ of :func:`gather_backward_kernel`; returns the running sums of the swing gradient."""
+                  size2, run0, run1, jj, K1, AXIS, SW0, SW1, NSW: tl.constexpr, STORE_S: tl.constexpr,
+                  GRAD_DELTA: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Outer point jj of :func:`gather_backward_kernel`; returns the running sums of the swing gradient."""
     low, f0, f1, in0, in1, step0, step1 = _point(delta_ptr, b, p, c0, c1, c2, size0, size1, size2, N, scope, mask,
-                                                 JJ, K1, AXIS, NSW, SW0, SW1)
+                                                 jj, K1, AXIS, SW0, SW1, NSW)
     acc0 = tl.full(p.shape, 0, tl.float32)
     acc1 = tl.full(p.shape, 0, tl.float32)
     for cs in range(0, C, BLOCK_C):
         ch = cs + tl.arange(0, BLOCK_C)
         mask2 = mask[:, None] & (ch < C)[None, :]
         v0, v1, v2, v3 = _corners(x_ptr, low, step0, step1, ch, mask2, C, NSW)
-        row = (r * K1 + JJ)[:, None] * C + ch[None, :]
+        row = (r * K1 + jj)[:, None] * C + ch[None, :]
         if STORE_S:
             val = _interpolate(v0, v1, v2, v3, f0, f1, NSW)
             tl.store(s_ptr + row, val.to(s_ptr.dtype.element_ty), mask=mask2)
@@ -198,50 +190,48 @@ def _gather_point(x_ptr, delta_ptr, gt_ptr, s_ptr, gdelta_ptr, scope, r, mask, b
     if GRAD_DELTA:
         if NSW >= 1:
             run0 += tl.where(in0, acc0, 0.0)
-            tl.store(gdelta_ptr + (b * NSW) * K1 * N + JJ * N + p, scope * run0, mask=mask)
+            tl.store(gdelta_ptr + (b * NSW) * K1 * N + jj * N + p, scope * run0, mask=mask)
         if NSW >= 2:
             run1 += tl.where(in1, acc1, 0.0)
-            tl.store(gdelta_ptr + (b * NSW + 1) * K1 * N + JJ * N + p, scope * run1, mask=mask)
+            tl.store(gdelta_ptr + (b * NSW + 1) * K1 * N + jj * N + p, scope * run1, mask=mask)
     return run0, run1
 
 
 @triton.jit
 def gather_backward_kernel(x_ptr, delta_ptr, gt_ptr, s_ptr, gdelta_ptr, scope, n0, n, B, N, C, size0, size1, size2,
-                           K1: tl.constexpr, AXIS: tl.constexpr, NSW: tl.constexpr, SW0: tl.constexpr,
-                           SW1: tl.constexpr, STORE_S: tl.constexpr, GRAD_DELTA: tl.constexpr,
+                           K1, AXIS, SW0, SW1, NSW: tl.constexpr, STORE_S: tl.constexpr, GRAD_DELTA: tl.constexpr,
                            BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """The samples again (STORE_S) and the swing gradient (GRAD_DELTA): gdelta = scope * adjoint of the outward
     cumulative sum of inside_s * < d value / d frac_s, gt[r, jj, :] >. Grid: (position blocks,); each program
     loops over all channels, so the channel sum needs no atomics. Points are visited outermost first on each side,
     so the adjoint of the cumulative sum is a running sum."""
-    HALF: tl.constexpr = K1 // 2
+    half = K1 // 2
     r, mask, b, p, c0, c1, c2 = _positions(tl.program_id(0), n0, n, B, size1, size2, BLOCK_R)
     run0 = tl.full(p.shape, 0, tl.float32)
     run1 = tl.full(p.shape, 0, tl.float32)
-    for jj in tl.static_range(HALF):  # j = -c .. -1
+    for jj in range(half):  # j = -c .. -1
         run0, run1 = _gather_point(x_ptr, delta_ptr, gt_ptr, s_ptr, gdelta_ptr, scope, r, mask, b, p, c0, c1, c2, N,
-                                   C, size0, size1, size2, run0, run1, jj, K1, AXIS, NSW, SW0, SW1, STORE_S,
+                                   C, size0, size1, size2, run0, run1, jj, K1, AXIS, SW0, SW1, NSW, STORE_S,
                                    GRAD_DELTA, BLOCK_C)
     run0 = tl.full(p.shape, 0, tl.float32)
     run1 = tl.full(p.shape, 0, tl.float32)
-    for t in tl.static_range(K1 - HALF):  # j = +c .. +1
+    for t in range(K1 - half):  # j = +c .. +1
         run0, run1 = _gather_point(x_ptr, delta_ptr, gt_ptr, s_ptr, gdelta_ptr, scope, r, mask, b, p, c0, c1, c2, N,
-                                   C, size0, size1, size2, run0, run1, K1 - 1 - t, K1, AXIS, NSW, SW0, SW1, STORE_S,
+                                   C, size0, size1, size2, run0, run1, K1 - 1 - t, K1, AXIS, SW0, SW1, NSW, STORE_S,
                                    GRAD_DELTA, BLOCK_C)
 
 
 @triton.jit
 def scatter_kernel(gx_ptr, delta_ptr, gt_ptr, scope, n0, n, B, N, C, size0, size1, size2,
-                   K1: tl.constexpr, AXIS: tl.constexpr, NSW: tl.constexpr, SW0: tl.constexpr, SW1: tl.constexpr,
-                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                   K1, AXIS, SW0, SW1, NSW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """gx[corner, :] += w_q * gt[r, jj, :] (float32 atomic adds: corners of different positions, and of one
     position at a clamped border or on a size-1 axis, coincide). Grid: (position blocks, channel blocks)."""
     r, mask, b, p, c0, c1, c2 = _positions(tl.program_id(0), n0, n, B, size1, size2, BLOCK_R)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask2 = mask[:, None] & (ch < C)[None, :]
-    for jj in tl.static_range(K1):
+    for jj in range(K1):
         low, f0, f1, _in0, _in1, step0, step1 = _point(delta_ptr, b, p, c0, c1, c2, size0, size1, size2, N, scope,
-                                                       mask, jj, K1, AXIS, NSW, SW0, SW1)
+                                                       mask, jj, K1, AXIS, SW0, SW1, NSW)
         g = tl.load(gt_ptr + (r * K1 + jj)[:, None] * C + ch[None, :], mask=mask2, other=0.0).to(tl.float32)
         if NSW == 0:
             tl.atomic_add(gx_ptr + low[:, None] * C + ch[None, :], g, mask=mask2)
