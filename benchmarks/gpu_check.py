@@ -311,8 +311,10 @@ def bench_train_step(device, quick: bool, out: Path) -> dict:
 def calibration_step(device, quick: bool, out: Path, log) -> dict:
     from nnunet_tubeconv.benchmarks import calibrate_memory
 
+    # its CPU parts (estimates, step ratios) run in fresh processes; a GPU machine has cores to spare for them
+    threads = 1 if quick else max(1, min(8, (os.cpu_count() or 2) // 2))
     result = calibrate_memory.calibrate(["vanilla", SNAKE_VARIANT], [8.0, 24.0] if not quick else [8.0],
-                                        device=device.type, quick=quick, log=log)
+                                        device=device.type, threads=threads, quick=quick, log=log)
     path = out / FILES["calibration"]
     path.write_text(json.dumps(result, indent=1))
     path.with_suffix(".md").write_text(calibrate_memory.markdown_table(result))

@@ -293,9 +293,10 @@ def compile_for_gpu(capability: int = 90, dtype: torch.dtype = torch.bfloat16, n
     if "nvidia" not in getattr(triton.backends, "backends", {}):
         raise NoCudaBackend("this Triton installation has no NVIDIA backend")
     mod = kernels(interpret=False)
-    feat, i64 = "*" + _TRITON_TYPES[dtype], "i64"
-    common = {"scope": "fp32", "n0": i64, "n": i64, "B": i64, "N": i64, "C": i64, "size0": i64, "size1": i64,
-              "size2": i64, "delta_ptr": "*fp32", "K1": i64, "AXIS": i64, "SW0": i64, "SW1": i64}
+    # integer arguments as Triton passes them at run time for any size below 2^31 (32-bit)
+    feat, i32 = "*" + _TRITON_TYPES[dtype], "i32"
+    common = {"scope": "fp32", "n0": i32, "n": i32, "B": i32, "N": i32, "C": i32, "size0": i32, "size1": i32,
+              "size2": i32, "delta_ptr": "*fp32", "K1": i32, "AXIS": i32, "SW0": i32, "SW1": i32}
     consts = {"NSW": n_swing, "BLOCK_R": _BLOCK_R, "BLOCK_C": 32}
     specs = {
         "sample_kernel": ({"x_ptr": feat, "s_ptr": feat}, {}),
