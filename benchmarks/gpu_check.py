@@ -156,7 +156,7 @@ def _kernel_cases(quick: bool) -> list[dict]:
                 "c_out": c_out}
 
     if quick:
-        return [case((7, 9), 0, (1,), 5, 2, 3, 4), case((5, 6, 7), 2, (0, 1), 5, 2, 3, 4)]
+        return [case((5, 7), 0, (1,), 3, 2, 3, 2), case((3, 4, 5), 2, (0, 1), 3, 2, 3, 2)]
     cases = [case((45, 51), axis, (1 - axis,), 9, 3, 19, 21) for axis in (0, 1)]
     cases += [case((13, 17, 19), axis, tuple(a for a in range(3) if a != axis), 9, 2, 33, 17) for axis in (0, 1, 2)]
     cases.append(case((11, 1, 15), 0, (1, 2), 5, 2, 70, 8))  # a size-1 swing axis, several channel blocks

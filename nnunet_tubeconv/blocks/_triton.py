@@ -127,14 +127,16 @@ class _Launcher:
         self.batch, self.channels, self.n_all = batch, channels, numel(spatial)
         self.block_c = min(64, max(16, 1 << (channels - 1).bit_length()))
         self.interpret = x.device.type != "cuda"
+        self.device = x.device
         self.mod = kernels(interpret=self.interpret)
 
     def _launch(self, kernel, grid, *args, **kwargs):
         if self.interpret:
             with _interpreting(True):
                 kernel[grid](*args, **kwargs)
-        else:
-            kernel[grid](*args, **kwargs)
+        else:  # Triton launches on the current device: make it the tensors' one (cuda:1 while cuda:0 is current)
+            with torch.cuda.device(self.device):
+                kernel[grid](*args, **kwargs)
 
     def _common(self, scope: float, n0: int, n1: int):
         return (float(scope), n0, n1 - n0, self.batch, self.n_all, self.channels, *self.size)
