@@ -167,6 +167,18 @@ def test_usable_only_on_cuda_with_supported_dtypes(monkeypatch):
     assert "not importable" in _triton.status()
 
 
+def test_doctor_says_which_path_runs_on_cuda(monkeypatch):
+    from nnunet_tubeconv.doctor import check_triton_kernels
+
+    monkeypatch.delenv("NNUNET_TUBECONV_TRITON", raising=False)
+    check = check_triton_kernels(cuda_available=True)
+    assert check.status == "ok" and f"triton {triton.__version__}" in check.what
+    monkeypatch.setenv("NNUNET_TUBECONV_TRITON", "0")
+    check = check_triton_kernels(cuda_available=True)
+    assert check.status == "warn" and "PyTorch path" in check.what and "NNUNET_TUBECONV_TRITON" in check.fix
+    assert check_triton_kernels(cuda_available=False).status == "ok"  # no GPU: nothing to fix
+
+
 @pytest.mark.parametrize("triton_available", [True, False])
 def test_dispatch_picks_triton_when_usable_and_results_do_not_change(monkeypatch, triton_available):
     """DSConv forward + backward with the dispatch told that this (CPU) call is a CUDA call Triton can take: the
