@@ -55,6 +55,8 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 #: kernel-check tolerance per feature dtype: max |Triton - reference| / max |reference| per output and gradient
 TOLERANCES = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+#: what one GPU run of the whole command may take (issue 15), seconds
+BUDGET_S = 8 * 60
 #: the steps, in the order they run
 STEPS = ("kernels", "blocks", "train", "memory")
 FILES = {"json": "gpu_check.json", "md": "gpu_check.md", "bench_blocks": "gpu_check_bench_blocks.json",
@@ -368,7 +370,9 @@ def markdown(report: dict) -> str:
     if not report["counts"]:
         lines += [("**Not a GPU measurement** (`--device cpu` and/or `--quick`): the report path only; no number "
                    "below says anything about a GPU."), ""]
-    lines += [(f"Command: `{report['command']}`; total {report['seconds']:.0f} s; status: "
+    budget = "within" if report["seconds"] <= BUDGET_S else "OVER"
+    lines += [(f"Command: `{report['command']}`; total {report['seconds']:.0f} s ({budget} the "
+               f"{BUDGET_S // 60}-minute budget of a GPU run); status: "
                f"{'all steps ran' if report['ok'] else 'a step FAILED (see below)'}."), "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in env.items()]
     lines += ["", "## Targets (issue 15)", "", "| target | limit | measured | status | counts | source |",
