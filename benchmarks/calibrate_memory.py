@@ -539,6 +539,10 @@ def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: 
                                         "predicted_peak_gib": model.predict(naive_bytes, naive_cfg["batch_size"],
                                                                             naive_params, **ratios) / GIB}
                         if device == "cuda":
+                            # the planner's prediction from the honest estimate, beside the measured peak
+                            planned_bytes = 4 * network_estimate(entry, full["patch_size"], in_ch, out_ch)
+                            row["planner_predicted_peak_gib"] = model.predict(planned_bytes, full["batch_size"],
+                                                                              params, **ratios) / GIB
                             peak = gpu_step_peak(entry, full["patch_size"], full["batch_size"], in_ch, out_ch)
                             gc.collect()
                             torch.cuda.empty_cache()

@@ -52,6 +52,7 @@ _register("show-snakes", "nnunet_tubeconv.deploy.snakes", "draw a trained model'
 _register("snake-stats", "nnunet_tubeconv.deploy.snake_stats", "do a model's DSConv snakes follow the vessels? saturation, tilt, adherence")
 _register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant, host preset and GPU memory target")
 _register("calibrate-memory", "nnunet_tubeconv.benchmarks.calibrate_memory", "memory estimates vs measured bytes; planned patch/batch per variant")
+_register("gpu-check", "nnunet_tubeconv.benchmarks.gpu_check", "one GPU run: Triton kernels, bench-blocks, bench-train, calibrate-memory; md+json report vs targets")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -262,6 +262,23 @@ def check_snake_kernels() -> Check:
     )
 
 
+def check_triton_kernels(cuda_available: bool | None = None) -> Check:
+    """Whether DSConv runs its Triton kernels on CUDA tensors (or its slower PyTorch path there)."""
+    from nnunet_tubeconv.blocks import _triton
+
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    line = _triton.status()
+    if _triton.available():
+        return Check("ok", f"DSConv: {line}")
+    if not cuda_available:
+        return Check("ok", f"DSConv on CUDA would run its PyTorch path ({line}); this machine has no GPU")
+    return Check("warn", f"DSConv runs its slower PyTorch path on this GPU: {line}",
+                 "install triton (CUDA builds of torch bring it along), or unset NNUNET_TUBECONV_TRITON=0")
+
+
 def check_plans(
     dataset: str, plans_identifier: str, configurations: list[str] | None, trainers: list[str]
 ) -> list[Check]:
@@ -421,6 +438,7 @@ def run_doctor(
         checks += check_trainer_discovery(names)
     checks.append(check_device())
     checks.append(check_snake_kernels())
+    checks.append(check_triton_kernels())
     if dataset is not None:
         checks += check_plans(str(dataset), plans, configurations, names)
     return report(checks)

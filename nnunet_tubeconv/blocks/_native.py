@@ -12,8 +12,9 @@ split so that no two threads write the same element (no atomics).
 The library is cached under ``$NNUNET_TUBECONV_CACHE`` (default ``~/.cache/nnunet_tubeconv``), keyed by the source,
 the compiler, the flags and the CPU (the build uses ``-march=native``), and written atomically, so concurrent
 processes (DDP ranks, test workers) are safe. Without a C compiler, or with ``NNUNET_TUBECONV_NATIVE=0``, the blocks
-use their PyTorch implementation, which gives the same results (every block test runs both) more slowly; GPU
-tensors, bf16/fp16 and autocast always take the PyTorch path. :func:`status` says which one runs and why
+use their PyTorch implementation, which gives the same results (every block test runs both) more slowly; bf16/fp16
+and autocast on CPU always take the PyTorch path, CUDA tensors DSConv's Triton kernels (:mod:`._triton`) or, without
+Triton, the PyTorch path. :func:`status` says which one runs and why
 (``nnunet-tubeconv doctor`` prints it).
 """
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks import _custom_ops, _native
+from nnunet_tubeconv.blocks import _custom_ops, _native, _triton
 from nnunet_tubeconv.blocks._traceable import traceable_snake_conv
 from nnunet_tubeconv.blocks._utils import (
     _compiling,
@@ -268,6 +268,8 @@ class _SnakeConvFunction(torch.autograd.Function):
         if native is not None:
             with torch.autocast("cpu", enabled=False):
                 return _native_forward(native, x, delta, weight, bias, extend_scope)
+        if _triton.usable(x, delta, weight):  # CUDA with Triton: the kernels of _triton_kernels.py
+            return _triton.forward(x, delta, weight, bias, axis, swing_axes, extend_scope)
         with torch.autocast(x.device.type, enabled=False):
             batch, c_in, *spatial = x.shape
             c_out, _, kernel_size = weight.shape
@@ -299,6 +301,9 @@ class _SnakeConvFunction(torch.autograd.Function):
         if native is not None:
             with torch.autocast("cpu", enabled=False):
                 return _native_backward(native, ctx, grad_out, x, delta, weight, (need_x, need_delta, need_w, need_b))
+        if _triton.usable(x, delta, weight):
+            return (*_triton.backward(grad_out, x, delta, weight, ctx.has_bias, ctx.axis, ctx.swing_axes,
+                                      ctx.extend_scope, (need_x, need_delta, need_w, need_b)), None, None, None)
         with torch.autocast(x.device.type, enabled=False):
             batch, c_in, *spatial = x.shape
             c_out, _, kernel_size = weight.shape
