@@ -88,6 +88,7 @@ import time
 from typing import Any
 
 from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
+from nnunet_tubeconv.benchmarks.realistic_plans import REALISTIC_PLANS, realistic_plan
 
 TARGETS: dict[str, float] = {"dsconv": 2.0, "dlkdff": 1.5, "scse": 1.15, "skeleton_recall": 1.15}
 VARIANT_ORDER = ("dsconv", "dlkdff", "scse", "deform", "tubeconv")
@@ -153,6 +154,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated arms to run next to vanilla: block variants {list(VARIANT_ORDER)} "
                              f"and {list(EXTRA_ARMS)} (default: all)")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="built-in plan: 3D (default) or 2D")
+    parser.add_argument("--plan", choices=("toy", *REALISTIC_PLANS), default="toy",
+                        help="toy: the built-in small plan (--dim); drive2d / hepaticvessel3d: nnU-Net's default "
+                             "plans for a DRIVE-shaped 2D / a Task08 HepaticVessel-shaped 3D data set (patch and "
+                             "batch as nnU-Net plans them; benchmarks/realistic_plans.py)")
     parser.add_argument("--plans", help="use a configuration of this nnU-Net plans file instead of the built-in plan")
     parser.add_argument("--configuration", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
     parser.add_argument("--patch-size", type=int, nargs="+", help="override the patch size")
@@ -406,7 +411,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
 
-    entry, run = _plans_file(args.plans, args.configuration) if args.plans else _small_plan(args.dim, args.quick)
+    plan = getattr(args, "plan", "toy")
+    if args.plans and plan != "toy":
+        raise ValueError(f"--plans and --plan {plan} both name a plan; give one of them")
+    if args.plans:
+        entry, run = _plans_file(args.plans, args.configuration)
+    elif plan != "toy":
+        entry, run = realistic_plan(plan)
+    else:
+        entry, run = _small_plan(args.dim, args.quick)
     if args.patch_size:
         run["patch_size"] = list(args.patch_size)
     if args.batch_size:
@@ -433,7 +446,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         else:
             m = _Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed)
         models.append(m)
+    load_before = os.getloadavg()
     _measure(torch, models, loss, data, targets, args, device)
+    load = {"before": list(load_before), "after": list(os.getloadavg())}  # 1/5/15-minute load averages (uptime)
 
     base = models[0]
     base_time = statistics.median(base.times)
@@ -466,7 +481,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "plan": run["plan"], "patch_size": run["patch_size"],
             "batch_size": run["batch_size"], "input_channels": run["input_channels"],
             "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": args.warmup,
-            "memory_measure": memory_measure, "torch": torch.__version__, "results": rows}
+            "memory_measure": memory_measure, "torch": torch.__version__, "load_average": load, "results": rows}
 
 
 def _print_table(report: dict) -> None:
@@ -488,6 +503,10 @@ def _print_table(report: dict) -> None:
     console.print(table)
     console.print(f"peak memory = {report['memory_measure']}; time = median of {report['repeats']} iteration(s) "
                   f"after {report['warmup']} warm-up; targets apply to time and memory on the default 3D plan on CPU")
+    if "load_average" in report:
+        la = report["load_average"]
+        console.print("load average (1/5/15 min) before: " + " ".join(f"{v:.2f}" for v in la["before"])
+                      + ", after: " + " ".join(f"{v:.2f}" for v in la["after"]), highlight=False)
     from nnunet_tubeconv.architectures import DEFAULT_BLOCK_OPTIONS
 
     for r in report["results"]:
