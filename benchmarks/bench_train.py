@@ -172,6 +172,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="on CPU: wall clock (default) or this process's CPU time (with --threads 1 the work done, "
+                             "little moved by other processes on a shared machine)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny plan, 1 repeat, no warm-up: checks the harness, the ratios mean nothing")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -372,12 +375,14 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
         for _ in range(args.warmup):
             _step(torch, m, loss, data, targets)
         _cpu_memory(torch, m, loss, data, targets)
+    # CPU time of this process (--timer cpu): with --threads 1 the work done, little moved by other processes' load
+    clock = time.process_time if getattr(args, "timer", "wall") == "cpu" else time.perf_counter
     for _ in range(args.repeats):
         for m in models:
             loss, targets = lt(m)
-            t0 = time.perf_counter()
+            t0 = clock()
             _step(torch, m, loss, data, targets)
-            m.times.append(time.perf_counter() - t0)
+            m.times.append(clock() - t0)
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -481,7 +486,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "plan": run["plan"], "patch_size": run["patch_size"],
             "batch_size": run["batch_size"], "input_channels": run["input_channels"],
             "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": args.warmup,
-            "memory_measure": memory_measure, "torch": torch.__version__, "load_average": load, "results": rows}
+            "timer": getattr(args, "timer", "wall"), "memory_measure": memory_measure, "torch": torch.__version__, "load_average": load, "results": rows}
 
 
 def _print_table(report: dict) -> None:
@@ -501,7 +506,8 @@ def _print_table(report: dict) -> None:
     if not console.is_terminal:  # keep the table on one line per row in logs and pipes
         console = Console(width=140)
     console.print(table)
-    console.print(f"peak memory = {report['memory_measure']}; time = median of {report['repeats']} iteration(s) "
+    console.print(f"peak memory = {report['memory_measure']}; time ({report.get('timer', 'wall')}) = median of "
+                  f"{report['repeats']} iteration(s) "
                   f"after {report['warmup']} warm-up; targets apply to time and memory on the default 3D plan on CPU")
     if "load_average" in report:
         la = report["load_average"]

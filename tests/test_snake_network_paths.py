@@ -114,3 +114,29 @@ def test_paths_really_differ_in_implementation(monkeypatch):
         monkeypatch.setattr(_native.SnakeKernels, "sample", counting)
         _run(net, x, path, monkeypatch)
     assert calls["native"] > 0 and calls["pytorch"] == 0 and calls["traceable"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_is_a_times_w_transposed(dtype):
+    """_native.linear (oneDNN for float32 where available, torch.mm otherwise) on the strided views DSConv passes."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(70, 24, generator=g, dtype=dtype)
+    w = torch.randn(10, 24, generator=g, dtype=dtype)
+    b = torch.randn(10, generator=g, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(_native.linear(a, w, b), a @ w.t() + b, **tol)
+    torch.testing.assert_close(_native.linear(a, w), a @ w.t(), **tol)
+    # transposed views, as in the weight gradient g^T s = linear(g^T, s^T)
+    s = torch.randn(70, 16, generator=g, dtype=dtype)
+    torch.testing.assert_close(_native.linear(a.t(), s.t()), a.t() @ s, **tol)
+
+
+def test_onednn_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("NNUNET_TUBECONV_ONEDNN", "0")
+    assert _native._onednn_linear() is None
+    a, w = torch.randn(5, 3), torch.randn(4, 3)
+    torch.testing.assert_close(_native.linear(a, w), a @ w.t())
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.delenv("NNUNET_TUBECONV_ONEDNN")
+    assert (_native._onednn_linear() is not None) == torch.backends.mkldnn.is_available()

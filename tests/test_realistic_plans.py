@@ -1,0 +1,70 @@
+"""bench-train's realistic plans (issue 15): nnU-Net's own default plans for DRIVE- and HepaticVessel-shaped data."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from nnunet_tubeconv.benchmarks import profile_snake
+from nnunet_tubeconv.benchmarks.realistic_plans import DRIVE_LIKE, REALISTIC_PLANS, realistic_plan
+
+from nnunet_tubeconv.cli import main
+
+DRIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "DRIVE"
+
+
+def test_drive2d_is_nnunets_default_2d_plan():
+    # what nnUNetv2_plan_experiment writes for the 20 DRIVE training images (run on the real data, issue 15)
+    entry, run = realistic_plan("drive2d")
+    a = entry["arch_kwargs"]
+    assert run["patch_size"] == [640, 640] and run["batch_size"] == 2 and run["num_classes"] == 2
+    assert a["features_per_stage"] == [32, 64, 128, 256, 512, 512, 512, 512]
+    assert a["strides"] == [[1, 1]] + [[2, 2]] * 7 and a["conv_op"].endswith("Conv2d")
+    json.dumps(entry)  # plain JSON, as a plans file holds it
+
+
+def test_hepaticvessel3d_is_nnunets_default_3d_fullres_plan():
+    entry, run = realistic_plan("hepaticvessel3d")
+    a = entry["arch_kwargs"]
+    # the 3d_fullres plan of calibrate-memory's Task08-like fingerprint (benchmarks/results/calibration_cpu.md)
+    assert run["patch_size"] == [64, 192, 192] and run["batch_size"] == 2 and run["num_classes"] == 3
+    assert a["features_per_stage"] == [32, 64, 128, 256, 320, 320] and a["strides"][-1] == [1, 2, 2]
+
+
+def test_unknown_plan_and_two_plans_are_refused(capsys):
+    with pytest.raises(ValueError, match="realistic plans are"):
+        realistic_plan("toy3d")
+    assert main(["bench-train", "--quick", "--plan", "drive2d", "--plans", "x.json"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert sorted(REALISTIC_PLANS) == ["drive2d", "hepaticvessel3d"]
+
+
+@pytest.mark.skipif(not (DRIVE / "Image_Tr").is_dir(), reason=f"DRIVE not found at {DRIVE}")
+def test_drive_like_fingerprint_has_the_real_images_shapes():
+    """The stated DRIVE fingerprint is what nnU-Net's reader sees in the 20 real images."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    files = sorted((DRIVE / "Image_Tr").glob("*.nii.gz"))
+    assert len(files) == DRIVE_LIKE["num_training"]
+    for f in files:
+        image, props = SimpleITKIO().read_images([str(f)])
+        assert list(image.shape[1:]) == DRIVE_LIKE["shape"]
+        assert np.allclose(props["spacing"], DRIVE_LIKE["spacing"])
+
+
+def test_profile_snake_on_the_toy_plan(tmp_path):
+    out = tmp_path / "profile.md"
+    threads = torch.get_num_threads()
+    try:
+        assert profile_snake.main(["--plan", "toy", "--threads", "1", "--steps", "1", "--repeats", "1", "--timer",
+                                   "cpu", "-o", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = out.read_text()
+    assert "--plan toy" in text and "cpu time" in text
+    # one section per DSCBlock of the default placement (encoder and decoder stage 2), every part listed
+    assert text.count("## `") == 2
+    for part in ("plain branch", "swing branches", "C `sample`", "C `gather_backward`", "C `scatter`",
+                 "snake GEMMs", "fusion"):
+        assert text.count(part) == 2
