@@ -8,7 +8,12 @@ dynamic_network_architectures' ``PlainConvUNet``, each variant the entry from
 backward, gradient clipping at 12, ``SGD(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)``.
 Everything is measured in one process; the ratio columns divide by vanilla measured in the same run.
 
-Time: median wall time of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
+Plans: ``--plan toy`` (default) is the built-in small plan below (``--dim``); ``--plan drive2d`` and ``--plan
+hepaticvessel3d`` are nnU-Net's default plans (``ExperimentPlanner``, patch and batch as a new user gets them) of a
+DRIVE-shaped 2D and a Task08 HepaticVessel-shaped 3D data set (:mod:`nnunet_tubeconv.benchmarks.realistic_plans`);
+``--plans FILE`` takes a configuration of any plans file.
+
+Time: median wall time (``--timer cpu``: this process's CPU time) of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
 rounds (vanilla, variant 1, ..., then again) so that load from other processes hits all of them alike.
 
 Peak memory:

@@ -135,44 +135,62 @@ def profile(args: argparse.Namespace) -> dict:
     from nnunet_tubeconv.benchmarks.realistic_plans import realistic_plan
 
     from nnunet_tubeconv.blocks import _native
-    from nnunet_tubeconv.blocks.dscblock import DSCBlock
 
     torch.set_num_threads(args.threads)
     _CLOCK["now"] = time.process_time if args.timer == "cpu" else time.perf_counter
-    entry, run = realistic_plan(args.plan) if args.plan != "toy" else bench_train._small_plan(3, False)
+    entry, run = realistic_plan(args.plan) if args.plan != "toy" else bench_train._small_plan(3, args.quick)
     strides = entry["arch_kwargs"]["strides"]
     loss, data, targets = bench_train._loss_and_targets(torch, run, strides, torch.device("cpu"))
     vanilla = bench_train._Model("vanilla", entry, run, torch, 0)
     snake = bench_train._Model("dsconv", variant_architecture(entry, "dsconv"), run, torch, 0)
     load_before = os.getloadavg()
-    for m in (vanilla, snake):
-        bench_train._step(torch, m, loss, data, targets)  # warm-up
-    for _ in range(args.steps):
-        for m in (vanilla, snake):
-            t0 = _now()
-            bench_train._step(torch, m, loss, data, targets)
-            m.times.append(_now() - t0)
-    t_van, t_snake = statistics.median(vanilla.times), statistics.median(snake.times)
+    # arms: (model, oneDNN linear for DSConv's GEMMs or None = torch.mm, the implementation before issue 15)
+    onednn = _native._onednn_linear()
+    arms = [("vanilla", vanilla, onednn), ("snake", snake, onednn)]
+    if args.compare_gemm:
+        arms.append(("snake, torch.mm GEMMs", snake, None))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in arms}
+    try:
+        for rnd in range(args.steps + 1):  # round 0 is the warm-up
+            for name, m, op in arms:
+                _native._state["linear"] = op
+                t0 = _now()
+                bench_train._step(torch, m, loss, data, targets)
+                if rnd:
+                    times[name].append(_now() - t0)
+    finally:
+        _native._state["linear"] = onednn
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    t_van, t_snake = medians["vanilla"], medians["snake"]
+
+    blocks = [] if args.no_blocks else _blocks(torch, snake.net, data, args.repeats)
+    return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
+            "threads": torch.get_num_threads(), "native": _native.status(), "vanilla_s": t_van, "snake_s": t_snake,
+            "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
+            "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
+            "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
+
+
+def _blocks(torch, net, data, repeats: int) -> list[dict]:
+    """The breakdown of every DSCBlock of ``net``, each on the input it receives from ``data``."""
+    from nnunet_tubeconv.blocks.dscblock import DSCBlock
 
     inputs: dict[str, tuple] = {}
     hooks = [mod.register_forward_hook(lambda mod, inp, out, name=name: inputs.__setitem__(name, (mod, inp[0].detach())))
-             for name, mod in snake.net.named_modules() if isinstance(mod, DSCBlock)]
+             for name, mod in net.named_modules() if isinstance(mod, DSCBlock)]
     with torch.no_grad():
-        snake.net(data)
+        net(data)
     for h in hooks:
         h.remove()
     clock = _KernelClock()
     blocks = []
     try:
         for name, (mod, x) in inputs.items():
-            blocks.append({"name": name, "input": list(x.shape), "parts": block_breakdown(torch, mod, x, args.repeats,
-                                                                                          clock)})
+            blocks.append({"name": name, "input": list(x.shape),
+                           "parts": block_breakdown(torch, mod, x, repeats, clock)})
     finally:
         clock.close()
-    return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
-            "threads": torch.get_num_threads(), "native": _native.status(), "vanilla_s": t_van, "snake_s": t_snake,
-            "timer": args.timer, "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
-            "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
+    return blocks
 
 
 def markdown(result: dict, command: str) -> str:
@@ -189,6 +207,11 @@ def markdown(result: dict, command: str) -> str:
                  f"{extra:.2f} s.")
     lines = [f"# Where the snake network's training time goes ({result['plan']})", "", f"Command: `{command}`", "",
              plan_line, "", step_line, ""]
+    if len(result["arms"]) > 2:
+        lines += [f"Arms timed in turn in the same run (DSConv's GEMMs: {result['gemm']} unless named):", "",
+                  "| arm | s per iteration | x vanilla |", "| --- | ---: | ---: |"]
+        lines += [f"| {name} | {t:.2f} | {t / result['vanilla_s']:.2f} |" for name, t in result["arms"].items()]
+        lines.append("")
     total_extra = 0.0
     for b in result["blocks"]:
         parts = b["parts"]
@@ -201,8 +224,9 @@ def markdown(result: dict, command: str) -> str:
                   "| part | ms | share of block |", "| --- | ---: | ---: |"]
         lines += [f"| {name} | {t * 1000:.1f} | {t / block_total:.0%} |" for name, t in parts]
         lines.append("")
-    lines.append(f"Sum over the blocks of the time beyond the replaced conv: {total_extra:.2f} s, against the measured "
-                 f"whole-iteration difference of {extra:.2f} s.")
+    if result["blocks"]:
+        lines.append(f"Sum over the blocks of the time beyond the replaced conv: {total_extra:.2f} s, against the "
+                     f"measured whole-iteration difference of {extra:.2f} s.")
     return "\n".join(lines) + "\n"
 
 
@@ -215,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall clock, or this process's CPU time (use with --threads 1 on a loaded machine)")
     parser.add_argument("--steps", type=int, default=2, help="timed whole-network iterations per arm")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per block part")
+    parser.add_argument("--compare-gemm", action="store_true",
+                        help="also time the snake network with DSConv's GEMMs on torch.mm (before issue 15), in turn "
+                             "with the others in the same run")
+    parser.add_argument("--no-blocks", action="store_true", help="whole-network times only")
+    parser.add_argument("--quick", action="store_true", help="with --plan toy: bench-train's tiny plan (a check of "
+                                                                 "the script, the times mean nothing)")
     parser.add_argument("-o", "--output", help="write the markdown here")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.steps < 1 or args.repeats < 1:

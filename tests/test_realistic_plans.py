@@ -58,11 +58,13 @@ def test_profile_snake_on_the_toy_plan(tmp_path):
     threads = torch.get_num_threads()
     try:
         assert profile_snake.main(["--plan", "toy", "--threads", "1", "--steps", "1", "--repeats", "1", "--timer",
-                                   "cpu", "-o", str(out)]) == 0
+                                   "cpu", "--quick", "--compare-gemm", "-o", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)
     text = out.read_text()
     assert "--plan toy" in text and "cpu time" in text
+    # the same-run arms: vanilla, the snake network, and the snake network with torch.mm GEMMs
+    assert "| vanilla | " in text and "| snake | " in text and "| snake, torch.mm GEMMs | " in text
     # one section per DSCBlock of the default placement (encoder and decoder stage 2), every part listed
     assert text.count("## `") == 2
     for part in ("plain branch", "swing branches", "C `sample`", "C `gather_backward`", "C `scatter`",
