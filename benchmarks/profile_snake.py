@@ -164,9 +164,11 @@ def profile(args: argparse.Namespace) -> dict:
     t_van, t_snake = medians["vanilla"], medians["snake"]
 
     blocks = [] if args.no_blocks else _blocks(torch, snake.net, data, args.repeats)
+    one = data[:1]  # MACs per sample (the ratio does not depend on the batch)
+    macs = {"vanilla": forward_macs(torch, vanilla.net, one), "snake": forward_macs(torch, snake.net, one)}
     return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
             "threads": torch.get_num_threads(), "native": _native.status(), "vanilla_s": t_van, "snake_s": t_snake,
-            "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
+            "macs_per_sample": macs, "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
             "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
             "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
 
@@ -193,6 +195,40 @@ def _blocks(torch, net, data, repeats: int) -> list[dict]:
     return blocks
 
 
+def forward_macs(torch, net, x) -> int:
+    """Multiply-accumulates of one forward pass of ``net`` on ``x`` in its convolutions (transposed ones included)
+    and DSConv's weight contractions (``K * C_in * C_out`` per output position; its swing conv is a convolution)."""
+    from torch import nn
+
+    from nnunet_tubeconv.blocks import DSConv
+
+    total = [0]
+
+    def conv_hook(mod, inp, out):
+        k = int(torch.tensor(mod.kernel_size).prod())
+        if isinstance(mod, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            total[0] += inp[0].numel() * mod.out_channels // mod.groups * k
+        else:
+            total[0] += out.numel() * mod.in_channels // mod.groups * k
+
+    def snake_hook(mod, inp, out):
+        total[0] += out.numel() * mod.input_channels * mod.kernel_size
+
+    hooks = []
+    for mod in net.modules():
+        if isinstance(mod, DSConv):
+            hooks.append(mod.register_forward_hook(snake_hook))
+        elif isinstance(mod, nn.modules.conv._ConvNd):
+            hooks.append(mod.register_forward_hook(conv_hook))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0]
+
+
 def markdown(result: dict, command: str) -> str:
     la = result["load_average"]
     extra = result["snake_s"] - result["vanilla_s"]
@@ -205,8 +241,12 @@ def markdown(result: dict, command: str) -> str:
     step_line = (f"One training iteration (median of {result['steps']}, vanilla and snake alternating): vanilla "
                  f"{result['vanilla_s']:.2f} s, snake {result['snake_s']:.2f} s ({ratio:.2f}x), difference "
                  f"{extra:.2f} s.")
+    macs = result["macs_per_sample"]
+    macs_line = (f"Forward multiply-accumulates per sample (convolutions and DSConv's weight contractions, "
+                 f"`forward_macs`): vanilla {macs['vanilla'] / 1e9:.1f} G, snake {macs['snake'] / 1e9:.1f} G "
+                 f"({macs['snake'] / macs['vanilla']:.2f}x): the time ratio if every part ran at the same speed.")
     lines = [f"# Where the snake network's training time goes ({result['plan']})", "", f"Command: `{command}`", "",
-             plan_line, "", step_line, ""]
+             plan_line, "", step_line, "", macs_line, ""]
     if len(result["arms"]) > 2:
         lines += [f"Arms timed in turn in the same run (DSConv's GEMMs: {result['gemm']} unless named):", "",
                   "| arm | s per iteration | x vanilla |", "| --- | ---: | ---: |"]

@@ -70,3 +70,15 @@ def test_profile_snake_on_the_toy_plan(tmp_path):
     for part in ("plain branch", "swing branches", "C `sample`", "C `gather_backward`", "C `scatter`",
                  "snake GEMMs", "fusion"):
         assert text.count(part) == 2
+
+
+def test_forward_macs_known_answers():
+    from nnunet_tubeconv.blocks import DSConv
+
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    assert profile_snake.forward_macs(torch, conv, torch.randn(1, 2, 5, 5)) == 3 * 25 * 2 * 9
+    up = torch.nn.ConvTranspose2d(4, 2, 2, stride=2)
+    assert profile_snake.forward_macs(torch, up, torch.randn(1, 4, 3, 3)) == 4 * 9 * 2 * 4
+    # a DSConv: K * C_in * C_out per position, plus its swing conv (C_in -> K - 1 channels, 3x3)
+    snake = DSConv(torch.nn.Conv2d, 2, 3, kernel_size=5, axis=0)
+    assert profile_snake.forward_macs(torch, snake, torch.randn(1, 2, 6, 6)) == 36 * 3 * 2 * 5 + 36 * 4 * 2 * 9
