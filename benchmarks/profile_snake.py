@@ -134,7 +134,7 @@ def profile(args: argparse.Namespace) -> dict:
     from nnunet_tubeconv.benchmarks import bench_train
     from nnunet_tubeconv.benchmarks.realistic_plans import realistic_plan
 
-    from nnunet_tubeconv.blocks import _native
+    from nnunet_tubeconv.blocks import DSConv, _native
 
     torch.set_num_threads(args.threads)
     _CLOCK["now"] = time.process_time if args.timer == "cpu" else time.perf_counter
@@ -164,11 +164,18 @@ def profile(args: argparse.Namespace) -> dict:
     t_van, t_snake = medians["vanilla"], medians["snake"]
 
     blocks = [] if args.no_blocks else _blocks(torch, snake.net, data, args.repeats)
+    dsc = [m for m in snake.net.modules() if isinstance(m, DSConv)]
+    gemm = {}
+    if dsc:  # the GEMM shape of a chunk of the first DSConv: ~1M sample elements, as dsconv._chunks cuts them
+        first = dsc[0]
+        inner = (first.kernel_size - 1) * first.input_channels
+        gemm = gemm_rates(torch, max(1, (1 << 20) // (first.kernel_size * first.input_channels)), inner,
+                          first.output_channels, 5)
     one = data[:1]  # MACs per sample (the ratio does not depend on the batch)
     macs = {"vanilla": forward_macs(torch, vanilla.net, one), "snake": forward_macs(torch, snake.net, one)}
     return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
             "threads": torch.get_num_threads(), "native": _native.status(), "vanilla_s": t_van, "snake_s": t_snake,
-            "macs_per_sample": macs, "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
+            "macs_per_sample": macs, "gemm_gflops": gemm, "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
             "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
             "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
 
@@ -193,6 +200,20 @@ def _blocks(torch, net, data, repeats: int) -> list[dict]:
     finally:
         clock.close()
     return blocks
+
+
+def gemm_rates(torch, rows: int, inner: int, cols: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of DSConv's forward GEMM shape ``(rows, inner) x (inner, cols)``: ``torch.mm`` and oneDNN's linear
+    (as ``_native.linear`` calls it; absent where this PyTorch lacks it)."""
+    from nnunet_tubeconv.blocks import _native
+
+    a, w = torch.randn(rows, inner), torch.randn(cols, inner)
+    flops = 2.0 * rows * inner * cols
+    out = {"torch.mm": flops / _median_time(lambda: torch.mm(a, w.t()), repeats) / 1e9}
+    op = _native._onednn_linear()
+    if op is not None:
+        out["oneDNN linear"] = flops / _median_time(lambda: op(a, w, None, "none", [], ""), repeats) / 1e9
+    return out
 
 
 def forward_macs(torch, net, x) -> int:
@@ -247,6 +268,9 @@ def markdown(result: dict, command: str) -> str:
                  f"({macs['snake'] / macs['vanilla']:.2f}x): the time ratio if every part ran at the same speed.")
     lines = [f"# Where the snake network's training time goes ({result['plan']})", "", f"Command: `{command}`", "",
              plan_line, "", step_line, "", macs_line, ""]
+    if result["gemm_gflops"]:
+        lines += ["DSConv's forward GEMM (one chunk of the first DSConv), GFLOP/s: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in result["gemm_gflops"].items()), ""]
     if len(result["arms"]) > 2:
         lines += [f"Arms timed in turn in the same run (DSConv's GEMMs: {result['gemm']} unless named):", "",
                   "| arm | s per iteration | x vanilla |", "| --- | ---: | ---: |"]

@@ -62,7 +62,7 @@ def test_profile_snake_on_the_toy_plan(tmp_path):
     finally:
         torch.set_num_threads(threads)
     text = out.read_text()
-    assert "--plan toy" in text and "cpu time" in text
+    assert "--plan toy" in text and "cpu time" in text and "GFLOP/s: torch.mm" in text
     # the same-run arms: vanilla, the snake network, and the snake network with torch.mm GEMMs
     assert "| vanilla | " in text and "| snake | " in text and "| snake, torch.mm GEMMs | " in text
     # one section per DSCBlock of the default placement (encoder and decoder stage 2), every part listed
