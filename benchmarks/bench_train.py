@@ -11,7 +11,12 @@ Everything is measured in one process; the ratio columns divide by vanilla measu
 residual encoder: vanilla is then ``ResidualEncoderUNet`` (the ResEnc planners' blocks per stage), every variant is
 built into it, and the ratios are against vanilla ResEnc.
 
-Time: median wall time of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
+Plans: ``--plan toy`` (default) is the built-in small plan below (``--dim``); ``--plan drive2d`` and ``--plan
+hepaticvessel3d`` are nnU-Net's default plans (``ExperimentPlanner``, patch and batch as a new user gets them) of a
+DRIVE-shaped 2D and a Task08 HepaticVessel-shaped 3D data set (:mod:`nnunet_tubeconv.benchmarks.realistic_plans`);
+``--plans FILE`` takes a configuration of any plans file.
+
+Time: median wall time (``--timer cpu``: this process's CPU time) of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
 rounds (vanilla, variant 1, ..., then again) so that load from other processes hits all of them alike.
 
 Peak memory:
@@ -91,6 +96,7 @@ import time
 from typing import Any
 
 from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
+from nnunet_tubeconv.benchmarks.realistic_plans import REALISTIC_PLANS, realistic_plan
 
 TARGETS: dict[str, float] = {"dsconv": 2.0, "dlkdff": 1.5, "scse": 1.15, "skeleton_recall": 1.15}
 VARIANT_ORDER = ("dsconv", "dlkdff", "scse", "deform", "tubeconv")
@@ -156,6 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated arms to run next to vanilla: block variants {list(VARIANT_ORDER)} "
                              f"and {list(EXTRA_ARMS)} (default: all)")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3, help="built-in plan: 3D (default) or 2D")
+    parser.add_argument("--plan", choices=("toy", *REALISTIC_PLANS), default="toy",
+                        help="toy: the built-in small plan (--dim); drive2d / hepaticvessel3d: nnU-Net's default "
+                             "plans for a DRIVE-shaped 2D / a Task08 HepaticVessel-shaped 3D data set (patch and "
+                             "batch as nnU-Net plans them; benchmarks/realistic_plans.py)")
     parser.add_argument("--plans", help="use a configuration of this nnU-Net plans file instead of the built-in plan")
     parser.add_argument("--configuration", default="3d_fullres", help="configuration of --plans (default 3d_fullres)")
     parser.add_argument("--host", default="plain", metavar="HOST",
@@ -174,6 +184,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
+                        help="on CPU: wall clock (default) or this process's CPU time (with --threads 1 the work done, "
+                             "little moved by other processes on a shared machine)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny plan, 1 repeat, no warm-up: checks the harness, the ratios mean nothing")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -391,12 +404,14 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
         for _ in range(args.warmup):
             _step(torch, m, loss, data, targets)
         _cpu_memory(torch, m, loss, data, targets)
+    # CPU time of this process (--timer cpu): with --threads 1 the work done, little moved by other processes' load
+    clock = time.process_time if getattr(args, "timer", "wall") == "cpu" else time.perf_counter
     for _ in range(args.repeats):
         for m in models:
             loss, targets = lt(m)
-            t0 = time.perf_counter()
+            t0 = clock()
             _step(torch, m, loss, data, targets)
-            m.times.append(time.perf_counter() - t0)
+            m.times.append(clock() - t0)
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -430,7 +445,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
 
-    entry, run = _plans_file(args.plans, args.configuration) if args.plans else _small_plan(args.dim, args.quick)
+    plan = getattr(args, "plan", "toy")
+    if args.plans and plan != "toy":
+        raise ValueError(f"--plans and --plan {plan} both name a plan; give one of them")
+    if args.plans:
+        entry, run = _plans_file(args.plans, args.configuration)
+    elif plan != "toy":
+        entry, run = realistic_plan(plan)
+    else:
+        entry, run = _small_plan(args.dim, args.quick)
     entry, run = _on_host(entry, run, getattr(args, "host", "plain"), bool(args.plans))
     if args.patch_size:
         run["patch_size"] = list(args.patch_size)
@@ -458,7 +481,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         else:
             m = _Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed)
         models.append(m)
+    load_before = os.getloadavg()
     _measure(torch, models, loss, data, targets, args, device)
+    load = {"before": list(load_before), "after": list(os.getloadavg())}  # 1/5/15-minute load averages (uptime)
 
     base = models[0]
     base_time = statistics.median(base.times)
@@ -492,7 +517,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "patch_size": run["patch_size"],
             "batch_size": run["batch_size"], "input_channels": run["input_channels"],
             "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": args.warmup,
-            "memory_measure": memory_measure, "torch": torch.__version__, "results": rows}
+            "timer": getattr(args, "timer", "wall"), "memory_measure": memory_measure, "torch": torch.__version__,
+            "load_average": load, "results": rows}
 
 
 def _print_table(report: dict) -> None:
@@ -512,8 +538,13 @@ def _print_table(report: dict) -> None:
     if not console.is_terminal:  # keep the table on one line per row in logs and pipes
         console = Console(width=140)
     console.print(table)
-    console.print(f"peak memory = {report['memory_measure']}; time = median of {report['repeats']} iteration(s) "
+    console.print(f"peak memory = {report['memory_measure']}; time ({report.get('timer', 'wall')}) = median of "
+                  f"{report['repeats']} iteration(s) "
                   f"after {report['warmup']} warm-up; targets apply to time and memory on the default 3D plan on CPU")
+    if "load_average" in report:
+        la = report["load_average"]
+        console.print("load average (1/5/15 min) before: " + " ".join(f"{v:.2f}" for v in la["before"])
+                      + ", after: " + " ".join(f"{v:.2f}" for v in la["after"]), highlight=False)
     from nnunet_tubeconv.architectures import DEFAULT_BLOCK_OPTIONS
 
     for r in report["results"]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "scse_add_kernels", "status"]
+__all__ = ["kernels", "linear", "scse_add_kernels", "status"]
 
 _SOURCE = Path(__file__).with_name("_cpu_kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
@@ -180,6 +180,40 @@ def _split(openmp: bool, total: int, call) -> None:
     else:
         threads = max(1, torch.get_num_threads())
         _run_parallel([(lambda r0=r0, r1=r1: call(r0, r1)) for r0, r1 in _ranges(total, threads)])
+
+
+def _onednn_linear():
+    """PyTorch's oneDNN (mkldnn) linear operator, or None where this build lacks it or it fails a probe.
+
+    Why: DSConv's contractions with its weights are GEMMs of ``(B * n, (K - 1) * C_in) x ((K - 1) * C_in, C_out)``.
+    ``torch.mm`` / ``addmm`` run them in MKL's sgemm, which on the AMD EPYC development machine reached 74-86
+    GFLOP/s per core against 171-181 GFLOP/s for oneDNN's linear, the library nnU-Net's own convolutions run on
+    (``python -m nnunet_tubeconv.benchmarks.profile_snake``; issue 15). Same products, summed in another order:
+    results equal to float32 rounding (``tests/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
+    keeps ``torch.mm`` (the implementation before issue 15, for before/after measurements).
+    """
+    if "linear" not in _state:
+        op = None
+        off = os.environ.get("NNUNET_TUBECONV_ONEDNN", "1").strip().lower() in ("0", "false", "no", "off")
+        try:
+            if not off and torch.backends.mkldnn.is_available():
+                candidate = torch.ops.mkldnn._linear_pointwise.default
+                a, w = torch.randn(3, 5), torch.randn(4, 5)
+                if torch.allclose(candidate(a, w, None, "none", [], ""), a @ w.t(), rtol=1e-4, atol=1e-5):
+                    op = candidate
+        except (AttributeError, RuntimeError):
+            op = None
+        _state["linear"] = op
+    return _state["linear"]
+
+
+def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ w.T (+ bias)`` for 2-D CPU tensors: oneDNN for float32 where available (any strides), else
+    ``torch.addmm`` / ``torch.mm``. Inputs are not differentiated through (called inside autograd Functions)."""
+    op = _onednn_linear() if a.dtype == torch.float32 and w.dtype == torch.float32 else None
+    if op is not None:
+        return op(a, w, bias, "none", [], "")
+    return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
 
 
 class SnakeKernels:

@@ -94,9 +94,17 @@ def _cumulative_swing(delta: torch.Tensor, n_swing: int, kernel_size: int) -> to
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def _chunks(n: int, per_position: int) -> list[tuple[int, int]]:
-    """Ranges ``(n0, n1)`` of about equal size covering ``n`` positions, each <= ``_CHUNK_ELEMENTS`` elements."""
-    count = -(-n * max(per_position, 1) // _CHUNK_ELEMENTS)
+# The CPU kernels' path takes chunks this many times larger: every chunk is a handful of OpenMP parallel regions
+# (kernels, GEMMs), and on a 2-core machine shared with other processes each region's barrier waits for a descheduled
+# thread; 4x fewer regions made a DSConv forward + backward at nnU-Net's DRIVE plan's stage 2 2-3x faster in wall time
+# at load 11 on 2 threads (and no slower alone); 16x was slower (cache). Issue 15.
+_NATIVE_CHUNK_SCALE = 4
+
+
+def _chunks(n: int, per_position: int, scale: int = 1) -> list[tuple[int, int]]:
+    """Ranges ``(n0, n1)`` of about equal size covering ``n`` positions, each <= ``scale * _CHUNK_ELEMENTS``
+    elements."""
+    count = -(-n * max(per_position, 1) // (_CHUNK_ELEMENTS * scale))
     step = -(-n // count)
     return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
 
@@ -384,17 +392,17 @@ def _native_forward(native, x, delta, weight, bias, extend_scope):
     x_pos = x_rows.view(batch, n_all, c_in)
     delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
     w_outer, w_centre, _ = _split_weight(weight)
-    w_outer_t, w_centre_t = w_outer.t(), w_centre.t()
+    w_centre = w_centre.contiguous()
     y = torch.empty(batch, c_out, n_all, dtype=x.dtype)
-    chunks = _chunks(n_all, batch * kernel_size * c_in)
+    chunks = _chunks(n_all, batch * kernel_size * c_in, _NATIVE_CHUNK_SCALE)
     samples = torch.empty(batch * (chunks[0][1] - chunks[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
     for n0, n1 in chunks:
         x_c = x_pos[:, n0:n1].reshape(-1, c_in)
-        yc = x_c @ w_centre_t if bias is None else torch.addmm(bias, x_c, w_centre_t)
+        yc = _native.linear(x_c, w_centre, bias)  # the GEMMs on oneDNN where available (_native.linear)
         if kernel_size > 1:
             s = samples[: batch * (n1 - n0) * (kernel_size - 1) * c_in].view(batch * (n1 - n0), -1)
             native.sample(x_rows, delta_f, extend_scope, s, n0, n1)
-            yc.addmm_(s, w_outer_t)
+            yc += _native.linear(s, w_outer)
         y[:, :, n0:n1] = yc.view(batch, n1 - n0, c_out).transpose(1, 2)
     return y.view(batch, c_out, *spatial)
 
@@ -413,27 +421,30 @@ def _native_backward(native, ctx, grad_out, x, delta, weight, needs):
     delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
     g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
     w_outer, w_centre, _ = _split_weight(weight)
+    # transposed copies as linear weights: g @ W = linear(g, W^T) (the GEMMs on oneDNN where available)
+    w_outer_lt, w_centre_lt = w_outer.t().contiguous(), w_centre.t().contiguous()
     grad_rows = torch.zeros(batch, n_all, c_in, dtype=x.dtype) if need_x else None
     grad_delta = torch.empty_like(delta_f) if need_delta else None  # (B, n_swing * (K - 1), N)
     grad_w_outer = torch.zeros(c_out, (kernel_size - 1) * c_in, dtype=x.dtype)
     grad_w_centre = torch.zeros(c_out, c_in, dtype=x.dtype)
-    chunks = _chunks(n_all, batch * kernel_size * c_in)
+    chunks = _chunks(n_all, batch * kernel_size * c_in, _NATIVE_CHUNK_SCALE)
     samples = torch.empty(batch * (chunks[0][1] - chunks[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
     for n0, n1 in chunks:
         n = n1 - n0
         g_rows = g[:, :, n0:n1].transpose(1, 2).reshape(batch * n, c_out)
         if need_w:
-            grad_w_centre += g_rows.t() @ x_pos[:, n0:n1].reshape(-1, c_in)
+            grad_w_centre += _native.linear(g_rows.t(), x_pos[:, n0:n1].reshape(-1, c_in).t())  # g^T x
         if need_x:
-            grad_rows[:, n0:n1] += (g_rows @ w_centre).view(batch, n, c_in)
+            grad_rows[:, n0:n1] += _native.linear(g_rows, w_centre_lt).view(batch, n, c_in)
         if kernel_size == 1:
             continue
-        gt = g_rows @ w_outer if (need_x or need_delta) else None  # (B * n, (K - 1) * C_in): W^T g per sample
+        # (B * n, (K - 1) * C_in): W^T g per sample
+        gt = _native.linear(g_rows, w_outer_lt) if (need_x or need_delta) else None
         s = samples[: batch * n * (kernel_size - 1) * c_in].view(batch * n, -1) if need_w else None
         if need_w or need_delta:
             native.gather_backward(x_rows, delta_f, scope, gt if gt is not None else s, s, grad_delta, n0, n1)
         if need_w:
-            grad_w_outer += g_rows.t() @ s
+            grad_w_outer += _native.linear(g_rows.t(), s.t())  # g^T s
         if need_x:
             native.scatter(grad_rows, delta_f, scope, gt, n0, n1)
     grad_x = None
