@@ -144,6 +144,18 @@ def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, b
 _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
+def finished_record(results: Path | list[Path], rel_dir: Path) -> dict | None:
+    """The record of a finished (``done``) unit from the first of ``results`` folders that has one, else None: arms
+    of one table may have been trained by separate runs (``--tag``, read back with ``--also``)."""
+    from nnunet_tubeconv.benchmarks.records import read_record
+
+    for folder in [results] if isinstance(results, Path) else results:
+        rec = read_record(folder / rel_dir)
+        if rec and rec["status"] == "done":
+            return rec
+    return None
+
+
 def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path,
                 checkpoint: str = "checkpoint_final.pth") -> dict:
     """snake-stats of one finished snake unit's ``checkpoint`` on its fold's validation cases (cached next to the
@@ -162,7 +174,7 @@ def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path,
     return stats
 
 
-def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path, plan: str, data: str = "drive",
+def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, stats_dir: Path, plan: str, data: str = "drive",
                    snapshots: tuple[int, ...] = ()) -> tuple[str, dict]:
     """Markdown tables (per arm; per arm and DSConv layer; with ``snapshots``, per arm, layer and training
     iterations) from the finished units, and the numbers behind them.
@@ -170,7 +182,6 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
     Per-case values of all finished folds are pooled (the validation cases of different folds are different
     images), so each CI is over every validation case run so far.
     """
-    from nnunet_tubeconv.benchmarks.records import read_record
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
     from nnunet_tubeconv.deploy.snake_stats import summarise
@@ -183,8 +194,8 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
     along = sorted({n for n in snapshots if n < total})
     per_arm: dict[str, dict] = {}
     for u in expand_units(suite, [dataset]):
-        rec = read_record(results / u.rel_dir)
-        if not rec or rec["status"] != "done":
+        rec = finished_record(results, u.rel_dir)
+        if rec is None:
             continue
         a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {},
                                        "snapshots": {n: {} for n in along}})
@@ -317,9 +328,8 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
     return text, numbers
 
 
-def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
+def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
     """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
-    from nnunet_tubeconv.benchmarks.records import read_record
     from nnunet_tubeconv.benchmarks.snakes_drive import _best_window
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
@@ -332,8 +342,8 @@ def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, win
     box = _best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
     written = []
     for u in expand_units(suite, [DATASET]):
-        rec = read_record(results / u.rel_dir)
-        if u.fold != fold or arms[u.arm][1] is None or not rec or rec["status"] != "done":
+        rec = finished_record(results, u.rel_dir)
+        if u.fold != fold or arms[u.arm][1] is None or rec is None:
             continue
         fold_dir = Path(rec["nnunet_output_folder"])
         model = load_trained_model(resolve_model_folder(str(fold_dir.parent), str(fold), None, None, None,
@@ -400,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="ITERATIONS",
                    help="also write a checkpoint after these training iterations (epoch ends) and tabulate the snake "
                    "statistics along training")
+    p.add_argument("--also", nargs="+", default=[], metavar="TAG",
+                   help="tables and pictures also read finished units of these tags' runs (e.g. arms trained in "
+                   "parallel as separate runs of the same budget)")
     p.add_argument("--tag", default="", help="a second run in the same --work (e.g. a longer budget): its own trainer "
                    "names, runs and statistics, sharing the data and preprocessing")
     p.add_argument("--train-only", action="store_true", help="run the trainings, skip the snake statistics")
@@ -479,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
     os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(results / "trainers"), str(trainers)])
     dim = 2 if configuration == "2d" else 3
-    text, numbers = ablation_table(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / dataset,
+    sources = [results, *(work / f"results{t}" for t in args.also)]
+    text, numbers = ablation_table(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / dataset,
                                    work / f"stats{args.tag}", f"nnUNetPlans {configuration} cut to patch "
                                    f"{args.patch}^{dim}, batch {args.batch}, {args.stages} stages of widths "
                                    f"{args.base_features}..{min(args.base_features * 2 ** (args.stages - 1), 256)}",
@@ -489,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     text = text + "\n\nReproduce: `" + cmd + "`\n"
     print(text)
     if args.pictures and args.data == "drive":
-        draw_pictures(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
+        draw_pictures(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
                       Path(args.pictures))
     if args.output:
         out = Path(args.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from conftest import tiny_plans
@@ -109,3 +110,19 @@ def test_reduced_plans_is_the_topology_runs_half_width_cut_on_drive_shaped_plans
     out = reduced_plans(tiny_plans(planned), "nnUNetPlans", 128, 2, 6, 16)
     assert out["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
         f // 2 for f in planned[:6]]
+
+
+def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
+    import json
+
+    from nnunet_tubeconv.benchmarks.records import RECORD_FILE, RECORD_SCHEMA
+    from nnunet_tubeconv.benchmarks.snakes_ablation import finished_record
+
+    rel = Path("runs/D/2d/arm/fold_0_seed_0")
+    a, b, c = tmp_path / "results", tmp_path / "resultsp2", tmp_path / "resultsp3"
+    for folder, status, tag in ((a, "failed", "a"), (b, "done", "b"), (c, "done", "c")):
+        (folder / rel).mkdir(parents=True)
+        (folder / rel / RECORD_FILE).write_text(json.dumps({"schema": RECORD_SCHEMA, "status": status, "tag": tag}))
+    assert finished_record([a, b, c], rel)["tag"] == "b"  # a's unit failed: the next run's finished one counts
+    assert finished_record(a, rel) is None
+    assert finished_record([tmp_path / "none"], rel) is None
