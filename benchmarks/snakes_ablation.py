@@ -490,9 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_only:
         return 0
     # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
-    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(results / "trainers"), str(trainers)])
-    dim = 2 if configuration == "2d" else 3
+    # (of this run and of every --also run)
     sources = [results, *(work / f"results{t}" for t in args.also)]
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join(
+        [str(r / "trainers") for r in sources] + [str(trainers), *(str(work / f"trainers{t}") for t in args.also)])
+    dim = 2 if configuration == "2d" else 3
     text, numbers = ablation_table(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / dataset,
                                    work / f"stats{args.tag}", f"nnUNetPlans {configuration} cut to patch "
                                    f"{args.patch}^{dim}, batch {args.batch}, {args.stages} stages of widths "
