@@ -10,6 +10,11 @@ measured with ``nnunet-tubeconv snake-stats`` on each fold's validation images::
 
 Run it again after an interruption: finished trainings are kept (the harness), the statistics are recomputed.
 
+``--data synth3d``: the same arms and statistics for nnU-Net 3d_fullres on the synthetic 3D vessel trees (swing in
+two axes). ``--snapshots 125 250``: the arms also write checkpoints after those training iterations, and the table
+gains the snake statistics along training. ``--tag T``: a second run (another budget) in the same ``--work``;
+``--also T``: the table reads finished units of run ``T`` as well (arms trained in parallel as separate runs).
+
 Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
 16..256 (``nnUNetPlansSnakeAblation``, same preprocessing as ``nnUNetPlans``: full-resolution images), and a short
 schedule (``--epochs`` x ``--iterations``). Snake saturation and adherence show within a few hundred iterations; the
