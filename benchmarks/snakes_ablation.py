@@ -10,6 +10,11 @@ measured with ``nnunet-tubeconv snake-stats`` on each fold's validation images::
 
 Run it again after an interruption: finished trainings are kept (the harness), the statistics are recomputed.
 
+``--data synth3d``: the same arms and statistics for nnU-Net 3d_fullres on the synthetic 3D vessel trees (swing in
+two axes). ``--snapshots 125 250``: the arms also write checkpoints after those training iterations, and the table
+gains the snake statistics along training. ``--tag T``: a second run (another budget) in the same ``--work``;
+``--also T``: the table reads finished units of run ``T`` as well (arms trained in parallel as separate runs).
+
 Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
 16..256 (``nnUNetPlansSnakeAblation``, same preprocessing as ``nnUNetPlans``: full-resolution images), and a short
 schedule (``--epochs`` x ``--iterations``). Snake saturation and adherence show within a few hundred iterations; the
@@ -25,10 +30,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run
+
+from nnunet_tubeconv.data.synthetic import DEFAULT_DATASET_ID, DEFAULT_NAME
 
 PLANS = "nnUNetPlansSnakeAblation"
 DATASET = f"Dataset{DATASET_ID:03d}_DRIVE"
+SYNTH3D_CASES = 24  #: the 3D arm's synthetic set: cases of SYNTH3D_SHAPE (nnunet-tubeconv synth --dim 3)
+SYNTH3D_SHAPE = (64, 64, 64)
+
+#: --data -> (nnU-Net data set, configuration, what the table says about it)
+DATA: dict[str, tuple[str, str, str]] = {
+    "drive": (DATASET, "2d", ("nnU-Net 2d on DRIVE: validation cases of nnU-Net's 5-fold split of the 20 DRIVE "
+              "training images (no test image used)")),
+    "synth3d": (f"Dataset{DEFAULT_DATASET_ID[3]:03d}_{DEFAULT_NAME[3]}", "3d_fullres",
+                (f"nnU-Net 3d_fullres on the synthetic 3D vessel trees (`nnunet-tubeconv synth --dim 3 --num-cases "
+                f"{SYNTH3D_CASES} --shape {'x'.join(map(str, SYNTH3D_SHAPE))}`, seed 0): validation cases of nnU-Net's "
+                "5-fold split")),
+}
 
 #: arm name -> (trainer class, swing block options or None for vanilla, what it tests)
 ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
@@ -45,10 +65,18 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
 }
 
 
-def arm_trainer_source() -> str:
+def snapshot_name(iterations: int) -> str:
+    """File name of the checkpoint an arm writes after ``iterations`` training iterations (``--snapshots``)."""
+    return f"checkpoint_it{int(iterations)}.pth"
+
+
+def arm_trainer_source(snapshots: tuple[int, ...] = ()) -> str:
     """A module with one nnUNetTrainerDSConv subclass per snake arm (explicit block options, so the arms keep their
     meaning whatever the trainer's defaults become) and a vanilla one. Every arm's final validation runs without
-    mirroring test-time augmentation (a quarter of the CPU time; the same for every arm)."""
+    mirroring test-time augmentation (a quarter of the CPU time; the same for every arm). After every epoch whose
+    end completes one of ``snapshots`` training iterations, an arm also writes ``snapshot_name(iterations)``."""
+    if any(int(n) < 1 for n in snapshots):
+        raise ValueError(f"snapshots are training iterations >= 1, got {list(snapshots)}")
     lines = [
         '"""Snake-ablation arms (written by nnunet_tubeconv.benchmarks.snakes_ablation)."""',
         "",
@@ -60,9 +88,17 @@ def arm_trainer_source() -> str:
         "",
         "",
         "class _NoMirrorValidation:",
+        f"    snapshot_iterations = {tuple(sorted({int(n) for n in snapshots}))!r}",
+        "",
         "    def perform_actual_validation(self, save_probabilities: bool = False):",
         "        self.inference_allowed_mirroring_axes = None  # no mirroring TTA: the CPU budget",
         "        super().perform_actual_validation(save_probabilities)",
+        "",
+        "    def on_epoch_end(self):",
+        "        super().on_epoch_end()  # increments current_epoch",
+        "        done = self.current_epoch * self.num_iterations_per_epoch",
+        "        if done in self.snapshot_iterations:",
+        "            self.save_checkpoint(f'{self.output_folder}/checkpoint_it{done}.pth')  # = snapshot_name(done)",
         "",
     ]
     for trainer, options, what in ARMS.values():
@@ -78,24 +114,34 @@ def arm_trainer_source() -> str:
     return "\n".join(lines)
 
 
-def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, base_features: int) -> dict:
-    """nnU-Net 2d plans cut to a CPU budget: the first ``stages`` stages, widths ``base * 2^i`` (max 256), a square
-    ``patch`` and ``batch``; ``data_identifier`` unchanged, so the preprocessed data are shared."""
+def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, base_features: int,
+                  configuration: str = "2d") -> dict:
+    """nnU-Net plans with ``configuration`` cut to a CPU budget: the first ``stages`` stages, widths
+    ``base * 2^i`` (max 256), a ``patch`` of that edge in every axis and ``batch``; ``data_identifier`` unchanged, so
+    the preprocessed data are shared. The one owner of the CPU plan reduction of the DRIVE runs."""
     plans = json.loads(json.dumps(plans))
     plans["plans_name"] = name
-    c2d = plans["configurations"]["2d"]
-    kw = c2d["architecture"]["arch_kwargs"]
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"configuration {configuration!r} is not in the plans; they have "
+                         f"{sorted(plans['configurations'])}")
+    conf = plans["configurations"][configuration]
+    if "architecture" not in conf:
+        raise ValueError(f"configuration {configuration!r} inherits its network; reduce a configuration with its own "
+                         "architecture (2d or 3d_fullres)")
+    kw = conf["architecture"]["arch_kwargs"]
     if not 3 <= stages <= kw["n_stages"]:
         raise ValueError(f"stages must be between 3 and the planned {kw['n_stages']}, got {stages}")
     kw["n_stages"] = stages
     for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
         kw[key] = kw[key][:stages]
     kw["n_conv_per_stage_decoder"] = kw["n_conv_per_stage_decoder"][: stages - 1]
-    divisor = 2 ** sum(1 for s in kw["strides"] if max(s) > 1)
-    if patch % divisor or patch // divisor < 2:
-        raise ValueError(f"patch must be a multiple of {divisor} and at least {2 * divisor} for these plans")
-    c2d["patch_size"] = [patch, patch]
-    c2d["batch_size"] = batch
+    dim = len(conf["patch_size"])
+    divisors = [int(np.prod([s[ax] for s in kw["strides"]])) for ax in range(dim)]
+    if any(patch % d or patch // d < 2 for d in divisors):
+        raise ValueError(f"patch must be a multiple of {max(divisors)} and at least {2 * max(divisors)} for these "
+                         f"plans (cumulative strides {divisors}), got {patch}")
+    conf["patch_size"] = [patch] * dim
+    conf["batch_size"] = batch
     kw["features_per_stage"] = [min(base_features * 2**i, 256) for i in range(stages)]
     return plans
 
@@ -103,13 +149,27 @@ def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, b
 _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
-def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path) -> dict:
-    """snake-stats of one finished snake unit on its fold's validation cases (cached next to the runs)."""
+def finished_record(results: Path | list[Path], rel_dir: Path) -> dict | None:
+    """The record of a finished (``done``) unit from the first of ``results`` folders that has one, else None: arms
+    of one table may have been trained by separate runs (``--tag``, read back with ``--also``)."""
+    from nnunet_tubeconv.benchmarks.records import read_record
+
+    for folder in [results] if isinstance(results, Path) else results:
+        rec = read_record(folder / rel_dir)
+        if rec and rec["status"] == "done":
+            return rec
+    return None
+
+
+def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path,
+                checkpoint: str = "checkpoint_final.pth") -> dict:
+    """snake-stats of one finished snake unit's ``checkpoint`` on its fold's validation cases (cached next to the
+    runs)."""
     from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
     from nnunet_tubeconv.deploy.snake_stats import snake_stats
 
     fold_dir = Path(record["nnunet_output_folder"])
-    final = fold_dir / "checkpoint_final.pth"
+    final = fold_dir / checkpoint
     if cache.is_file() and cache.stat().st_mtime >= final.stat().st_mtime:
         return json.loads(cache.read_text())
     folder = resolve_model_folder(str(fold_dir.parent), str(record["fold"]), None, None, None, final.name)
@@ -119,25 +179,31 @@ def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path) -> d
     return stats
 
 
-def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path, plan: str) -> tuple[str, dict]:
-    """Markdown tables (per arm; per arm and DSConv layer) from the finished units, and the numbers behind them.
+def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, stats_dir: Path, plan: str, data: str = "drive",
+                   snapshots: tuple[int, ...] = ()) -> tuple[str, dict]:
+    """Markdown tables (per arm; per arm and DSConv layer; with ``snapshots``, per arm, layer and training
+    iterations) from the finished units, and the numbers behind them.
 
     Per-case values of all finished folds are pooled (the validation cases of different folds are different
     images), so each CI is over every validation case run so far.
     """
-    from nnunet_tubeconv.benchmarks.records import read_record
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
     from nnunet_tubeconv.deploy.snake_stats import summarise
     from nnunet_tubeconv.evaluation.stats import bootstrap_ci
 
-    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
+    dataset, _configuration, data_what = DATA[data]
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / dataset / "splits_final.json").read_text())
+    b = suite.budget
+    total = b.num_epochs * b.num_iterations_per_epoch
+    along = sorted({n for n in snapshots if n < total})
     per_arm: dict[str, dict] = {}
-    for u in expand_units(suite, [DATASET]):
-        rec = read_record(results / u.rel_dir)
-        if not rec or rec["status"] != "done":
+    for u in expand_units(suite, [dataset]):
+        rec = finished_record(results, u.rel_dir)
+        if rec is None:
             continue
-        a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {}})
+        a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {},
+                                       "snapshots": {n: {} for n in along}})
         a["folds"].append(u.fold)
         a["iteration_time_s"].append(rec["iteration_time_s"])
         for row in rec["metrics"]["per_case"]:
@@ -148,6 +214,14 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
         for i, layer in enumerate(stats["layers"]):
             entry = a["layers"].setdefault(i, {"name": layer["name"], "per_case": {}})
             entry["per_case"].update(layer["per_case"])
+        for n in along:
+            if not (Path(rec["nnunet_output_folder"]) / snapshot_name(n)).is_file():
+                continue
+            snap = _fold_stats(rec, sorted(splits[u.fold]["val"]), raw,
+                               stats_dir / u.arm / f"fold_{u.fold}_it{n}.json", snapshot_name(n))
+            for i, layer in enumerate(snap["layers"]):
+                entry = a["snapshots"][n].setdefault(i, {"name": layer["name"], "per_case": {}})
+                entry["per_case"].update(layer["per_case"])
     base = "stage_norm"
     numbers: dict[str, Any] = {"arms": {}}
     rows1 = [("| arm | what | folds | val cases | s/iter | Dice | Dice - stage_norm (95% CI) | clDice | Betti-0 err | "
@@ -185,7 +259,9 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
                                 "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
                                 "metrics_mean": means, "dice_diff_vs_stage_norm": dice_diff,
                                 "dice_diff_ci": dice_ci, "per_case_metrics": a["cases"], "layers": layers,
-                                "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()}}
+                                "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()},
+                                "snapshots": {str(n): {e["name"]: summarise(e["per_case"]) for e in
+                                                       a["snapshots"][n].values()} for n in along}}
         if layers:
             worst = min(layers.values(), key=lambda s: s.get("adherence_diff", 0.0))
             passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
@@ -210,13 +286,38 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
                 f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
                 f"{s.get('direction_diff', 0):+.3f} "
                 f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} |")
-    b = suite.budget
-    text = "\n".join([
-        "# DSConv swing-branch ablation on DRIVE (issue 11)",
+    rows3 = [("| arm | layer | iterations | saturated | mean step (vox) | same tilt | adherence snake - straight "
+              "(95% CI) | direction snake - straight (95% CI) | cases |"), "|" + "---|" * 9]
+    for arm in arms:
+        if arm not in per_arm or not along or arms[arm][1] is None:
+            continue
+        steps = [(n, per_arm[arm]["snapshots"][n]) for n in along] + [(total, per_arm[arm]["layers"])]
+        for i, entry in sorted(per_arm[arm]["layers"].items()):
+            for n, layers_at in steps:
+                if i not in layers_at:
+                    continue
+                s = summarise(layers_at[i]["per_case"])
+                dir_ci = s.get("direction_diff_ci")
+                rows3.append(
+                    f"| {arm} | {entry['name']} | {n} | {pct(s['saturated'])} | {s['mean_step']:.3f} | "
+                    f"{pct(s['constant_tilt'])} | {spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
+                    f"{s.get('direction_diff', 0):+.3f} "
+                    f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | {s['cases']} |")
+    along_text = [] if not along else [
         "",
-        (f"nnU-Net 2d, plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, CPU, seed 0. "
-        "Validation cases of nnU-Net's 5-fold split of the 20 DRIVE training images (no test image used); "
-        "every number is a mean over the validation cases of the folds listed, CIs are 95% bootstrap over those "
+        (f"Along training (checkpoints written after {', '.join(map(str, along))} iterations and the final one at "
+         f"{total}; the same poly learning-rate schedule over all {total} iterations, so an earlier snapshot is not "
+         "a shorter run's final model):"),
+        "",
+        *rows3,
+    ]
+    title = "DRIVE" if data == "drive" else "synthetic 3D vessel trees"
+    text = "\n".join([
+        f"# DSConv swing-branch ablation on {title} (issue 11)",
+        "",
+        (f"{data_what}; plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, "
+        "CPU, seed 0. "
+        "Every number is a mean over the validation cases of the folds listed, CIs are 95% bootstrap over those "
         "cases. Snake statistics: `nnunet-tubeconv snake-stats` on the same validation cases (whole images, "
         "nnU-Net preprocessing); adherence = mean label at the 8 outer sample points of the positions whose centre "
         "is on the vessel (label max-pooled to the layer's stage), straight = the undeformed kernel at the same "
@@ -227,13 +328,13 @@ def ablation_table(suite, results: Path, arms: dict, raw: Path, stats_dir: Path,
         "Per DSConv layer:",
         "",
         *rows2,
+        *along_text,
     ])
     return text, numbers
 
 
-def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
+def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
     """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
-    from nnunet_tubeconv.benchmarks.records import read_record
     from nnunet_tubeconv.benchmarks.snakes_drive import _best_window
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
@@ -246,8 +347,8 @@ def draw_pictures(suite, results: Path, arms: dict, raw: Path, folder: Path, win
     box = _best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
     written = []
     for u in expand_units(suite, [DATASET]):
-        rec = read_record(results / u.rel_dir)
-        if u.fold != fold or arms[u.arm][1] is None or not rec or rec["status"] != "done":
+        rec = finished_record(results, u.rel_dir)
+        if u.fold != fold or arms[u.arm][1] is None or rec is None:
             continue
         fold_dir = Path(rec["nnunet_output_folder"])
         model = load_trained_model(resolve_model_folder(str(fold_dir.parent), str(fold), None, None, None,
@@ -296,6 +397,9 @@ def first_steps(steps: int = 3, seed: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", choices=list(DATA), default="drive",
+                   help="drive: nnU-Net 2d on the 20 DRIVE training images; synth3d: nnU-Net 3d_fullres on "
+                   f"{SYNTH3D_CASES} synthetic 3D vessel trees of {'x'.join(map(str, SYNTH3D_SHAPE))} (swing in two axes)")
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
     p.add_argument("--work", default="/tmp/nnunet_tubeconv_snakes_ablation", help="nnU-Net folders and runs go here")
     p.add_argument("-o", "--output", default=None, help="markdown table to write (a .json with the numbers beside it)")
@@ -308,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", type=int, default=6)
     p.add_argument("--base-features", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="ITERATIONS",
+                   help="also write a checkpoint after these training iterations (epoch ends) and tabulate the snake "
+                   "statistics along training")
+    p.add_argument("--also", nargs="+", default=[], metavar="TAG",
+                   help="tables and pictures also read finished units of these tags' runs (e.g. arms trained in "
+                   "parallel as separate runs of the same budget)")
+    p.add_argument("--tag", default="", help="a second run in the same --work (e.g. a longer budget): its own trainer "
+                   "names, runs and statistics, sharing the data and preprocessing")
     p.add_argument("--train-only", action="store_true", help="run the trainings, skip the snake statistics")
     p.add_argument("--pictures", default=None, metavar="DIR",
                    help="also draw show-snakes of every finished snake arm of the first fold on its first validation "
@@ -321,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_steps:
         print(first_steps())
         return 0
+    if args.tag and not args.tag.isalnum():
+        p.error(f"--tag must be letters and digits (it goes into nnU-Net trainer names), got {args.tag!r}")
+    dataset, configuration, _ = DATA[args.data]
     drive, work = Path(args.drive), Path(args.work).resolve()
-    if not (drive / "Image_Tr").is_dir():
+    if args.data == "drive" and not (drive / "Image_Tr").is_dir():
         print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
         return 2
     work.mkdir(parents=True, exist_ok=True)
@@ -331,36 +446,42 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (work / var).mkdir(exist_ok=True)
         env[var] = str(work / var)
-    pre = work / "nnUNet_preprocessed" / DATASET
+    pre = work / "nnUNet_preprocessed" / dataset
     if not (pre / "nnUNetPlans.json").is_file():
-        _run(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
-              "--force"], env, log)
-        _run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
-             {**env, "nnUNet_n_proc_DA": "1"}, log)
+        if args.data == "drive":
+            _run(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
+                  "--force"], env, log)
+        else:
+            _run(["nnunet-tubeconv", "synth", "--dim", 3, "--num-cases", SYNTH3D_CASES, "--shape",
+                  "x".join(map(str, SYNTH3D_SHAPE)), "-o", env["nnUNet_raw"], "--force"], env, log)
+        _run(["nnUNetv2_plan_and_preprocess", "-d", dataset.split("_")[0][len("Dataset"):], "-c", configuration,
+              "-np", "1", "-npfp", "1"], {**env, "nnUNet_n_proc_DA": "1"}, log)
     plans = reduced_plans(json.loads((pre / "nnUNetPlans.json").read_text()), PLANS, args.patch, args.batch,
-                          args.stages, args.base_features)
+                          args.stages, args.base_features, configuration)
     plans_file = pre / f"{PLANS}.json"
     if not plans_file.is_file() or json.loads(plans_file.read_text()) != plans:
         plans_file.write_text(json.dumps(plans, indent=2))
-    trainers = work / "trainers"
+    trainers = work / f"trainers{args.tag}"  # a tag's trainers (its snapshots) apart from the others
     trainers.mkdir(exist_ok=True)
-    (trainers / "snake_ablation_trainers.py").write_text(arm_trainer_source())
+    (trainers / "snake_ablation_trainers.py").write_text(arm_trainer_source(tuple(args.snapshots)))
 
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     os.environ["nnUNet_extTrainer"] = str(trainers)
     from nnunet_tubeconv.benchmarks.runner import run_benchmark
     from nnunet_tubeconv.benchmarks.suite import parse_suite
 
-    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS} for a in args.arms}
+    # seed 0 for every arm, the baseline too: the harness would add a second baseline seed (its noise floor), which
+    # this CPU budget cannot afford; the per-layer CIs here are over cases
+    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS, "seeds": [0]} for a in args.arms}
     suite = parse_suite({
-        "name": "snakes-ablation-drive",
-        "datasets": [DATASET],
-        "configurations": ["2d"],
+        "name": f"snakes-ablation-{args.data}{args.tag}",
+        "datasets": [dataset],
+        "configurations": [configuration],
         "baseline": "stage_norm" if "stage_norm" in arms else args.arms[0],
         "folds": args.folds,
         "seeds": [0],
-        "budget": "snakes",
-        "budgets": {"snakes": {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
+        "budget": f"snakes{args.tag}",
+        "budgets": {f"snakes{args.tag}": {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                                "num_val_iterations_per_epoch": 2, "save_every": 2,
                                "description": "issue-11 snake ablation"}},
         "device": "cpu",
@@ -368,22 +489,28 @@ def main(argv: list[str] | None = None) -> int:
         "env": {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0",
                 "OMP_NUM_THREADS": str(args.threads)},
     })
-    results = work / "results"
+    results = work / f"results{args.tag}"
     if not args.no_train:
         run_benchmark(suite, results, report=False)
     if args.train_only:
         return 0
     # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
-    os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(results / "trainers"), str(trainers)])
-    text, numbers = ablation_table(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
-                                   work / "stats", f"DRIVE's nnUNetPlans 2d cut to patch {args.patch}^2, batch "
-                                   f"{args.batch}, {args.stages} stages of widths {args.base_features}..256")
+    # (of this run and of every --also run)
+    sources = [results, *(work / f"results{t}" for t in args.also)]
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join(
+        [str(r / "trainers") for r in sources] + [str(trainers), *(str(work / f"trainers{t}") for t in args.also)])
+    dim = 2 if configuration == "2d" else 3
+    text, numbers = ablation_table(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / dataset,
+                                   work / f"stats{args.tag}", f"nnUNetPlans {configuration} cut to patch "
+                                   f"{args.patch}^{dim}, batch {args.batch}, {args.stages} stages of widths "
+                                   f"{args.base_features}..{min(args.base_features * 2 ** (args.stages - 1), 256)}",
+                                   args.data, tuple(args.snapshots))
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-train", "--train-only")]
     cmd = "python -m nnunet_tubeconv.benchmarks.snakes_ablation " + " ".join(shown)
     text = text + "\n\nReproduce: `" + cmd + "`\n"
     print(text)
-    if args.pictures:
-        draw_pictures(suite, results, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
+    if args.pictures and args.data == "drive":
+        draw_pictures(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / DATASET,
                       Path(args.pictures))
     if args.output:
         out = Path(args.output)

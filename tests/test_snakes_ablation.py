@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 from conftest import tiny_plans
@@ -42,3 +43,86 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
         assert dict(cls.block_options) == options
         assert set(options) == {"snake_swing_norm", "snake_swing_lr_scale"}  # immune to later default changes
         assert "perform_actual_validation" in dir(cls)
+
+
+def test_reduced_plans_3d_fullres_and_anisotropic_strides():
+    from conftest import hepatic_vessel_like_plans
+
+    out = reduced_plans(tiny_plans((4, 8, 16, 32)), "P", 48, 2, 4, 16, "3d_fullres")
+    c = out["configurations"]["3d_fullres"]
+    ka = c["architecture"]["arch_kwargs"]
+    assert c["patch_size"] == [48, 48, 48] and c["batch_size"] == 2  # 48 = 6 x the cumulative stride 8
+    assert ka["features_per_stage"] == [16, 32, 64, 128] and len(ka["kernel_sizes"]) == 4
+    with pytest.raises(ValueError, match="patch must be a multiple of 8"):
+        reduced_plans(tiny_plans((4, 8, 16, 32)), "P", 44, 2, 4, 16, "3d_fullres")
+    # HepaticVessel-like 3d_fullres: strides (1,2,2),(2,2,2)x3: cumulative (8, 16, 16) in 4 stages after the first
+    hv = reduced_plans(hepatic_vessel_like_plans(), "P", 32, 2, 5, 8, "3d_fullres")
+    assert hv["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
+    with pytest.raises(ValueError, match=r"multiple of 16 .*cumulative strides \[8, 16, 16\]"):
+        reduced_plans(hepatic_vessel_like_plans(), "P", 24, 2, 5, 8, "3d_fullres")
+    with pytest.raises(ValueError, match="configuration '3d_lowres' is not in the plans"):
+        reduced_plans(tiny_plans(), "P", 32, 2, 3, 8, "3d_lowres")
+    with pytest.raises(ValueError, match="inherits its network"):
+        reduced_plans(hepatic_vessel_like_plans(), "P", 32, 2, 5, 8, "3d_cascade_fullres")
+
+
+def _load_arm_module(tmp_path, snapshots):
+    f = tmp_path / "snake_ablation_trainers.py"
+    f.write_text(arm_trainer_source(snapshots))
+    spec = importlib.util.spec_from_file_location("snake_ablation_trainers", f)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arm_trainers_write_snapshot_checkpoints_at_the_listed_iterations(tmp_path):
+    from nnunet_tubeconv.benchmarks.snakes_ablation import snapshot_name
+
+    module = _load_arm_module(tmp_path, (100, 50, 60))
+
+    class FakeTrainer:  # nnU-Net's on_epoch_end increments current_epoch after its own checkpointing
+        current_epoch, num_iterations_per_epoch, output_folder = 0, 25, "OUT"
+
+        def __init__(self):
+            self.saved = []
+
+        def on_epoch_end(self):
+            self.current_epoch += 1
+
+        def save_checkpoint(self, filename):
+            self.saved.append(filename)
+
+    trainer = type("T", (module._NoMirrorValidation, FakeTrainer), {})()
+    for _ in range(5):  # 125 iterations: epoch ends at 25, 50, 75, 100, 125 (60 is no epoch end)
+        trainer.on_epoch_end()
+    assert trainer.saved == [f"OUT/{snapshot_name(50)}", f"OUT/{snapshot_name(100)}"]
+    assert snapshot_name(50) == "checkpoint_it50.pth"
+    none = type("T", (_load_arm_module(tmp_path, ())._NoMirrorValidation, FakeTrainer), {})()
+    none.on_epoch_end()
+    assert none.saved == []
+    with pytest.raises(ValueError, match="snapshots are training iterations >= 1"):
+        arm_trainer_source((0, 25))
+
+
+def test_reduced_plans_is_the_topology_runs_half_width_cut_on_drive_shaped_plans():
+    # benchmarks/results/topology_drive_cpu.md cuts DRIVE's 2d plans (8 stages, 32..512) to 6 stages of half width
+    planned = (32, 64, 128, 256, 512, 512, 512, 512)
+    out = reduced_plans(tiny_plans(planned), "nnUNetPlans", 128, 2, 6, 16)
+    assert out["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
+        f // 2 for f in planned[:6]]
+
+
+def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
+    import json
+
+    from nnunet_tubeconv.benchmarks.records import RECORD_FILE, RECORD_SCHEMA
+    from nnunet_tubeconv.benchmarks.snakes_ablation import finished_record
+
+    rel = Path("runs/D/2d/arm/fold_0_seed_0")
+    a, b, c = tmp_path / "results", tmp_path / "resultsp2", tmp_path / "resultsp3"
+    for folder, status, tag in ((a, "failed", "a"), (b, "done", "b"), (c, "done", "c")):
+        (folder / rel).mkdir(parents=True)
+        (folder / rel / RECORD_FILE).write_text(json.dumps({"schema": RECORD_SCHEMA, "status": status, "tag": tag}))
+    assert finished_record([a, b, c], rel)["tag"] == "b"  # a's unit failed: the next run's finished one counts
+    assert finished_record(a, rel) is None
+    assert finished_record([tmp_path / "none"], rel) is None
