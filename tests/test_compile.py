@@ -5,13 +5,12 @@ implementations (``blocks/_custom_ops.py``); under ``torch.compile`` the blocks 
 DeformConv's Function and DLK's layout change are traced by dynamo as they stand. What is pinned here:
 
 * ``torch.library.opcheck`` on every op (schema, fake tensors, autograd registration, AOT dispatch with dynamic shapes);
-* every trainer's network (tests/variant_nets.py: vanilla and the 6 variant trainers) compiles with
+* every trainer's network (benchmarks/variant_nets.py: vanilla and the 6 variant trainers) compiles with
   ``fullgraph=True`` (any graph break fails) through AOTAutograd (``aot_eager``: the same forward and backward graphs
   inductor gets, without code generation), with outputs and gradients equal to eager, and the forward and backward
   graphs hold our custom ops (the real kernels), never the traceable fallback's gathers;
-* the full inductor CPU backend on one small network of DSCBlock, scSE, DLK and DFF, outputs and gradients against
-  eager. One network, not seven: each inductor compile generates and builds C++ for a forward and a backward graph
-  (minutes on the shared 2 cores), and the per-variant graphs inductor receives are already checked above.
+* the full inductor CPU backend on every trainer's network, outputs and gradients against eager
+  (``benchmarks/compile_check.py``: the same check as a command with a report).
 """
 
 from __future__ import annotations
@@ -19,11 +18,12 @@ from __future__ import annotations
 import pytest
 import torch
 from functorch.compile import make_boxed_func
+from nnunet_tubeconv.benchmarks import compile_check
+from nnunet_tubeconv.benchmarks.variant_nets import TRAINERS, batch, build_network, loss_fn, variant_trainers
 from torch import nn
 from torch._dynamo.backends.common import aot_autograd
-from variant_nets import TRAINERS, batch, build_network, loss_fn, variant_trainers
 
-from nnunet_tubeconv.blocks import DFF, SCSE, DLKBlock, DSCBlock, _custom_ops
+from nnunet_tubeconv.blocks import SCSE, _custom_ops
 
 torch.set_num_threads(1)
 
@@ -143,41 +143,14 @@ def test_variant_list_covers_every_variant_trainer():
     assert variants == {None, *VARIANTS}
 
 
-# ----------------------------------------------------------------------------------- inductor, every block type
-class _EveryBlock(nn.Module):
-    """DSCBlock -> scSE -> DLKBlock -> DFF with the DSCBlock's output as skip: every block with code of its own
-    under inductor (the snake and scSE ops, DLK's layout change, DFF). DeformConv is left out: its Function is
-    plain PyTorch (grid_sample per kernel point), checked through AOTAutograd above, and its 9 unrolled points
-    made the inductor compile several times longer (712 s against 196 s at load 12-15)."""
-
-    def __init__(self):
-        super().__init__()
-        kw = {"norm_op": nn.InstanceNorm2d, "norm_op_kwargs": {"affine": True}, "nonlin": nn.LeakyReLU}
-        self.dsc = DSCBlock(nn.Conv2d, 2, 4, 3, snake_kernel_size=5, **kw)
-        self.scse = SCSE(nn.Conv2d, 4)
-        self.dlk = DLKBlock(nn.Conv2d, 4)
-        self.dff = DFF(nn.Conv2d, 4)
-        for m in self.modules():
-            if getattr(m, "_tubeconv_keep_init", False):
-                nn.init.normal_(m.weight, std=0.3)
-
-    def forward(self, x):
-        a = self.dsc(x)
-        return self.dff(self.dlk(self.scse(a)), a)
-
-
+# ------------------------------------------------------------------------------------- inductor, every variant
 @pytest.mark.slow
-def test_inductor_compiles_every_block_type_against_eager():
-    torch.manual_seed(0)
-    net = _EveryBlock()
-    x = torch.randn(2, 2, 12, 10, requires_grad=True)
-    g = torch.randn(2, 4, 12, 10)
-    results = []
-    for model in (net, torch.compile(net, backend="inductor", fullgraph=True, dynamic=False)):
-        y = model(x)
-        results.append([y, *torch.autograd.grad(y, [x, *net.parameters()], g)])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_inductor_compiles_every_variant_against_eager(trainer):
+    """The full inductor CPU backend (C++ code generation) on every trainer's network, one training step against
+    eager (``benchmarks/compile_check.py``, which also writes the report; 20-75 s per network on 2 cores)."""
+    row = compile_check.check_trainer(trainer, "inductor")
+    assert row["passed"], row
 
 
 def test_compiled_network_under_bf16_autocast():

@@ -1,4 +1,5 @@
-"""Tiny networks of every shipped trainer's variant (and vanilla), for the compile, DDP and AMP tests (test-only).
+"""Tiny networks of every shipped trainer's variant (and vanilla), for the compile, DDP and AMP tests and for
+``compile_check`` (inductor on every variant).
 
 The variants come from the trainer registry (``TRAINER_MODULES``: every class of ``tubeconv_variants``, with its
 ``variant`` and ``block_options``), so a new variant trainer is tested without editing these tests. Plans: nnU-Net's
