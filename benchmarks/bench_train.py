@@ -26,8 +26,13 @@ Peak memory:
   training state need (gradients are actually allocated while the saved tensors are being freed). Short-lived
   temporaries inside a block (e.g. an interpolation's scratch buffers) are not in it.
 * GPU (``torch.cuda`` available): ``torch.cuda.max_memory_allocated`` over one iteration run as nnU-Net trains on
-  GPU (autocast + GradScaler, cudnn.benchmark), each model alone on the device. (Written for completeness; the
-  development machines had no GPU, so this path is untested.)
+  GPU (autocast + GradScaler, cudnn.benchmark; ``--precision fp32``: without them), each model alone on the device.
+  (Written for completeness; the development machines had no GPU, so this path is untested.)
+
+``--compile`` (or ``--compile aot_eager`` etc.: the backend) times each network under ``torch.compile``, as nnU-Net
+runs it with ``nnUNet_compile`` on; the warm-up iterations include the compilation (at least 2 are run). On CPU the
+memory column stays the eager network's (the saved-tensor hooks do not see inside a compiled graph); on GPU it is
+the compiled network's.
 
 Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, skeleton_recall <=
 1.15x, on both time and memory; ``deform``, ``tubeconv``, ``wide``, ``cldice`` and ``dsconv+skeleton_recall`` have
@@ -184,6 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--precision", choices=("auto", "amp", "fp32"), default="auto",
+                        help="auto (default): amp on CUDA (autocast + GradScaler, as nnU-Net trains there), fp32 on "
+                             "CPU; fp32 on CUDA times the networks without autocast")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="time every network under torch.compile (backend inductor, or the one given, e.g. "
+                             "aot_eager); the warm-up (>= 2 iterations) includes the compilation")
     parser.add_argument("--timer", choices=("wall", "cpu"), default="wall",
                         help="on CPU: wall clock (default) or this process's CPU time (with --threads 1 the work done, "
                              "little moved by other processes on a shared machine)")
@@ -320,6 +331,7 @@ class _Model:
                                           entry["_kw_requires_import"], run["input_channels"], run["num_classes"],
                                           allow_init=True, deep_supervision=True).train()
         self.opt = torch.optim.SGD(self.net.parameters(), 1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True)
+        self.step_net = self.net  # what the timed steps run: the network itself or its torch.compile wrapper
         self.params = sum(p.numel() for p in self.net.parameters())
         self.loss = None  # None: the shared loss and targets
         self.targets = None
@@ -335,7 +347,7 @@ def _step(torch, m: _Model, loss, data, targets, scaler=None) -> None:
     m.opt.zero_grad(set_to_none=True)
     if scaler is not None:
         with torch.autocast("cuda", enabled=True):
-            out = m.net(data)
+            out = m.step_net(data)
             lv = loss(out, targets)
         scaler.scale(lv).backward()
         scaler.unscale_(m.opt)
@@ -343,7 +355,7 @@ def _step(torch, m: _Model, loss, data, targets, scaler=None) -> None:
         scaler.step(m.opt)
         scaler.update()
     else:
-        out = m.net(data)
+        out = m.step_net(data)
         lv = loss(out, targets)
         lv.backward()
         torch.nn.utils.clip_grad_norm_(m.net.parameters(), 12)
@@ -372,6 +384,22 @@ def _cpu_memory(torch, m: _Model, loss, data, targets) -> None:
     m.memory = m.saved_bytes + m.state_bytes
 
 
+def _precision(args: argparse.Namespace, device) -> str:
+    """``amp`` (autocast + GradScaler, nnU-Net on GPU) or ``fp32``; nnU-Net trains on CPU without autocast."""
+    precision = getattr(args, "precision", "auto")
+    if precision == "auto":
+        return "amp" if device.type == "cuda" else "fp32"
+    if precision == "amp" and device.type != "cuda":
+        raise ValueError("--precision amp is nnU-Net's GPU training (CUDA autocast + GradScaler); on CPU nnU-Net "
+                         "trains in fp32: leave --precision out or give fp32")
+    return precision
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    """Warm-up iterations: with --compile at least 2 (the first compiles forward and backward)."""
+    return max(args.warmup, 2) if getattr(args, "compile", None) else args.warmup
+
+
 def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, args, device) -> None:
     def lt(m):
         return (shared_loss if m.loss is None else m.loss), (shared_targets if m.targets is None else m.targets)
@@ -381,8 +409,8 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
         for m in models:
             loss, targets = lt(m)
             m.net.to(device)
-            scaler = torch.amp.GradScaler("cuda")
-            for _ in range(args.warmup):
+            scaler = torch.amp.GradScaler("cuda") if _precision(args, device) == "amp" else None
+            for _ in range(_warmup(args)):
                 _step(torch, m, loss, data, targets, scaler)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -401,9 +429,9 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
         return
     for m in models:
         loss, targets = lt(m)
-        for _ in range(args.warmup):
+        for _ in range(_warmup(args)):
             _step(torch, m, loss, data, targets)
-        _cpu_memory(torch, m, loss, data, targets)
+        _cpu_memory(torch, m, loss, data, targets)  # the eager network: saved-tensor hooks see no compiled graph
     # CPU time of this process (--timer cpu): with --threads 1 the work done, little moved by other processes' load
     clock = time.process_time if getattr(args, "timer", "wall") == "cpu" else time.perf_counter
     for _ in range(args.repeats):
@@ -481,6 +509,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         else:
             m = _Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed)
         models.append(m)
+    precision = _precision(args, device)
+    if getattr(args, "compile", None):
+        for m in models:
+            m.step_net = torch.compile(m.net, backend=args.compile)
     load_before = os.getloadavg()
     _measure(torch, models, loss, data, targets, args, device)
     load = {"before": list(load_before), "after": list(os.getloadavg())}  # 1/5/15-minute load averages (uptime)
@@ -508,7 +540,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             row["serial_time_ratio"] = (t + m.extra["skeleton_s"]) / base_time
         rows.append(row)
     memory_measure = (
-        "torch.cuda.max_memory_allocated over one iteration (autocast + GradScaler)" if device.type == "cuda" else
+        f"torch.cuda.max_memory_allocated over one iteration ({precision})" if device.type == "cuda" else
         "bytes saved for backward in forward+loss (saved_tensors_hooks, de-duplicated by storage) "
         "+ parameters + gradients + SGD momentum"
     )
@@ -516,7 +548,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "plan": run["plan"], "host": run.get("host"),
             "patch_size": run["patch_size"],
             "batch_size": run["batch_size"], "input_channels": run["input_channels"],
-            "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": args.warmup,
+            "num_classes": run["num_classes"], "repeats": args.repeats, "warmup": _warmup(args),
+            "precision": precision, "compile": getattr(args, "compile", None),
             "timer": getattr(args, "timer", "wall"), "memory_measure": memory_measure, "torch": torch.__version__,
             "load_average": load, "results": rows}
 
@@ -525,8 +558,9 @@ def _print_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    mode = report.get("precision", "fp32") + (f", torch.compile {report['compile']}" if report.get("compile") else "")
     table = Table(title=f"One nnU-Net training iteration vs vanilla ({report['plan']}, patch {report['patch_size']}, "
-                        f"batch {report['batch_size']}, {report['device']}, {report['threads']} thread(s))")
+                        f"batch {report['batch_size']}, {report['device']}, {report['threads']} thread(s), {mode})")
     for col in ("variant", "time/iter", "x vanilla", "peak memory", "x vanilla", "params", "target", "status"):
         table.add_column(col, justify="left" if col in ("variant", "status") else "right")
     for r in report["results"]:

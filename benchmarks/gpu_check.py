@@ -9,7 +9,8 @@ On one CUDA GPU (sized to finish in under 8 minutes on an H100/H200-class device
 2. ``bench-blocks`` in fp32 and bf16 autocast with its ``torch.compile`` check (its own options
    ``--precision fp32,bf16 --compile yes``).
 3. ``bench-train`` on its default 3D plan, vanilla vs the snake variant (``dsconv``), as nnU-Net trains on GPU
-   (autocast + GradScaler: ``bench-train`` has no fp32 or ``torch.compile`` switch; its GPU path is that one).
+   (autocast + GradScaler; the target's numbers), then again in fp32 (``--precision fp32``) and with
+   ``torch.compile`` under autocast (``--compile``).
 4. ``calibrate-memory --device cuda`` for vanilla and the snake variant: the planner's predicted peak vs
    ``torch.cuda.max_memory_allocated`` of a real AMP training step at the planned patch and batch.
 
@@ -301,11 +302,21 @@ def bench_blocks_step(device, quick: bool, out: Path) -> dict:
 
 
 def bench_train_step(device, quick: bool, out: Path) -> dict:
+    """bench-train as nnU-Net trains on GPU (amp: the target's report), plus fp32 and amp + torch.compile runs,
+    whose ratios go to ``report["modes"]``. On CPU (``--quick`` report path): fp32 and ``aot_eager`` instead."""
     from nnunet_tubeconv.benchmarks import bench_train
 
     argv = ["--device", device.type, "--variants", SNAKE_VARIANT] + (["--quick"] if quick else [])
     report = bench_train.benchmark(_parse(bench_train, argv))
     report["argv"] = argv
+    others = {"fp32": ["--precision", "fp32"],
+              "compile": ["--compile"] + (["aot_eager"] if device.type != "cuda" else [])}
+    report["modes"] = {}
+    for mode, extra in others.items():
+        r = bench_train.benchmark(_parse(bench_train, argv + extra))
+        report["modes"][mode] = {"argv": argv + extra, "precision": r["precision"], "compile": r["compile"],
+                                 "rows": {x["variant"]: {k: x[k] for k in ("time_s", "time_ratio", "memory_bytes",
+                                                                            "memory_ratio")} for x in r["results"]}}
     (out / FILES["bench_train"]).write_text(json.dumps(report, indent=1))
     return report
 
@@ -397,6 +408,18 @@ def markdown(report: dict) -> str:
     if compiled:
         lines += ["", "torch.compile of the snake blocks (bf16, 3D): "
                   + ", ".join(f"{k}: {v}" for k, v in compiled.items()) + "."]
+    train = (report["steps"].get("bench_train") or {}).get("result") or {}
+    if train.get("results"):
+        lines += ["", "## bench-train (one nnU-Net training iteration, vanilla vs the snake variant)", "",
+                  "| mode | vanilla s | snake s | time x vanilla | memory x vanilla |", "|---|---|---|---|---|"]
+        runs = {f"{train.get('precision', 'amp')} (target)": {x["variant"]: x for x in train["results"]}}
+        for mode, r in (train.get("modes") or {}).items():
+            runs[f"{r['precision']}" + (f" + torch.compile {r['compile']}" if r["compile"] else "")] = r["rows"]
+        for mode, rows in runs.items():
+            v, sn = rows.get("vanilla"), rows.get(SNAKE_VARIANT)
+            if v and sn:
+                lines.append(f"| {mode} | {v['time_s']:.3g} | {sn['time_s']:.3g} | {sn['time_ratio']:.2f} | "
+                             f"{sn['memory_ratio']:.2f} |")
     if kc:
         for s in kc.get("speed", []):
             lines.append(f"\nDSConv 3D {s['shape']} K={s['kernel_size']} forward+backward, {s['precision']}: Triton "

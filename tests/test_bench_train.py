@@ -109,11 +109,37 @@ def test_plans_file_configuration(tmp_path, capsys):
     (["--patch-size", "8", "30", "32"], "divisible"),
     (["--patch-size", "32", "32"], "does not match"),
     (["--plans", "/nonexistent/plans.json"], "plans.json"),
+    (["--precision", "amp", "--device", "cpu"], "on CPU nnU-Net trains in fp32"),
 ])
 def test_bad_arguments(argv, message, capsys):
     assert main(["bench-train", "--quick", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nnunet-tubeconv bench-train: error: ") and message in err
+
+
+def test_compile_times_the_compiled_networks_and_keeps_eager_memory(capsys):
+    """--compile BACKEND: every network is timed through torch.compile (a backend registered here counts the graphs
+    it receives), the warm-up includes the compilation, and the CPU memory column is the eager network's."""
+    from torch._dynamo import register_backend
+
+    graphs = []
+
+    @register_backend(name="bench_train_test_counter")
+    def counter(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    threads = torch.get_num_threads()
+    try:
+        eager = _json_run(capsys, "--variants", "dsconv")
+        compiled = _json_run(capsys, "--variants", "dsconv", "--compile", "bench_train_test_counter")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(graphs) >= 2  # vanilla's and dsconv's forward, at least
+    assert compiled["compile"] == "bench_train_test_counter" and eager["compile"] is None
+    assert compiled["warmup"] == 2 and compiled["precision"] == eager["precision"] == "fp32"
+    for a, b in zip(eager["results"], compiled["results"]):
+        assert a["variant"] == b["variant"] and a["memory_bytes"] == b["memory_bytes"] and b["time_s"] > 0
 
 
 def test_loss_and_wide_arms(capsys):

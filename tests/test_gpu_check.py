@@ -56,6 +56,9 @@ def test_cpu_quick_report_path(tmp_path, monkeypatch):
     assert targets["dsconv3d_saved"]["measured"] == row["saved_over_input"]
     train = json.loads((out / gpu_check.FILES["bench_train"]).read_text())["results"]
     assert targets["snake_iteration"]["measured"] == next(r["time_ratio"] for r in train if r["variant"] == "dsconv")
+    modes = json.loads((out / gpu_check.FILES["bench_train"]).read_text())["modes"]
+    assert modes["fp32"]["precision"] == "fp32" and modes["compile"]["compile"] == "aot_eager"  # CPU: no inductor
+    assert "| fp32 + torch.compile aot_eager |" in md and set(modes["compile"]["rows"]) == {"vanilla", "dsconv"}
     assert targets["planner_memory"]["status"] == "not measured"
     assert all(t["status"] in ("met", "not met", "not measured") and not t["counts"] for t in targets.values())
 
