@@ -511,6 +511,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         models.append(m)
     precision = _precision(args, device)
     if getattr(args, "compile", None):
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            raise ValueError(f"--compile {args.compile}: not a torch.compile backend here; allowed: {backends}")
         for m in models:
             m.step_net = torch.compile(m.net, backend=args.compile)
     load_before = os.getloadavg()

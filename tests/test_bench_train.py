@@ -110,6 +110,7 @@ def test_plans_file_configuration(tmp_path, capsys):
     (["--patch-size", "32", "32"], "does not match"),
     (["--plans", "/nonexistent/plans.json"], "plans.json"),
     (["--precision", "amp", "--device", "cpu"], "on CPU nnU-Net trains in fp32"),
+    (["--compile", "nope"], "not a torch.compile backend here; allowed: ["),
 ])
 def test_bad_arguments(argv, message, capsys):
     assert main(["bench-train", "--quick", *argv]) == 2
