@@ -216,7 +216,7 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
     """Gradients ``(grad_x, grad_delta, grad_weight, grad_bias)`` of :func:`forward` (None where ``needs`` says so):
     per chunk, ``W^T g`` of every sample by a GEMM, then one kernel reads the samples (weight gradient) and the swing
     gradient, another scatters ``W^T g`` onto the interpolation corners (input gradient, float32 atomics)."""
-    from nnunet_tubeconv.blocks.dsconv import _split_weight, _to_rows
+    from nnunet_tubeconv.blocks.dsconv import _merge_weight_grad, _split_weight, _to_rows
 
     need_x, need_delta, need_w, need_b = needs
     need_delta = need_delta and delta is not None
@@ -263,10 +263,7 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
             grad_x = grad_rows.view(batch, *spatial, c_in).movedim(-1, 1).to(x.dtype).contiguous()
         grad_w = None
         if need_w:
-            outer = grad_w_outer.view(c_out, kernel_size - 1, c_in).transpose(1, 2)
-            c = kernel_size // 2
-            grad_w = torch.cat([outer[:, :, :c], grad_w_centre.unsqueeze(2), outer[:, :, c:]], dim=2)
-            grad_w = grad_w.to(weight.dtype)
+            grad_w = _merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
         grad_d = grad_delta.view(delta.shape).to(delta.dtype) if need_delta else None
         grad_b = g.float().sum((0, 2)).to(weight.dtype) if (need_b and has_bias) else None
     return grad_x, grad_d, grad_w, grad_b

@@ -254,6 +254,15 @@ def _split_weight(weight: torch.Tensor):
     return w_perm[:, :, :-1].transpose(1, 2).reshape(weight.shape[0], -1), weight[:, :, c], w_perm
 
 
+def _merge_weight_grad(grad_w_outer: torch.Tensor, grad_w_centre: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of :func:`_split_weight` for gradients: outer ``(C_out, (K - 1) * C_in)`` ordered (point, channel)
+    and centre ``(C_out, C_in)`` -> ``(C_out, C_in, K)`` in ``dtype``."""
+    c_out, c_in = grad_w_centre.shape
+    outer = grad_w_outer.view(c_out, -1, c_in).transpose(1, 2)
+    c = outer.shape[2] // 2
+    return torch.cat([outer[:, :, :c], grad_w_centre.unsqueeze(2), outer[:, :, c:]], dim=2).to(dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the autograd function
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,10 +380,7 @@ class _SnakeConvFunction(torch.autograd.Function):
             grad_x = grad_xf.view(x.shape).to(x.dtype) if need_x else None
             grad_w = None
             if need_w:
-                outer = grad_w_outer.view(c_out, kernel_size - 1, c_in).transpose(1, 2)
-                c = kernel_size // 2
-                grad_w = torch.cat([outer[:, :, :c], grad_w_centre.unsqueeze(2), outer[:, :, c:]], dim=2)
-                grad_w = grad_w.to(weight.dtype)
+                grad_w = _merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
             grad_d = None
             if need_delta:
                 grad_d = _cumulative_outer_backward(grad_offsets.permute(1, 0, 3, 2) * ctx.extend_scope)
@@ -452,9 +458,7 @@ def _native_backward(native, ctx, grad_out, x, delta, weight, needs):
         grad_x = grad_rows.view(batch, *spatial, c_in).movedim(-1, 1).contiguous()
     grad_w = None
     if need_w:
-        outer = grad_w_outer.view(c_out, kernel_size - 1, c_in).transpose(1, 2)
-        c = kernel_size // 2
-        grad_w = torch.cat([outer[:, :, :c], grad_w_centre.unsqueeze(2), outer[:, :, c:]], dim=2)
+        grad_w = _merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
     grad_d = grad_delta.view(delta.shape) if need_delta else None
     grad_b = g.sum((0, 2)) if (need_b and ctx.has_bias) else None
     return grad_x, grad_d, grad_w, grad_b, None, None, None
