@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo networks an earlier run already checked")
     args = parser.parse_args(argv)
     trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"-o {args.output} exists and is not a folder; give a folder for the .md and .json report")
     unknown = sorted(set(trainers) - set(TRAINERS))
     if unknown:
         parser.error(f"unknown trainer(s) {unknown}; allowed: {TRAINERS}")

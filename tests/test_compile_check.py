@@ -54,3 +54,11 @@ def test_unknown_trainer_is_refused_with_the_allowed_list(capsys):
         compile_check.main(["-o", "unused", "--trainers", "nnUNetTrainerNope"])
     err = capsys.readouterr().err
     assert "nnUNetTrainerNope" in err and "nnUNetTrainerDSConv" in err
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "report.md"
+    f.write_text("keep me")
+    with pytest.raises(SystemExit):
+        compile_check.main(["-o", str(f), "--backend", "aot_eager", "--trainers", "nnUNetTrainer"])
+    assert "is not a folder" in capsys.readouterr().err and f.read_text() == "keep me"
