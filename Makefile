@@ -7,16 +7,29 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The venv takes about 6 GB (torch's CUDA build); pip also unpacks into TMPDIR. A full disk is refused up front
+# with a message instead of a pip OSError halfway through the install.
+MIN_FREE_GB ?= 8
 
-.PHONY: install browser test test-fast demo lint clean
+.PHONY: install diskcheck browser test test-fast demo lint clean
 
 $(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory diskcheck
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+diskcheck:
+	@$(PYTHON) -c "import glob, os, shutil, sys, tempfile; need = $(MIN_FREE_GB); \
+	  glob.glob('$(VENV)/lib/python*/site-packages/torch') and sys.exit(0); \
+	  low = [(d, shutil.disk_usage(d).free / 2**30) for d in sorted({os.path.dirname(os.path.abspath('$(VENV)')), tempfile.gettempdir()})]; \
+	  low = [(d, f) for d, f in low if f < need]; \
+	  low and sys.exit('make: installing needs about %d GB free (torch alone is about 6 GB); only %s. Free some space, ' \
+	    'or point VENV / TMPDIR at a larger disk (or MIN_FREE_GB=N to lower this check).' \
+	    % (need, ', '.join('%.1f GB on %s' % (f, d) for d, f in low)))"
 
 # Headless Chromium renders report.html in a test. Installed from Debian's packages when we are root with apt-get;
 # elsewhere that one test skips and says how to install it.
