@@ -149,6 +149,22 @@ def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, b
 _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
+def paired_vs_base(arm_cases: dict[str, dict[str, float]], base_cases: dict[str, dict[str, float]],
+                   metrics: tuple[str, ...] = _METRICS) -> dict[str, dict]:
+    """Per metric, the paired difference arm - base over the cases both have: mean, 95% bootstrap CI and the
+    two-sided paired sign-flip p-value (the harness's statistics, evaluation/stats.py)."""
+    from nnunet_tubeconv.evaluation.stats import bootstrap_ci, sign_flip_p
+
+    common = sorted(set(arm_cases) & set(base_cases))
+    out: dict[str, dict] = {}
+    for m in metrics:
+        diffs = [arm_cases[c][m] - base_cases[c][m] for c in common]
+        out[m] = {"cases": len(diffs), "mean_diff": sum(diffs) / len(diffs) if diffs else None,
+                  "ci": list(bootstrap_ci(diffs)) if len(diffs) >= 2 else None,
+                  "p_sign_flip": sign_flip_p(diffs) if diffs else None}
+    return out
+
+
 def finished_record(results: Path | list[Path], rel_dir: Path) -> dict | None:
     """The record of a finished (``done``) unit from the first of ``results`` folders that has one, else None: arms
     of one table may have been trained by separate runs (``--tag``, read back with ``--also``)."""
@@ -190,7 +206,6 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
     from nnunet_tubeconv.deploy.snake_stats import summarise
-    from nnunet_tubeconv.evaluation.stats import bootstrap_ci
 
     dataset, _configuration, data_what = DATA[data]
     splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / dataset / "splits_final.json").read_text())
@@ -231,6 +246,9 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
     rows2 = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence straight | "
              "diff (95% CI) | direction snake | direction straight | diff (95% CI) |"), "|" + "---|" * 12]
 
+    rows4 = [f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | cases |",
+             "|" + "---|" * 6]
+
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -246,19 +264,21 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         a = per_arm[arm]
         cases = sorted(a["cases"])
         means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
-        dice_diff, dice_ci = None, None
+        dice_diff, dice_ci, paired = None, None, None
         if arm != base and base in per_arm:
-            common = [c for c in cases if c in per_arm[base]["cases"]]
-            if common:
-                diffs = [a["cases"][c]["dice"] - per_arm[base]["cases"][c]["dice"] for c in common]
-                dice_diff = sum(diffs) / len(diffs)
-                dice_ci = list(bootstrap_ci(diffs)) if len(diffs) >= 2 else None
+            paired = paired_vs_base(a["cases"], per_arm[base]["cases"])
+            if paired["dice"]["cases"]:
+                dice_diff, dice_ci = paired["dice"]["mean_diff"], paired["dice"]["ci"]
+                for m, d in paired.items():
+                    d_ci = "-" if not d["ci"] else f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                    rows4.append(f"| {arm} | {m} | {d['mean_diff']:+.4f} | {d_ci} | {d['p_sign_flip']:.3g} | "
+                                 f"{d['cases']} |")
         layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
         it = [t for t in a["iteration_time_s"] if t is not None]
         numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
                                 "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
                                 "metrics_mean": means, "dice_diff_vs_stage_norm": dice_diff,
-                                "dice_diff_ci": dice_ci, "per_case_metrics": a["cases"], "layers": layers,
+                                "dice_diff_ci": dice_ci, "paired_vs_stage_norm": paired, "per_case_metrics": a["cases"], "layers": layers,
                                 "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()},
                                 "snapshots": {str(n): {e["name"]: summarise(e["per_case"]) for e in
                                                        a["snapshots"][n].values()} for n in along}}
@@ -324,6 +344,12 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction."),
         "",
         *rows1,
+        *([] if len(rows4) == 2 else [
+            "",
+            (f"Paired over the validation cases both arms have (same images, same folds; Betti errors: lower is "
+             f"better), against {base}; one seed per arm, so the seed-to-seed noise floor is not measured here:"),
+            "",
+            *rows4]),
         "",
         "Per DSConv layer:",
         "",

@@ -126,3 +126,23 @@ def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
     assert finished_record([a, b, c], rel)["tag"] == "b"  # a's unit failed: the next run's finished one counts
     assert finished_record(a, rel) is None
     assert finished_record([tmp_path / "none"], rel) is None
+
+
+def test_paired_vs_base_pairs_cases_by_name_with_ci_and_sign_flip_p():
+    from nnunet_tubeconv.benchmarks.snakes_ablation import paired_vs_base
+
+    base = {f"c{i}": {"dice": 0.70, "cldice": 0.60} for i in range(8)}
+    arm = {f"c{i}": {"dice": 0.72 + 0.001 * i, "cldice": 0.60} for i in range(8)}
+    arm["only_arm"] = {"dice": 0.0, "cldice": 0.0}  # a case the baseline lacks is not paired
+    out = paired_vs_base(arm, base, ("dice", "cldice"))
+    assert out["dice"]["cases"] == 8
+    assert out["dice"]["mean_diff"] == pytest.approx(0.0235)
+    low, high = out["dice"]["ci"]
+    assert 0.02 <= low < 0.0235 < high <= 0.027
+    assert out["dice"]["p_sign_flip"] == pytest.approx(2 / 2**8)  # all 8 of one sign: exact test's smallest p
+    assert out["cldice"]["mean_diff"] == 0.0 and out["cldice"]["p_sign_flip"] == 1.0
+    mixed = {c: {"dice": v["dice"] + (0.01 if i % 2 else -0.01), "cldice": 0.0}
+             for i, (c, v) in enumerate(sorted(base.items()))}
+    assert paired_vs_base(mixed, base, ("dice",))["dice"]["p_sign_flip"] == 1.0  # +-0.01 cancel exactly
+    assert paired_vs_base({"x": {"dice": 1.0}}, base, ("dice",))["dice"] == {
+        "cases": 0, "mean_diff": None, "ci": None, "p_sign_flip": None}
