@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run
+from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run, nnunet_work_env
 
 from nnunet_tubeconv.data.synthetic import DEFAULT_DATASET_ID, DEFAULT_NAME
 
@@ -466,12 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "drive" and not (drive / "Image_Tr").is_dir():
         print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
         return 2
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "commands.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (work / var).mkdir(exist_ok=True)
-        env[var] = str(work / var)
+    env, log = nnunet_work_env(work)
     pre = work / "nnUNet_preprocessed" / dataset
     if not (pre / "nnUNetPlans.json").is_file():
         if args.data == "drive":

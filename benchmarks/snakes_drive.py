@@ -109,6 +109,17 @@ def _run(args: list, env: dict, log: Path) -> None:
         raise SystemExit(f"{' '.join(args)} failed; see {log}")
 
 
+def nnunet_work_env(work: Path) -> tuple[dict, Path]:
+    """The environment for nnU-Net's commands with its three folders under ``work`` (created), none of the caller's
+    own ``nnUNet_*`` variables, and the log the commands append to (``work/commands.log``)."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (work / var).mkdir(exist_ok=True)
+        env[var] = str(work / var)
+    return env, work / "commands.log"
+
+
 def _best_window(label_file: Path, size: int) -> tuple[int, int, int, int]:
     """(row, col, size, size) of the square holding the most annotated vessel, in the image as nnU-Net reads it."""
     import numpy as np
@@ -146,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
         return 2
     work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "commands.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (work / var).mkdir(exist_ok=True)
-        env[var] = str(work / var)
+    env, log = nnunet_work_env(work)
     trainers = work / "trainers"
     trainers.mkdir(exist_ok=True)
     (trainers / "snakes_drive_trainer.py").write_text(TRAINER_SOURCE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,16 @@ def test_paired_vs_base_pairs_cases_by_name_with_ci_and_sign_flip_p():
     assert paired_vs_base(mixed, base, ("dice",))["dice"]["p_sign_flip"] == 1.0  # +-0.01 cancel exactly
     assert paired_vs_base({"x": {"dice": 1.0}}, base, ("dice",))["dice"] == {
         "cases": 0, "mean_diff": None, "ci": None, "p_sign_flip": None}
+
+
+def test_nnunet_work_env_makes_the_three_folders_and_hides_the_callers_nnunet_variables(tmp_path, monkeypatch):
+    from nnunet_tubeconv.benchmarks.snakes_drive import nnunet_work_env
+
+    monkeypatch.setenv("nnUNet_results", "/somewhere/else")
+    monkeypatch.setenv("nnUNet_compile", "true")
+    env, log = nnunet_work_env(tmp_path / "w")
+    assert log == tmp_path / "w" / "commands.log"
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        assert env[var] == str(tmp_path / "w" / var) and (tmp_path / "w" / var).is_dir()
+    assert "nnUNet_compile" not in env  # none of the caller's own nnU-Net settings leak into the runs
+    assert env["PATH"] == os.environ["PATH"]
