@@ -244,7 +244,9 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
              "(95% CI) | layers with adherence CI > 0 |"),
              "|" + "---|" * 14]
     rows2 = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence straight | "
-             "diff (95% CI) | direction snake | direction straight | diff (95% CI) |"), "|" + "---|" * 12]
+             "diff (95% CI) | direction snake | direction straight | diff (95% CI) | near-vessel snake - straight "
+             "(95% CI) |"),
+             "|" + "---|" * 13]
 
     rows4 = [f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | cases |",
              "|" + "---|" * 6]
@@ -305,7 +307,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
                 f"{spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
                 f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
                 f"{s.get('direction_diff', 0):+.3f} "
-                f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} |")
+                f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | "
+                f"{spct(s.get('near_vessel_diff'))} {ci(s.get('near_vessel_diff_ci'))} |")
     rows3 = [("| arm | layer | iterations | saturated | mean step (vox) | same tilt | adherence snake - straight "
               "(95% CI) | direction snake - straight (95% CI) | cases |"), "|" + "---|" * 9]
     for arm in arms:
@@ -341,7 +344,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         "cases. Snake statistics: `nnunet-tubeconv snake-stats` on the same validation cases (whole images, "
         "nnU-Net preprocessing); adherence = mean label at the 8 outer sample points of the positions whose centre "
         "is on the vessel (label max-pooled to the layer's stage), straight = the undeformed kernel at the same "
-        "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction."),
+        "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction; "
+        "near-vessel = adherence to the label dilated by one layer voxel (on or next to the vessel)."),
         "",
         *rows1,
         *([] if len(rows4) == 2 else [

@@ -85,12 +85,36 @@ def test_straight_tube_straight_kernel_and_a_constant_tilt():
     # chord direction (1, 0.9) / |.| against the tube's (1, 0)
     assert s["direction_snake"] == pytest.approx(1 / np.hypot(1, 0.9), abs=1e-3)
 
+    # near-vessel: the tube dilated by one voxel (columns 18..22, linearly interpolated between voxels): points
+    # 0.9 j sideways from columns 19..21
+    def dilated(x):
+        return float(np.clip(min(x - 17, 23 - x), 0, 1))
+
+    expected = np.mean([[dilated(c + 0.9 * j) for j in (-4, -3, -2, -1, 1, 2, 3, 4)] for c in (19, 20, 21)])
+    assert s["near_vessel_straight"] == pytest.approx(1.0)
+    assert s["adherence_snake"] < s["near_vessel_snake"] == pytest.approx(expected, abs=1e-6)
+
     mirrored = -delta  # tilted to the other side everywhere: as constant
     assert layer_case_stats(_coords(shape, mirrored)[0], mirrored, 0, (1,))["constant_tilt"] == pytest.approx(1.0)
     half = delta.copy()
     half[:, :, 20:] *= -1  # two opposite tilts, half of the positions each
     s = layer_case_stats(_coords(shape, half)[0], half, 0, (1,))
     assert s["tilt"] == pytest.approx(1.0) and s["constant_tilt"] == pytest.approx(0.5)
+
+
+def test_near_vessel_counts_points_beside_a_thin_vessel_that_adherence_misses():
+    # a one-voxel tube; a snake of slope 0.5 puts its points 0.5 j sideways: 0.5 (half on the tube by
+    # interpolation), 1 (beside it), 1.5, 2 (off); the dilated tube covers columns c-1..c+1
+    shape = (40, 40)
+    lab = np.zeros(shape, dtype=bool)
+    lab[:, 20] = True
+    delta = _tilt_field(shape, 1, 0.5)
+    s = layer_case_stats(_coords(shape, delta)[0], delta, 0, (1,), 1.0, lab)
+    assert s["adherence_snake"] == pytest.approx((0.5 + 0 + 0 + 0) / 4)
+    assert s["near_vessel_snake"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert s["adherence_straight"] == pytest.approx(1.0) and s["near_vessel_straight"] == pytest.approx(1.0)
+    per_case = {"a": s, "b": s}
+    assert summarise(per_case)["near_vessel_diff"] == pytest.approx(0.625 - 1.0)
 
 
 def test_saturation_counts_swing_values_beyond_095_and_respects_valid():

@@ -20,6 +20,9 @@ preprocessing (the configuration's preprocessor, as inference runs it), it repor
   - ``direction_snake``: mean ``|cos|`` of the angle between the snake's chord and the vessel's direction (the
     eigenvector of the smallest eigenvalue of the label's structure tensor, derivative sigma 1, integration sigma 2
     layer voxels), beside ``direction_straight`` (the straight kernel's, ``|v_axis|``);
+  - ``near_vessel_snake`` / ``near_vessel_straight``: the adherence to the label dilated by one layer voxel (a
+    full ``3^d`` neighbourhood): how often the outer points lie on or next to the vessel. A snake that samples the
+    vessel's wall or the background just beside it (contrast) scores low adherence but high near-vessel;
   - over cases: the mean paired difference snake - straight and its 95% bootstrap CI (cases resampled, seeded).
 
 Positions added by padding to the network's divisor are left out. The geometry is that of
@@ -112,6 +115,8 @@ def layer_case_stats(
     ``(n_swing * (K - 1), *S)`` raw swing or None (no swing); ``label``: ``(*S)`` vessel mask at the layer's
     resolution or None; ``valid``: ``(*S)`` bool, the positions to count (default all).
     """
+    from scipy.ndimage import binary_dilation, generate_binary_structure
+
     coords = np.asarray(coords, dtype=np.float64)
     k, d, *spatial = coords.shape
     spatial = tuple(spatial)
@@ -142,7 +147,8 @@ def layer_case_stats(
     on = lab & valid
     out["vessel_positions"] = int(on.sum())
     if not on.any():
-        out.update(adherence_snake=None, adherence_straight=None, direction_snake=None, direction_straight=None)
+        out.update(adherence_snake=None, adherence_straight=None, direction_snake=None, direction_straight=None,
+                   near_vessel_snake=None, near_vessel_straight=None)
         return out
     where = np.argwhere(on)  # (P, d)
     c = k // 2
@@ -153,6 +159,9 @@ def layer_case_stats(
     straight[axis] += (np.asarray(outer) - c)[:, None]
     out["adherence_snake"] = float(_interp(lab, snake_pts).mean())
     out["adherence_straight"] = float(_interp(lab, straight.reshape(d, -1)).mean())
+    near = binary_dilation(lab, generate_binary_structure(d, d))
+    out["near_vessel_snake"] = float(_interp(near, snake_pts).mean())
+    out["near_vessel_straight"] = float(_interp(near, straight.reshape(d, -1)).mean())
     vdir = vessel_directions(lab, where)  # (P, d)
     u = chord[(slice(None), *where.T)].T  # (P, d)
     norm = np.linalg.norm(u, axis=1, keepdims=True)
@@ -163,7 +172,7 @@ def layer_case_stats(
 
 
 def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """Means over cases of every statistic, and for adherence / direction the paired difference snake - straight
+    """Means over cases of every statistic, and for adherence / direction / near-vessel the paired difference snake - straight
     with its 95% bootstrap CI over cases (None with fewer than 2 cases)."""
     from nnunet_tubeconv.evaluation.stats import bootstrap_ci
 
@@ -172,7 +181,7 @@ def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[
     for key in keys:
         vals = [v[key] for v in per_case.values() if v.get(key) is not None]
         out[key] = float(np.mean(vals)) if vals else None
-    for what in ("adherence", "direction"):
+    for what in ("adherence", "direction", "near_vessel"):
         diffs = [v[f"{what}_snake"] - v[f"{what}_straight"] for v in per_case.values()
                  if v.get(f"{what}_snake") is not None]
         if not diffs:
@@ -337,7 +346,8 @@ def format_stats(stats: Mapping[str, Any]) -> str:
     """A plain-text table, one row per DSConv layer (summary over cases)."""
     head = ["layer", "stage", "axis", "saturated", "mean step", "tilt", "same tilt"]
     if stats["labels"]:
-        head += ["adh snake", "adh straight", "diff (95% CI)", "dir snake", "dir straight", "diff (95% CI)"]
+        head += ["adh snake", "adh straight", "diff (95% CI)", "dir snake", "dir straight", "diff (95% CI)",
+                 "near-vessel diff (95% CI)"]
     rows = [head]
     for layer in stats["layers"]:
         s = layer["summary"]
@@ -350,7 +360,8 @@ def format_stats(stats: Mapping[str, Any]) -> str:
                     f"{s['direction_snake']:.3f}" if s.get("direction_snake") is not None else "-",
                     f"{s['direction_straight']:.3f}" if s.get("direction_straight") is not None else "-",
                     "-" if s.get("direction_diff") is None else
-                    f"{s['direction_diff']:+.3f} {_ci(s.get('direction_diff_ci'), percent=False)}"]
+                    f"{s['direction_diff']:+.3f} {_ci(s.get('direction_diff_ci'), percent=False)}",
+                    f"{_signed_pct(s.get('near_vessel_diff'))} {_ci(s.get('near_vessel_diff_ci'))}"]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
