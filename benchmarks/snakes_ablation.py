@@ -165,6 +165,29 @@ def paired_vs_base(arm_cases: dict[str, dict[str, float]], base_cases: dict[str,
     return out
 
 
+def seed_noise_floors(by_seed: dict[int, dict[str, dict[str, float]]], first_seed: int,
+                      metrics: tuple[str, ...] = _METRICS) -> dict[str, dict[str, dict]]:
+    """One arm's seed-to-seed noise floor: for every other seed and metric, over the cases both seeds have, the mean
+    difference seed - ``first_seed``, the floor ``|mean|`` and its 95% CI (``evaluation.stats.noise_floor_ci``).
+    ``by_seed``: seed -> case -> metric -> value. Empty without ``first_seed`` or a second seed."""
+    from nnunet_tubeconv.evaluation.stats import noise_floor_ci
+
+    out: dict[str, dict[str, dict]] = {}
+    if first_seed not in by_seed:
+        return out
+    for seed in sorted(k for k in by_seed if k != first_seed):
+        for m in metrics:
+            a = {c: v[m] for c, v in by_seed[seed].items()}
+            b = {c: v[m] for c, v in by_seed[first_seed].items()}
+            nf = noise_floor_ci(a, b)
+            if nf is None:
+                continue
+            common = sorted(set(a) & set(b))
+            out.setdefault(str(seed), {})[m] = {"mean_diff": float(np.mean([a[c] - b[c] for c in common])),
+                                                "floor": nf[0], "floor_ci": [nf[1], nf[2]], "cases": len(common)}
+    return out
+
+
 def finished_record(results: Path | list[Path], rel_dir: Path) -> dict | None:
     """The record of a finished (``done``) unit from the first of ``results`` folders that has one, else None: arms
     of one table may have been trained by separate runs (``--tag``, read back with ``--also``)."""
@@ -213,9 +236,15 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
     total = b.num_epochs * b.num_iterations_per_epoch
     along = sorted({n for n in snapshots if n < total})
     per_arm: dict[str, dict] = {}
+    first_seed = min(suite.seeds)
+    by_seed: dict[str, dict[int, dict[str, dict[str, float]]]] = {}  # arm -> seed -> case -> metrics
     for u in expand_units(suite, [dataset]):
         rec = finished_record(results, u.rel_dir)
         if rec is None:
+            continue
+        for row in rec["metrics"]["per_case"]:
+            by_seed.setdefault(u.arm, {}).setdefault(u.seed, {})[row["case"]] = {m: row[m] for m in _METRICS}
+        if u.seed != first_seed:  # the tables are of the first seed; the others give the noise floor below
             continue
         a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {},
                                        "snapshots": {n: {} for n in along}})
@@ -309,6 +338,18 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
                 f"{s.get('direction_diff', 0):+.3f} "
                 f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | "
                 f"{spct(s.get('near_vessel_diff'))} {ci(s.get('near_vessel_diff_ci'))} |")
+    rows5 = ["| arm | metric | seed | mean difference, seed - seed " + str(first_seed) + " | noise floor |mean| "
+             "(95% CI) | cases |", "|" + "---|" * 6]
+    for arm, seeds in by_seed.items():
+        if arm not in arms:
+            continue
+        floors = seed_noise_floors(seeds, first_seed)
+        if floors:
+            numbers["arms"].setdefault(arm, {})["noise_floor"] = floors
+        for seed, per_metric in floors.items():
+            for m, f in per_metric.items():
+                rows5.append(f"| {arm} | {m} | {seed} | {f['mean_diff']:+.4f} | {f['floor']:.4f} "
+                             f"[{f['floor_ci'][0]:.4f}, {f['floor_ci'][1]:.4f}] | {f['cases']} |")
     rows3 = [("| arm | layer | iterations | saturated | mean step (vox) | same tilt | adherence snake - straight "
               "(95% CI) | direction snake - straight (95% CI) | cases |"), "|" + "---|" * 9]
     for arm in arms:
@@ -335,11 +376,13 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         *rows3,
     ]
     title = "DRIVE" if data == "drive" else "synthetic 3D vessel trees"
+    rest = sorted(set(suite.seeds) - {first_seed})
+    others = f" (and seeds {', '.join(map(str, rest))} for the noise floor)" if rest else ""
     text = "\n".join([
         f"# DSConv swing-branch ablation on {title} (issue 11)",
         "",
         (f"{data_what}; plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, "
-        "CPU, seed 0. "
+        f"CPU, seed {first_seed}{others}. "
         "Every number is a mean over the validation cases of the folds listed, CIs are 95% bootstrap over those "
         "cases. Snake statistics: `nnunet-tubeconv snake-stats` on the same validation cases (whole images, "
         "nnU-Net preprocessing); adherence = mean label at the 8 outer sample points of the positions whose centre "
@@ -350,10 +393,17 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         *rows1,
         *([] if len(rows4) == 2 else [
             "",
-            (f"Paired over the validation cases both arms have (same images, same folds; Betti errors: lower is "
-             f"better), against {base}; one seed per arm, so the seed-to-seed noise floor is not measured here:"),
+            (f"Paired over the validation cases both arms have (same images, same folds, seed {first_seed}; Betti "
+             f"errors: lower is better), against {base}:"),
             "",
             *rows4]),
+        *([] if len(rows5) == 2 else [
+            "",
+            (f"Seed-to-seed noise floor: the same arm trained again with another seed (same folds, same images), "
+             f"per-case difference against seed {first_seed}; a difference between arms within this floor is no "
+             "evidence of a difference:"),
+            "",
+            *rows5]),
         "",
         "Per DSConv layer:",
         "",
@@ -378,7 +428,7 @@ def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, fold
     written = []
     for u in expand_units(suite, [DATASET]):
         rec = finished_record(results, u.rel_dir)
-        if u.fold != fold or arms[u.arm][1] is None or rec is None:
+        if u.fold != fold or u.seed != min(suite.seeds) or arms[u.arm][1] is None or rec is None:
             continue
         fold_dir = Path(rec["nnunet_output_folder"])
         model = load_trained_model(resolve_model_folder(str(fold_dir.parent), str(fold), None, None, None,
@@ -442,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", type=int, default=6)
     p.add_argument("--base-features", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="train every arm with these seeds; tables and snake statistics are of the first, the others "
+                   "give the seed-to-seed noise floor of Dice, clDice and Betti errors")
     p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="ITERATIONS",
                    help="also write a checkpoint after these training iterations (epoch ends) and tabulate the snake "
                    "statistics along training")
@@ -495,16 +548,17 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_tubeconv.benchmarks.runner import run_benchmark
     from nnunet_tubeconv.benchmarks.suite import parse_suite
 
-    # seed 0 for every arm, the baseline too: the harness would add a second baseline seed (its noise floor), which
-    # this CPU budget cannot afford; the per-layer CIs here are over cases
-    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS, "seeds": [0]} for a in args.arms}
+    # the same seeds for every arm, the baseline too (by default seed 0 only: the harness would add a second
+    # baseline seed for its noise floor, which this CPU budget cannot always afford); per-layer CIs are over cases
+    seeds = sorted(set(args.seeds))
+    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS, "seeds": seeds} for a in args.arms}
     suite = parse_suite({
         "name": f"snakes-ablation-{args.data}{args.tag}",
         "datasets": [dataset],
         "configurations": [configuration],
         "baseline": "stage_norm" if "stage_norm" in arms else args.arms[0],
         "folds": args.folds,
-        "seeds": [0],
+        "seeds": seeds,
         "budget": f"snakes{args.tag}",
         "budgets": {f"snakes{args.tag}": {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                                "num_val_iterations_per_epoch": 2, "save_every": 2,

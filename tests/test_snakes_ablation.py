@@ -160,3 +160,20 @@ def test_nnunet_work_env_makes_the_three_folders_and_hides_the_callers_nnunet_va
         assert env[var] == str(tmp_path / "w" / var) and (tmp_path / "w" / var).is_dir()
     assert "nnUNet_compile" not in env  # none of the caller's own nnU-Net settings leak into the runs
     assert env["PATH"] == os.environ["PATH"]
+
+
+def test_seed_noise_floors_pairs_each_other_seed_with_the_first_by_case():
+    from nnunet_tubeconv.benchmarks.snakes_ablation import seed_noise_floors
+
+    s0 = {f"c{i}": {"dice": 0.70 + 0.01 * i} for i in range(6)}
+    s1 = {f"c{i}": {"dice": 0.70 + 0.01 * i + (0.004 if i % 2 else 0.002)} for i in range(6)}
+    s1["extra"] = {"dice": 0.1}  # a case seed 0 lacks is not paired
+    out = seed_noise_floors({0: s0, 1: s1}, 0, ("dice",))
+    f = out["1"]["dice"]
+    assert f["cases"] == 6
+    assert f["mean_diff"] == pytest.approx(0.003) and f["floor"] == pytest.approx(0.003)
+    assert 0.002 <= f["floor_ci"][0] <= 0.003 <= f["floor_ci"][1] <= 0.004  # CI of |mean|, all diffs positive
+    below = seed_noise_floors({0: s0, 1: {c: {"dice": v["dice"] - 0.01} for c, v in s0.items()}}, 0, ("dice",))
+    assert below["1"]["dice"]["mean_diff"] == pytest.approx(-0.01) and below["1"]["dice"]["floor"] == pytest.approx(0.01)
+    assert seed_noise_floors({0: s0}, 0, ("dice",)) == {}  # one seed: no floor
+    assert seed_noise_floors({1: s1, 2: s0}, 0, ("dice",)) == {}  # no first seed to pair with
