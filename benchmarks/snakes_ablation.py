@@ -61,6 +61,9 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "stage_norm_lr0.1": ("nnUNetTrainerDSConvSwingStageNormLr01",
                          {"snake_swing_norm": "stage", "snake_swing_lr_scale": 0.1},
                          "stage norm, swing branch at 0.1 x lr"),
+    "decoder_only": ("nnUNetTrainerDSConvDecoderSnakes",
+                     {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1, "conv_block_encoder_stages": []},
+                     "placement: the new default's snakes in the decoder only (no encoder snake block)"),
     "vanilla": ("nnUNetTrainerNoMirrorValidation", None, "plain nnU-Net (Dice reference)"),
 }
 
@@ -266,9 +269,9 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
             for i, layer in enumerate(snap["layers"]):
                 entry = a["snapshots"][n].setdefault(i, {"name": layer["name"], "per_case": {}})
                 entry["per_case"].update(layer["per_case"])
-    base = "stage_norm"
-    numbers: dict[str, Any] = {"arms": {}}
-    rows1 = [("| arm | what | folds | val cases | s/iter | Dice | Dice - stage_norm (95% CI) | clDice | Betti-0 err | "
+    base = suite.baseline
+    numbers: dict[str, Any] = {"baseline": base, "arms": {}}
+    rows1 = [(f"| arm | what | folds | val cases | s/iter | Dice | Dice - {base} (95% CI) | clDice | Betti-0 err | "
              "Betti-1 err | saturated (max layer) | same tilt (max layer) | adherence snake - straight, worst layer "
              "(95% CI) | layers with adherence CI > 0 |"),
              "|" + "---|" * 14]
@@ -308,8 +311,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         it = [t for t in a["iteration_time_s"] if t is not None]
         numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
                                 "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
-                                "metrics_mean": means, "dice_diff_vs_stage_norm": dice_diff,
-                                "dice_diff_ci": dice_ci, "paired_vs_stage_norm": paired, "per_case_metrics": a["cases"], "layers": layers,
+                                "metrics_mean": means, "dice_diff_vs_baseline": dice_diff,
+                                "dice_diff_ci": dice_ci, "paired_vs_baseline": paired, "per_case_metrics": a["cases"], "layers": layers,
                                 "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()},
                                 "snapshots": {str(n): {e["name"]: summarise(e["per_case"]) for e in
                                                        a["snapshots"][n].values()} for n in along}}
@@ -484,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="/tmp/nnunet_tubeconv_snakes_ablation", help="nnU-Net folders and runs go here")
     p.add_argument("-o", "--output", default=None, help="markdown table to write (a .json with the numbers beside it)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--baseline", default=None, choices=list(ARMS),
+                   help="the arm every other is paired against (default: stage_norm when it runs, else the first arm)")
     p.add_argument("--folds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
@@ -516,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_steps:
         print(first_steps())
         return 0
+    if args.baseline is not None and args.baseline not in args.arms:
+        p.error(f"--baseline {args.baseline} is not one of the arms run ({', '.join(args.arms)})")
     if args.tag and not args.tag.isalnum():
         p.error(f"--tag must be letters and digits (it goes into nnU-Net trainer names), got {args.tag!r}")
     dataset, configuration, _ = DATA[args.data]
@@ -556,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": f"snakes-ablation-{args.data}{args.tag}",
         "datasets": [dataset],
         "configurations": [configuration],
-        "baseline": "stage_norm" if "stage_norm" in arms else args.arms[0],
+        "baseline": args.baseline or ("stage_norm" if "stage_norm" in arms else args.arms[0]),
         "folds": args.folds,
         "seeds": seeds,
         "budget": f"snakes{args.tag}",

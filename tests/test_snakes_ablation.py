@@ -42,7 +42,9 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
             assert not hasattr(cls, "variant") or cls.variant is None
             continue
         assert dict(cls.block_options) == options
-        assert set(options) == {"snake_swing_norm", "snake_swing_lr_scale"}  # immune to later default changes
+        # both swing options explicit: immune to later default changes; a placement arm adds its stage selection
+        assert {"snake_swing_norm", "snake_swing_lr_scale"} <= set(options)
+        assert set(options) - {"snake_swing_norm", "snake_swing_lr_scale"} <= {"conv_block_encoder_stages"}
         assert "perform_actual_validation" in dir(cls)
 
 
@@ -177,3 +179,23 @@ def test_seed_noise_floors_pairs_each_other_seed_with_the_first_by_case():
     assert below["1"]["dice"]["mean_diff"] == pytest.approx(-0.01) and below["1"]["dice"]["floor"] == pytest.approx(0.01)
     assert seed_noise_floors({0: s0}, 0, ("dice",)) == {}  # one seed: no floor
     assert seed_noise_floors({1: s1, 2: s0}, 0, ("dice",)) == {}  # no first seed to pair with
+
+
+def test_decoder_only_arm_builds_snakes_in_the_decoder_only(tmp_path):
+    from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry, variant_architecture
+
+    entry = plain_conv_unet_entry(2, [16, 32, 64, 128, 256, 256], [[1, 1]] + [[2, 2]] * 5)
+    default = variant_architecture(entry, "dsconv", {k: v for k, v in ARMS["decoder_only"][1].items()
+                                                     if k != "conv_block_encoder_stages"})["arch_kwargs"]["block_options"]
+    placed = variant_architecture(entry, "dsconv", dict(ARMS["decoder_only"][1]))["arch_kwargs"]["block_options"]
+    assert default["conv_block_encoder_stages"] == [2] and placed["conv_block_encoder_stages"] == []
+    assert placed["conv_block_decoder_stages"] == default["conv_block_decoder_stages"] == [2]
+    assert placed["snake_swing_norm"] == "none" and placed["snake_swing_lr_scale"] == 0.1
+
+
+def test_baseline_must_be_one_of_the_arms_run(capsys):
+    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+
+    with pytest.raises(SystemExit):
+        main(["--arms", "no_norm_lr0.1", "decoder_only", "--baseline", "stage_norm", "--no-train"])
+    assert "--baseline stage_norm is not one of the arms run (no_norm_lr0.1, decoder_only)" in capsys.readouterr().err
