@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -153,19 +154,22 @@ _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
 def paired_vs_base(arm_cases: dict[str, dict[str, float]], base_cases: dict[str, dict[str, float]],
-                   metrics: tuple[str, ...] = _METRICS) -> dict[str, dict]:
-    """Per metric, the paired difference arm - base over the cases both have: mean, 95% bootstrap CI and the
-    two-sided paired sign-flip p-value (the harness's statistics, evaluation/stats.py)."""
-    from nnunet_tubeconv.evaluation.stats import bootstrap_ci, sign_flip_p
+                   metrics: tuple[str, ...] = _METRICS, arm: str = "arm", base: str = "base") -> dict[str, dict]:
+    """Per metric, the harness's paired comparison arm - base over the cases both have
+    (``evaluation.stats.paired_comparison``, Holm over ``metrics`` by ``finalise``): mean difference, 95% bootstrap
+    CI, sign-flip p, Holm p and verdict; fewer than ``MIN_PAIRS`` pairs get no CI and no test, as in the harness."""
+    from nnunet_tubeconv.evaluation.stats import finalise, paired_comparison
 
-    common = sorted(set(arm_cases) & set(base_cases))
-    out: dict[str, dict] = {}
-    for m in metrics:
-        diffs = [arm_cases[c][m] - base_cases[c][m] for c in common]
-        out[m] = {"cases": len(diffs), "mean_diff": sum(diffs) / len(diffs) if diffs else None,
-                  "ci": list(bootstrap_ci(diffs)) if len(diffs) >= 2 else None,
-                  "p_sign_flip": sign_flip_p(diffs) if diffs else None}
-    return out
+    def finite(v):
+        return None if v is None or math.isnan(v) else float(v)
+
+    comparisons = finalise([paired_comparison({c: v[m] for c, v in base_cases.items()},
+                                              {c: v[m] for c, v in arm_cases.items()}, m, arm, base)
+                            for m in metrics])
+    return {c.metric: {"cases": c.n, "mean_diff": finite(c.mean_diff),
+                       "ci": None if finite(c.ci_low) is None else [c.ci_low, c.ci_high],
+                       "p_sign_flip": finite(c.p_value), "p_holm": finite(c.p_holm), "verdict": c.verdict,
+                       "note": c.note} for c in comparisons}
 
 
 def seed_noise_floors(by_seed: dict[int, dict[str, dict[str, float]]], first_seed: int,
@@ -280,8 +284,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
              "(95% CI) |"),
              "|" + "---|" * 13]
 
-    rows4 = [f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | cases |",
-             "|" + "---|" * 6]
+    rows4 = [(f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | p (Holm) | "
+              "verdict | cases |"), "|" + "---|" * 8]
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
@@ -300,13 +304,14 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
         dice_diff, dice_ci, paired = None, None, None
         if arm != base and base in per_arm:
-            paired = paired_vs_base(a["cases"], per_arm[base]["cases"])
+            paired = paired_vs_base(a["cases"], per_arm[base]["cases"], arm=arm, base=base)
             if paired["dice"]["cases"]:
                 dice_diff, dice_ci = paired["dice"]["mean_diff"], paired["dice"]["ci"]
                 for m, d in paired.items():
                     d_ci = "-" if not d["ci"] else f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
-                    rows4.append(f"| {arm} | {m} | {d['mean_diff']:+.4f} | {d_ci} | {d['p_sign_flip']:.3g} | "
-                                 f"{d['cases']} |")
+                    ps = ["-" if v is None else f"{v:.3g}" for v in (d["p_sign_flip"], d["p_holm"])]
+                    rows4.append(f"| {arm} | {m} | {d['mean_diff']:+.4f} | {d_ci} | {ps[0]} | {ps[1]} | "
+                                 f"{d['verdict']} | {d['cases']} |")
         layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
         it = [t for t in a["iteration_time_s"] if t is not None]
         numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
@@ -397,7 +402,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         *([] if len(rows4) == 2 else [
             "",
             (f"Paired over the validation cases both arms have (same images, same folds, seed {first_seed}; Betti "
-             f"errors: lower is better), against {base}:"),
+             f"errors: lower is better), against {base}, with the harness's statistics (Holm over the four metrics; "
+             "no CI and no test below 6 pairs):"),
             "",
             *rows4]),
         *([] if len(rows5) == 2 else [
@@ -521,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_steps:
         print(first_steps())
         return 0
+    if any(seed < 0 for seed in args.seeds):
+        p.error(f"--seeds must be integers >= 0 (they seed random, numpy and torch), got {args.seeds}")
     if args.baseline is not None and args.baseline not in args.arms:
         p.error(f"--baseline {args.baseline} is not one of the arms run ({', '.join(args.arms)})")
     if args.tag and not args.tag.isalnum():

@@ -131,7 +131,7 @@ def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
     assert finished_record([tmp_path / "none"], rel) is None
 
 
-def test_paired_vs_base_pairs_cases_by_name_with_ci_and_sign_flip_p():
+def test_paired_vs_base_pairs_cases_by_name_with_the_harness_statistics():
     from nnunet_tubeconv.benchmarks.snakes_ablation import paired_vs_base
 
     base = {f"c{i}": {"dice": 0.70, "cldice": 0.60} for i in range(8)}
@@ -143,12 +143,15 @@ def test_paired_vs_base_pairs_cases_by_name_with_ci_and_sign_flip_p():
     low, high = out["dice"]["ci"]
     assert 0.02 <= low < 0.0235 < high <= 0.027
     assert out["dice"]["p_sign_flip"] == pytest.approx(2 / 2**8)  # all 8 of one sign: exact test's smallest p
+    assert out["dice"]["p_holm"] == pytest.approx(2 * 2 / 2**8)  # Holm over the two metrics
+    assert out["dice"]["verdict"].startswith("withheld")  # the harness withholds a verdict while a case is missing
+    arm.pop("only_arm")
+    assert paired_vs_base(arm, base, ("dice", "cldice"))["dice"]["verdict"] == "better"
     assert out["cldice"]["mean_diff"] == 0.0 and out["cldice"]["p_sign_flip"] == 1.0
-    mixed = {c: {"dice": v["dice"] + (0.01 if i % 2 else -0.01), "cldice": 0.0}
-             for i, (c, v) in enumerate(sorted(base.items()))}
-    assert paired_vs_base(mixed, base, ("dice",))["dice"]["p_sign_flip"] == 1.0  # +-0.01 cancel exactly
-    assert paired_vs_base({"x": {"dice": 1.0}}, base, ("dice",))["dice"] == {
-        "cases": 0, "mean_diff": None, "ci": None, "p_sign_flip": None}
+    few = paired_vs_base({k: arm[k] for k in ("c0", "c1", "c2", "c3")}, base, ("dice",))["dice"]
+    assert few["cases"] == 4 and few["ci"] is None and few["p_sign_flip"] is None  # < MIN_PAIRS: no test
+    assert "at least 6" in few["note"]
+    assert paired_vs_base({"x": {"dice": 1.0}}, base, ("dice",))["dice"]["cases"] == 0
 
 
 def test_nnunet_work_env_makes_the_three_folders_and_hides_the_callers_nnunet_variables(tmp_path, monkeypatch):
@@ -199,3 +202,11 @@ def test_baseline_must_be_one_of_the_arms_run(capsys):
     with pytest.raises(SystemExit):
         main(["--arms", "no_norm_lr0.1", "decoder_only", "--baseline", "stage_norm", "--no-train"])
     assert "--baseline stage_norm is not one of the arms run (no_norm_lr0.1, decoder_only)" in capsys.readouterr().err
+
+
+def test_negative_seeds_are_refused_with_what_is_allowed(capsys):
+    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+
+    with pytest.raises(SystemExit):
+        main(["--arms", "no_norm_lr0.1", "--seeds", "0", "-1", "--no-train"])
+    assert "--seeds must be integers >= 0" in capsys.readouterr().err
