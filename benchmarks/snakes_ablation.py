@@ -154,22 +154,25 @@ _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
 
 
 def paired_vs_base(arm_cases: dict[str, dict[str, float]], base_cases: dict[str, dict[str, float]],
-                   metrics: tuple[str, ...] = _METRICS, arm: str = "arm", base: str = "base") -> dict[str, dict]:
+                   metrics: tuple[str, ...] = _METRICS, arm: str = "arm", base: str = "base",
+                   noise: dict[str, float] | None = None) -> dict[str, dict]:
     """Per metric, the harness's paired comparison arm - base over the cases both have
     (``evaluation.stats.paired_comparison``, Holm over ``metrics`` by ``finalise``): mean difference, 95% bootstrap
-    CI, sign-flip p, Holm p and verdict; fewer than ``MIN_PAIRS`` pairs get no CI and no test, as in the harness."""
+    CI, sign-flip p, Holm p and verdict; fewer than ``MIN_PAIRS`` pairs get no CI and no test, as in the harness.
+    ``noise``: metric -> seed-to-seed noise floor; a difference within it is "no evidence" (the harness's rule)."""
     from nnunet_tubeconv.evaluation.stats import finalise, paired_comparison
 
     def finite(v):
         return None if v is None or math.isnan(v) else float(v)
 
     comparisons = finalise([paired_comparison({c: v[m] for c, v in base_cases.items()},
-                                              {c: v[m] for c, v in arm_cases.items()}, m, arm, base)
+                                              {c: v[m] for c, v in arm_cases.items()}, m, arm, base,
+                                              noise=(noise or {}).get(m))
                             for m in metrics])
     return {c.metric: {"cases": c.n, "mean_diff": finite(c.mean_diff),
                        "ci": None if finite(c.ci_low) is None else [c.ci_low, c.ci_high],
                        "p_sign_flip": finite(c.p_value), "p_holm": finite(c.p_holm), "verdict": c.verdict,
-                       "note": c.note} for c in comparisons}
+                       "noise_floor": c.noise_floor, "note": c.note} for c in comparisons}
 
 
 def seed_noise_floors(by_seed: dict[int, dict[str, dict[str, float]]], first_seed: int,
@@ -296,6 +299,12 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
     def ci(v):
         return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
 
+    floors_by_arm = {arm: seed_noise_floors(seeds, first_seed) for arm, seeds in by_seed.items() if arm in arms}
+    # the noise floor a verdict uses: the baseline's (the harness's rule) or, without one, the first other arm's
+    floor_arm = base if floors_by_arm.get(base) else next((a for a in arms if floors_by_arm.get(a)), None)
+    noise = None if floor_arm is None else {
+        m: max(f[m]["floor"] for f in floors_by_arm[floor_arm].values() if m in f) for m in _METRICS}
+    numbers["noise_floor_arm"] = floor_arm
     for arm in arms:
         if arm not in per_arm:
             continue
@@ -304,7 +313,7 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
         dice_diff, dice_ci, paired = None, None, None
         if arm != base and base in per_arm:
-            paired = paired_vs_base(a["cases"], per_arm[base]["cases"], arm=arm, base=base)
+            paired = paired_vs_base(a["cases"], per_arm[base]["cases"], arm=arm, base=base, noise=noise)
             if paired["dice"]["cases"]:
                 dice_diff, dice_ci = paired["dice"]["mean_diff"], paired["dice"]["ci"]
                 for m, d in paired.items():
@@ -348,10 +357,7 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
                 f"{spct(s.get('near_vessel_diff'))} {ci(s.get('near_vessel_diff_ci'))} |")
     rows5 = ["| arm | metric | seed | mean difference, seed - seed " + str(first_seed) + " | noise floor |mean| "
              "(95% CI) | cases |", "|" + "---|" * 6]
-    for arm, seeds in by_seed.items():
-        if arm not in arms:
-            continue
-        floors = seed_noise_floors(seeds, first_seed)
+    for arm, floors in floors_by_arm.items():
         if floors:
             numbers["arms"].setdefault(arm, {})["noise_floor"] = floors
         for seed, per_metric in floors.items():
@@ -403,7 +409,8 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
             "",
             (f"Paired over the validation cases both arms have (same images, same folds, seed {first_seed}; Betti "
              f"errors: lower is better), against {base}, with the harness's statistics (Holm over the four metrics; "
-             "no CI and no test below 6 pairs):"),
+             "no CI and no test below 6 pairs; a difference within the seed-to-seed noise floor below, "
+             f"{'not measured' if floor_arm is None else 'of ' + floor_arm}, is no evidence):"),
             "",
             *rows4]),
         *([] if len(rows5) == 2 else [

@@ -147,6 +147,8 @@ def test_paired_vs_base_pairs_cases_by_name_with_the_harness_statistics():
     assert out["dice"]["verdict"].startswith("withheld")  # the harness withholds a verdict while a case is missing
     arm.pop("only_arm")
     assert paired_vs_base(arm, base, ("dice", "cldice"))["dice"]["verdict"] == "better"
+    within = paired_vs_base(arm, base, ("dice",), noise={"dice": 0.03})["dice"]  # gain 0.0235 < floor 0.03
+    assert within["verdict"] == "no evidence of a difference" and within["noise_floor"] == 0.03
     assert out["cldice"]["mean_diff"] == 0.0 and out["cldice"]["p_sign_flip"] == 1.0
     few = paired_vs_base({k: arm[k] for k in ("c0", "c1", "c2", "c3")}, base, ("dice",))["dice"]
     assert few["cases"] == 4 and few["ci"] is None and few["p_sign_flip"] is None  # < MIN_PAIRS: no test
