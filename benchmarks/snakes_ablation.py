@@ -29,7 +29,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run, nnunet_work_env
@@ -456,6 +456,17 @@ def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, fold
     return written
 
 
+def suite_arms(arm_names: Sequence[str], seeds: Sequence[int], baseline: str,
+               baseline_seeds: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The harness's arm table: every arm on its own trainer and the ablation's plans, with explicit seeds (so the
+    harness adds no second baseline seed unasked: this CPU budget cannot always afford one); ``baseline_seeds``, when
+    given, replace the baseline's, e.g. to train it twice for the seed-to-seed noise floor."""
+    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS, "seeds": sorted(set(seeds))} for a in arm_names}
+    if baseline_seeds is not None:
+        arms[baseline]["seeds"] = sorted(set(baseline_seeds))
+    return arms
+
+
 def first_steps(steps: int = 3, seed: int = 0) -> str:
     """The unit-level experiment of issue 11: a fresh ``DSConv(nn.Conv2d, 32, 32, K=9, axis=0)`` with InstanceNorm,
     random input and target, ``steps`` SGD steps at nnU-Net's settings (lr 1e-2, momentum 0.99, Nesterov, weight
@@ -513,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="train every arm with these seeds; tables and snake statistics are of the first, the others "
                    "give the seed-to-seed noise floor of Dice, clDice and Betti errors")
+    p.add_argument("--baseline-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="the baseline arm's seeds instead of --seeds (they must include the first of --seeds): e.g. "
+                   "--seeds 0 --baseline-seeds 0 1 trains the baseline twice for the noise floor, as the harness "
+                   "does, and the other arms once")
     p.add_argument("--snapshots", type=int, nargs="+", default=[], metavar="ITERATIONS",
                    help="also write a checkpoint after these training iterations (epoch ends) and tabulate the snake "
                    "statistics along training")
@@ -536,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if any(seed < 0 for seed in args.seeds):
         p.error(f"--seeds must be integers >= 0 (they seed random, numpy and torch), got {args.seeds}")
+    if args.baseline_seeds is not None and (any(seed < 0 for seed in args.baseline_seeds)
+                                            or min(args.seeds) not in args.baseline_seeds):
+        p.error(f"--baseline-seeds must be integers >= 0 that include the first of --seeds ({min(args.seeds)}: the "
+                f"arms are paired on it), got {args.baseline_seeds}")
     if args.baseline is not None and args.baseline not in args.arms:
         p.error(f"--baseline {args.baseline} is not one of the arms run ({', '.join(args.arms)})")
     if args.tag and not args.tag.isalnum():
@@ -570,15 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_tubeconv.benchmarks.runner import run_benchmark
     from nnunet_tubeconv.benchmarks.suite import parse_suite
 
-    # the same seeds for every arm, the baseline too (by default seed 0 only: the harness would add a second
-    # baseline seed for its noise floor, which this CPU budget cannot always afford); per-layer CIs are over cases
     seeds = sorted(set(args.seeds))
-    arms = {a: {"trainer": ARMS[a][0], "plans": PLANS, "seeds": seeds} for a in args.arms}
+    baseline = args.baseline or ("stage_norm" if "stage_norm" in args.arms else args.arms[0])
     suite = parse_suite({
         "name": f"snakes-ablation-{args.data}{args.tag}",
         "datasets": [dataset],
         "configurations": [configuration],
-        "baseline": args.baseline or ("stage_norm" if "stage_norm" in arms else args.arms[0]),
+        "baseline": baseline,
         "folds": args.folds,
         "seeds": seeds,
         "budget": f"snakes{args.tag}",
@@ -586,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                                "num_val_iterations_per_epoch": 2, "save_every": 2,
                                "description": "issue-11 snake ablation"}},
         "device": "cpu",
-        "arms": arms,
+        "arms": suite_arms(args.arms, seeds, baseline, args.baseline_seeds),
         "env": {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0",
                 "OMP_NUM_THREADS": str(args.threads)},
     })

@@ -212,3 +212,23 @@ def test_negative_seeds_are_refused_with_what_is_allowed(capsys):
     with pytest.raises(SystemExit):
         main(["--arms", "no_norm_lr0.1", "--seeds", "0", "-1", "--no-train"])
     assert "--seeds must be integers >= 0" in capsys.readouterr().err
+
+
+def test_baseline_seeds_train_the_baseline_again_and_the_other_arms_once():
+    from nnunet_tubeconv.benchmarks.snakes_ablation import PLANS, suite_arms
+
+    arms = suite_arms(["no_norm_lr0.1", "decoder_only"], [0], "no_norm_lr0.1", [1, 0])
+    assert arms["no_norm_lr0.1"] == {"trainer": ARMS["no_norm_lr0.1"][0], "plans": PLANS, "seeds": [0, 1]}
+    assert arms["decoder_only"]["seeds"] == [0]
+    # without baseline seeds every arm, the baseline too, runs --seeds only (no second seed added unasked)
+    assert {a["trainer"]: a["seeds"] for a in suite_arms(["stage_norm", "no_norm"], [2, 0], "stage_norm").values()} \
+        == {ARMS["stage_norm"][0]: [0, 2], ARMS["no_norm"][0]: [0, 2]}
+
+
+def test_baseline_seeds_must_include_the_seed_the_arms_are_paired_on(capsys):
+    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+
+    with pytest.raises(SystemExit):
+        main(["--arms", "no_norm_lr0.1", "decoder_only", "--seeds", "0", "--baseline-seeds", "1", "2", "--no-train"])
+    err = capsys.readouterr().err
+    assert "--baseline-seeds must be integers >= 0 that include the first of --seeds (0" in err and "[1, 2]" in err
