@@ -29,7 +29,8 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from nnunet_tubeconv.benchmarks.snakes_drive import DATASET_ID, DEFAULT_DRIVE, _run, nnunet_work_env
