@@ -66,6 +66,9 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "decoder_only": ("nnUNetTrainerDSConvDecoderSnakes",
                      {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1, "conv_block_encoder_stages": []},
                      "placement: the new default's snakes in the decoder only (no encoder snake block)"),
+    "encoder_only": ("nnUNetTrainerDSConvEncoderSnakes",
+                     {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1, "conv_block_decoder_stages": []},
+                     "placement: the new default's snakes in the encoder only (no decoder snake block)"),
     "vanilla": ("nnUNetTrainerNoMirrorValidation", None, "plain nnU-Net (Dice reference)"),
 }
 

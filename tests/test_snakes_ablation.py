@@ -44,7 +44,8 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
         assert dict(cls.block_options) == options
         # both swing options explicit: immune to later default changes; a placement arm adds its stage selection
         assert {"snake_swing_norm", "snake_swing_lr_scale"} <= set(options)
-        assert set(options) - {"snake_swing_norm", "snake_swing_lr_scale"} <= {"conv_block_encoder_stages"}
+        assert set(options) - {"snake_swing_norm", "snake_swing_lr_scale"} <= {"conv_block_encoder_stages",
+                                                                                "conv_block_decoder_stages"}
         assert "perform_actual_validation" in dir(cls)
 
 
@@ -186,15 +187,17 @@ def test_seed_noise_floors_pairs_each_other_seed_with_the_first_by_case():
     assert seed_noise_floors({1: s1, 2: s0}, 0, ("dice",)) == {}  # no first seed to pair with
 
 
-def test_decoder_only_arm_builds_snakes_in_the_decoder_only(tmp_path):
+@pytest.mark.parametrize("arm, emptied, kept", [("decoder_only", "conv_block_encoder_stages", "conv_block_decoder_stages"),
+                                                 ("encoder_only", "conv_block_decoder_stages", "conv_block_encoder_stages")])
+def test_placement_arms_keep_the_default_snakes_on_one_side_only(arm, emptied, kept):
     from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry, variant_architecture
 
     entry = plain_conv_unet_entry(2, [16, 32, 64, 128, 256, 256], [[1, 1]] + [[2, 2]] * 5)
-    default = variant_architecture(entry, "dsconv", {k: v for k, v in ARMS["decoder_only"][1].items()
-                                                     if k != "conv_block_encoder_stages"})["arch_kwargs"]["block_options"]
-    placed = variant_architecture(entry, "dsconv", dict(ARMS["decoder_only"][1]))["arch_kwargs"]["block_options"]
-    assert default["conv_block_encoder_stages"] == [2] and placed["conv_block_encoder_stages"] == []
-    assert placed["conv_block_decoder_stages"] == default["conv_block_decoder_stages"] == [2]
+    swing = {k: v for k, v in ARMS[arm][1].items() if k != emptied}
+    default = variant_architecture(entry, "dsconv", swing)["arch_kwargs"]["block_options"]
+    placed = variant_architecture(entry, "dsconv", dict(ARMS[arm][1]))["arch_kwargs"]["block_options"]
+    assert default[emptied] == [2] and placed[emptied] == []
+    assert placed[kept] == default[kept] == [2]
     assert placed["snake_swing_norm"] == "none" and placed["snake_swing_lr_scale"] == 0.1
 
 
