@@ -15,7 +15,7 @@ two axes). ``--snapshots 125 250``: the arms also write checkpoints after those 
 gains the snake statistics along training. ``--tag T``: a second run (another budget) in the same ``--work``;
 ``--also T``: the table reads finished units of run ``T`` as well (arms trained in parallel as separate runs).
 The placement arms ``decoder_only`` and ``encoder_only`` keep the default's swing branch and put its snakes on one
-side only. ``--baseline ARM`` pairs every arm with that one; ``--seeds`` trains every arm with several seeds and
+side only; ``no_deep_supervision`` trains the default without nnU-Net's deep supervision. ``--baseline ARM`` pairs every arm with that one; ``--seeds`` trains every arm with several seeds and
 ``--baseline-seeds`` only the baseline (its seed-to-seed noise floor, as the harness does).
 
 Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
@@ -72,8 +72,13 @@ ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "encoder_only": ("nnUNetTrainerDSConvEncoderSnakes",
                      {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1, "conv_block_decoder_stages": []},
                      "placement: the new default's snakes in the encoder only (no decoder snake block)"),
+    "no_deep_supervision": ("nnUNetTrainerDSConvNoDeepSupervision",
+                            {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1},
+                            "the default's snakes with nnU-Net's deep supervision off (loss on the final output only)"),
     "vanilla": ("nnUNetTrainerNoMirrorValidation", None, "plain nnU-Net (Dice reference)"),
 }
+#: arms that train without nnU-Net's deep supervision (does a loss head at the snakes' stage make them follow vessels?)
+NO_DEEP_SUPERVISION_ARMS = frozenset({"no_deep_supervision"})
 
 
 def snapshot_name(iterations: int) -> str:
@@ -111,12 +116,19 @@ def arm_trainer_source(snapshots: tuple[int, ...] = ()) -> str:
         "        if done in self.snapshot_iterations:",
         "            self.save_checkpoint(f'{self.output_folder}/checkpoint_it{done}.pth')  # = snapshot_name(done)",
         "",
+        "",
+        "class _NoDeepSupervision:",
+        "    def initialize(self):",
+        "        self.enable_deep_supervision = False  # network, loss and data loaders read it in initialize / on start",
+        "        super().initialize()",
+        "",
     ]
-    for trainer, options, what in ARMS.values():
+    for arm, (trainer, options, what) in ARMS.items():
         base = "nnUNetTrainer" if options is None else "nnUNetTrainerDSConv"
+        mixins = "_NoMirrorValidation, _NoDeepSupervision" if arm in NO_DEEP_SUPERVISION_ARMS else "_NoMirrorValidation"
         lines += [
             "",
-            f"class {trainer}(_NoMirrorValidation, {base}):",
+            f"class {trainer}({mixins}, {base}):",
             f'    """{what}"""',
             "",
         ]

@@ -49,6 +49,33 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
         assert "perform_actual_validation" in dir(cls)
 
 
+def test_only_the_no_deep_supervision_arm_turns_deep_supervision_off_before_nnunet_initialises(tmp_path):
+    from nnunet_tubeconv.benchmarks.snakes_ablation import NO_DEEP_SUPERVISION_ARMS
+
+    f = tmp_path / "snake_ablation_trainers.py"
+    f.write_text(arm_trainer_source())
+    spec = importlib.util.spec_from_file_location("snake_ablation_trainers", f)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert NO_DEEP_SUPERVISION_ARMS and NO_DEEP_SUPERVISION_ARMS <= set(ARMS)
+    for arm, (trainer, _, _) in ARMS.items():
+        cls = getattr(module, trainer)
+        assert (module._NoDeepSupervision in cls.__mro__) == (arm in NO_DEEP_SUPERVISION_ARMS)
+
+    class Recorder:  # stands for nnUNetTrainer.initialize, which builds network, loss and loaders from the flag
+        enable_deep_supervision = True
+
+        def initialize(self):
+            self.seen = self.enable_deep_supervision
+
+    class Probe(module._NoDeepSupervision, Recorder):
+        pass
+
+    probe = Probe()
+    probe.initialize()
+    assert probe.seen is False
+
+
 def test_reduced_plans_3d_fullres_and_anisotropic_strides():
     from conftest import hepatic_vessel_like_plans
 
