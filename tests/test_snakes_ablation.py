@@ -31,11 +31,7 @@ def test_reduced_plans_cut_stages_widths_patch_and_batch():
 
 
 def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
-    f = tmp_path / "snake_ablation_trainers.py"
-    f.write_text(arm_trainer_source())
-    spec = importlib.util.spec_from_file_location("snake_ablation_trainers", f)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_arm_module(tmp_path, ())
     for trainer, options, _ in ARMS.values():
         cls = getattr(module, trainer)
         if options is None:
@@ -52,11 +48,7 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
 def test_only_the_no_deep_supervision_arm_turns_deep_supervision_off_before_nnunet_initialises(tmp_path):
     from nnunet_tubeconv.benchmarks.snakes_ablation import NO_DEEP_SUPERVISION_ARMS
 
-    f = tmp_path / "snake_ablation_trainers.py"
-    f.write_text(arm_trainer_source())
-    spec = importlib.util.spec_from_file_location("snake_ablation_trainers", f)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_arm_module(tmp_path, ())
     assert NO_DEEP_SUPERVISION_ARMS and NO_DEEP_SUPERVISION_ARMS <= set(ARMS)
     for arm, (trainer, _, _) in ARMS.items():
         cls = getattr(module, trainer)
@@ -98,6 +90,7 @@ def test_reduced_plans_3d_fullres_and_anisotropic_strides():
 
 
 def _load_arm_module(tmp_path, snapshots):
+    """Import the generated arm-trainer module as nnU-Net's nnUNet_extTrainer lookup would."""
     f = tmp_path / "snake_ablation_trainers.py"
     f.write_text(arm_trainer_source(snapshots))
     spec = importlib.util.spec_from_file_location("snake_ablation_trainers", f)
