@@ -15,8 +15,9 @@ two axes). ``--snapshots 125 250``: the arms also write checkpoints after those 
 gains the snake statistics along training. ``--tag T``: a second run (another budget) in the same ``--work``;
 ``--also T``: the table reads finished units of run ``T`` as well (arms trained in parallel as separate runs).
 The placement arms ``decoder_only`` and ``encoder_only`` keep the default's swing branch and put its snakes on one
-side only; ``no_deep_supervision`` trains the default without nnU-Net's deep supervision. ``--baseline ARM`` pairs every arm with that one; ``--seeds`` trains every arm with several seeds and
-``--baseline-seeds`` only the baseline (its seed-to-seed noise floor, as the harness does).
+side only; ``no_deep_supervision`` trains the default without nnU-Net's deep supervision. ``--baseline ARM`` pairs
+every arm with that one; ``--seeds`` trains every arm with several seeds and ``--baseline-seeds`` only the baseline
+(its seed-to-seed noise floor, as the harness does).
 
 Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
 16..256 (``nnUNetPlansSnakeAblation``, same preprocessing as ``nnUNetPlans``: full-resolution images), and a short
