@@ -24,6 +24,7 @@ checkpoints with ``--c``); finished records are never rewritten. ``--retry-faile
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -546,6 +547,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a named arm (repeatable)")
     parser.add_argument("-p", "--plans", default=None, help="plans identifier for arms given with -tr")
     parser.add_argument("--baseline", default=None, help="arm the others are compared with (default: the first)")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="NAME",
+                        help="run only these arms of the suite (the baseline always runs), e.g. the first tier of a "
+                             "long suite; finished units of the others are kept and reported")
     parser.add_argument("-f", "--folds", nargs="+", type=int, default=None, help="folds of splits_final.json")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (one training each)")
     parser.add_argument("--budget", default=None, help=f"{sorted(BUDGETS)} or a [budgets.NAME] of the suite")
@@ -595,8 +599,21 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
     if any(v is not None for v in executor.values()):
         over["executor"] = executor
     if args.suite:
-        return load_suite(args.suite, over)
-    return parse_suite(merge_overrides({}, over), source=None, default_name="benchmark")
+        suite = load_suite(args.suite, over)
+    else:
+        suite = parse_suite(merge_overrides({}, over), source=None, default_name="benchmark")
+    return select_arms(suite, args.arms)
+
+
+def select_arms(suite: Suite, names: list[str] | None) -> Suite:
+    """``suite`` with only the arms ``names`` and its baseline (in the suite's order); ``None``: all of them."""
+    if names is None:
+        return suite
+    unknown = [n for n in names if n not in suite.arms]
+    if unknown:
+        raise SuiteError(f"--arms names {unknown}, which the suite does not have; its arms: {list(suite.arms)}")
+    keep = {suite.baseline, *names}
+    return dataclasses.replace(suite, arms={n: a for n, a in suite.arms.items() if n in keep})
 
 
 def run(args: argparse.Namespace) -> int:
