@@ -9,7 +9,7 @@ block where its paper puts it, within the cost budget measured by ``nnunet-tubec
     costs several times vanilla nnU-Net, so by default one block replaces the last convolution of encoder stage 2
     and of the decoder stage at the same resolution (the third-highest resolution: 1/4 in-plane for nnU-Net's
     usual plans): the highest-resolution placement with the paper's K that stays within the 2x budget with a
-    margin; placements at higher resolution cost 2-5x. See :mod:`nnunet_tubeconv.benchmarks.bench_train` for the
+    margin; placements at higher resolution cost 2-5x. See :mod:`nnunet_tubeconv.benchmarks.perf.bench_train` for the
     measurements.
 ``dlkdff``
     D-Net (Yang et al., arXiv 2403.10674): DLK blocks appended to the encoder stages from the third one down to
@@ -70,7 +70,7 @@ _REQUIRED_KWARGS: dict[str, tuple[str, ...]] = {
     TUBE_RESENC_UNET_CLASS: ("n_stages", "n_blocks_per_stage", "n_conv_per_stage_decoder"),
 }
 
-# measured with `nnunet-tubeconv bench-train` (see nnunet_tubeconv.benchmarks.bench_train's docstring)
+# measured with `nnunet-tubeconv bench-train` (see nnunet_tubeconv.benchmarks.perf.bench_train's docstring)
 _SNAKE_PLACEMENT: dict[str, Any] = {
     "conv_block_encoder_stages": [2],
     "conv_block_decoder_stages": [2],
@@ -79,7 +79,7 @@ _SNAKE_PLACEMENT: dict[str, Any] = {
 }
 
 # The snakes' swing branch under nnU-Net's SGD (issue 11), chosen on nnU-Net's cross-validation of the 20 DRIVE
-# training images with `python -m nnunet_tubeconv.benchmarks.snakes_ablation` (benchmarks/results/
+# training images with `python -m nnunet_tubeconv.benchmarks.studies.snakes.ablation` (benchmarks/results/
 # snakes_ablation_drive.md): no norm in the swing branch (the zero init then starts straight) and a tenth of the
 # learning rate for it. {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0} is the earlier network.
 _SNAKE_SWING: dict[str, Any] = {

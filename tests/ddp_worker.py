@@ -1,7 +1,7 @@
 """Two-process DDP training steps (gloo, CPU) of every trainer's network; run by tests/test_ddp.py (test-only).
 
 ``python tests/ddp_worker.py OUT_DIR TRAINER [TRAINER ...]`` spawns 2 ranks. For each trainer (names of
-``nnunet_tubeconv.benchmarks.variant_nets.TRAINERS``) both ranks build the same seeded network, wrap it in
+``nnunet_tubeconv.benchmarks.perf.variant_nets.TRAINERS``) both ranks build the same seeded network, wrap it in
 ``DistributedDataParallel`` with
 ``find_unused_parameters=False`` (nnU-Net's setting: its ``nnUNetTrainer`` wraps the network as
 ``DDP(network, device_ids=[local_rank])``), and run a training step on their half of one batch; then an SGD update and
@@ -31,7 +31,7 @@ def _grads(net: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
 
 def _rank(rank: int, port: int, out_dir: str, trainers: list[str]) -> None:
-    from nnunet_tubeconv.benchmarks.variant_nets import batch, build_network, loss_fn  # nnU-Net's imports: ranks only
+    from nnunet_tubeconv.benchmarks.perf.variant_nets import batch, build_network, loss_fn  # nnU-Net's imports: ranks only
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
@@ -71,6 +71,6 @@ def _free_port() -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 3:
         sys.exit("usage: python tests/ddp_worker.py OUT_DIR TRAINER [TRAINER ...]  "
-                 "(names of nnunet_tubeconv.benchmarks.variant_nets.TRAINERS)")
+                 "(names of nnunet_tubeconv.benchmarks.perf.variant_nets.TRAINERS)")
     out, names = sys.argv[1], sys.argv[2:]
     mp.spawn(_rank, args=(_free_port(), out, names), nprocs=WORLD, join=True)

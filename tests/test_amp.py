@@ -1,6 +1,6 @@
 """Mixed precision (bf16 autocast, as nnU-Net's training step runs on GPU) of every trainer's network (issue 15, item 4).
 
-One training step per trainer (benchmarks/variant_nets.py) under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+One training step per trainer (benchmarks/perf/variant_nets.py) under ``torch.autocast("cpu", dtype=torch.bfloat16)``
 against the same step in float32: finite loss and gradients, features in bf16, the sampling coordinates in float32 where they
 reach the samplers (DSConv's swing ``delta`` entering its autograd Function, DeformConv's offsets and mask entering
 its Function; half precision is exact to half a voxel only up to index 512), and outputs close to float32.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks.variant_nets import TRAINERS, batch, build_network, loss_fn
+from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS, batch, build_network, loss_fn
 
 from nnunet_tubeconv.blocks.deform import _DeformConvFunction
 from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction

@@ -110,8 +110,8 @@ def test_nested_commands_name_themselves(tmp_path, capsys):
 # branch, issue 12); scripts run on their own, outside the CLI (python bundle/predict.py, python -m ...snakes_drive,
 # python -m ...snakes_ablation)
 OWN_ERROR_LINES = {"nnunet_tubeconv/cli.py", "nnunet_tubeconv/evaluation/report.py",
-                   "nnunet_tubeconv/deploy/bundle_predict.py", "benchmarks/snakes_drive.py",
-                   "benchmarks/snakes_ablation.py"}
+                   "nnunet_tubeconv/deploy/bundle_predict.py", "benchmarks/studies/snakes/drive.py",
+                   "benchmarks/studies/snakes/ablation.py"}
 
 
 def test_no_command_module_prints_its_own_errors():

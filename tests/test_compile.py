@@ -5,12 +5,12 @@ implementations (``blocks/_custom_ops.py``); under ``torch.compile`` the blocks 
 DeformConv's Function and DLK's layout change are traced by dynamo as they stand. What is pinned here:
 
 * ``torch.library.opcheck`` on every op (schema, fake tensors, autograd registration, AOT dispatch with dynamic shapes);
-* every trainer's network (benchmarks/variant_nets.py: vanilla and the 6 variant trainers) compiles with
+* every trainer's network (benchmarks/perf/variant_nets.py: vanilla and the 6 variant trainers) compiles with
   ``fullgraph=True`` (any graph break fails) through AOTAutograd (``aot_eager``: the same forward and backward graphs
   inductor gets, without code generation), with outputs and gradients equal to eager, and the forward and backward
   graphs hold our custom ops (the real kernels), never the traceable fallback's gathers;
 * the full inductor CPU backend on every trainer's network, outputs and gradients against eager
-  (``benchmarks/compile_check.py``: the same check as a command with a report).
+  (``benchmarks/studies/compile_check/compile_check.py``: the same check as a command with a report).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 from functorch.compile import make_boxed_func
 from nnunet_tubeconv.benchmarks import compile_check
-from nnunet_tubeconv.benchmarks.variant_nets import TRAINERS, batch, build_network, loss_fn, variant_trainers
+from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS, batch, build_network, loss_fn, variant_trainers
 from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
@@ -148,7 +148,7 @@ def test_variant_list_covers_every_variant_trainer():
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_inductor_compiles_every_variant_against_eager(trainer):
     """The full inductor CPU backend (C++ code generation) on every trainer's network, one training step against
-    eager (``benchmarks/compile_check.py``, which also writes the report; 20-75 s per network on 2 cores)."""
+    eager (``benchmarks/studies/compile_check/compile_check.py``, which also writes the report; 20-75 s per network on 2 cores)."""
     row = compile_check.check_trainer(trainer, "inductor")
     assert row["passed"], row
 

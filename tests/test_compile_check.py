@@ -1,4 +1,4 @@
-"""``benchmarks/compile_check.py``: the inductor-on-every-network command, run here with ``aot_eager`` (seconds) on
+"""``benchmarks/studies/compile_check/compile_check.py``: the inductor-on-every-network command, run here with ``aot_eager`` (seconds) on
 one trainer: the comparison, the report, resuming, and that a compiled step that differs from eager fails."""
 
 from __future__ import annotations

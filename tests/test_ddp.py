@@ -2,7 +2,7 @@
 
 nnU-Net trains on several GPUs with ``DistributedDataParallel`` and ``find_unused_parameters=False``: a parameter
 without gradient breaks the next iteration. ``tests/ddp_worker.py`` runs, in 2 spawned processes, one training step
-of each trainer's tiny network (benchmarks/variant_nets.py) on half a batch each, an SGD update and a second step,
+of each trainer's tiny network (benchmarks/perf/variant_nets.py) on half a batch each, an SGD update and a second step,
 and one single-process step on the whole batch. Every norm in these networks is per sample (nnU-Net's InstanceNorm, the
 snakes' GroupNorm or no swing norm, DLK's LayerNorm), so the mean of the two ranks' gradients equals the gradient on
 the concatenated batch up to float rounding. (A BatchNorm would not: its statistics are per rank.)
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks.variant_nets import TRAINERS
+from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

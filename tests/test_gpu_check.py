@@ -1,4 +1,4 @@
-"""``nnunet-tubeconv gpu-check`` (benchmarks/gpu_check.py): the clear refusal without CUDA, the whole report path on the
+"""``nnunet-tubeconv gpu-check`` (benchmarks/perf/gpu_check.py): the clear refusal without CUDA, the whole report path on the
 CPU (``--device cpu --quick``, Triton kernels under the interpreter), and the target verdicts on known numbers."""
 
 import json

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import nnunet_folders, plain_conv_unet_entry
 from nnunet_tubeconv.architectures import TUBE_UNET_CLASS, VARIANTS
-from nnunet_tubeconv.benchmarks.calibrate_memory import (
+from nnunet_tubeconv.benchmarks.perf.calibrate_memory import (
     HEPATIC_VESSEL_LIKE,
     hepatic_vessel_like_fingerprint,
     markdown_table,

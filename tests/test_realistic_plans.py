@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from nnunet_tubeconv.benchmarks import profile_snake
-from nnunet_tubeconv.benchmarks.realistic_plans import DRIVE_LIKE, REALISTIC_PLANS, realistic_plan
+from nnunet_tubeconv.benchmarks.perf.realistic_plans import DRIVE_LIKE, REALISTIC_PLANS, realistic_plan
 
 from nnunet_tubeconv.cli import main
 
@@ -27,7 +27,7 @@ def test_drive2d_is_nnunets_default_2d_plan():
 def test_hepaticvessel3d_is_nnunets_default_3d_fullres_plan():
     entry, run = realistic_plan("hepaticvessel3d")
     a = entry["arch_kwargs"]
-    # the 3d_fullres plan of calibrate-memory's Task08-like fingerprint (benchmarks/results/calibration_cpu.md)
+    # the 3d_fullres plan of calibrate-memory's Task08-like fingerprint (benchmarks/perf/results/calibration_cpu.md)
     assert run["patch_size"] == [64, 192, 192] and run["batch_size"] == 2 and run["num_classes"] == 3
     assert a["features_per_stage"] == [32, 64, 128, 256, 320, 320] and a["strides"][-1] == [1, 2, 2]
 

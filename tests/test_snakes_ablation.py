@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_plans
-from nnunet_tubeconv.benchmarks.snakes_ablation import ARMS, arm_trainer_source, reduced_plans
+from nnunet_tubeconv.benchmarks.studies.snakes.ablation import ARMS, arm_trainer_source, reduced_plans
 
 
 def test_reduced_plans_cut_stages_widths_patch_and_batch():
@@ -46,7 +46,7 @@ def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
 
 
 def test_only_the_no_deep_supervision_arm_turns_deep_supervision_off_before_nnunet_initialises(tmp_path):
-    from nnunet_tubeconv.benchmarks.snakes_ablation import NO_DEEP_SUPERVISION_ARMS
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import NO_DEEP_SUPERVISION_ARMS
 
     module = _load_arm_module(tmp_path, ())
     assert NO_DEEP_SUPERVISION_ARMS and NO_DEEP_SUPERVISION_ARMS <= set(ARMS)
@@ -100,7 +100,7 @@ def _load_arm_module(tmp_path, snapshots):
 
 
 def test_arm_trainers_write_snapshot_checkpoints_at_the_listed_iterations(tmp_path):
-    from nnunet_tubeconv.benchmarks.snakes_ablation import snapshot_name
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import snapshot_name
 
     module = _load_arm_module(tmp_path, (100, 50, 60))
 
@@ -129,7 +129,7 @@ def test_arm_trainers_write_snapshot_checkpoints_at_the_listed_iterations(tmp_pa
 
 
 def test_reduced_plans_is_the_topology_runs_half_width_cut_on_drive_shaped_plans():
-    # benchmarks/results/topology_drive_cpu.md cuts DRIVE's 2d plans (8 stages, 32..512) to 6 stages of half width
+    # benchmarks/studies/topology_losses/results/topology_drive_cpu.md cuts DRIVE's 2d plans (8 stages, 32..512) to 6 stages of half width
     planned = (32, 64, 128, 256, 512, 512, 512, 512)
     out = reduced_plans(tiny_plans(planned), "nnUNetPlans", 128, 2, 6, 16)
     assert out["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
@@ -140,7 +140,7 @@ def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
     import json
 
     from nnunet_tubeconv.benchmarks.records import RECORD_FILE, RECORD_SCHEMA
-    from nnunet_tubeconv.benchmarks.snakes_ablation import finished_record
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import finished_record
 
     rel = Path("runs/D/2d/arm/fold_0_seed_0")
     a, b, c = tmp_path / "results", tmp_path / "resultsp2", tmp_path / "resultsp3"
@@ -153,7 +153,7 @@ def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
 
 
 def test_paired_vs_base_pairs_cases_by_name_with_the_harness_statistics():
-    from nnunet_tubeconv.benchmarks.snakes_ablation import paired_vs_base
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import paired_vs_base
 
     base = {f"c{i}": {"dice": 0.70, "cldice": 0.60} for i in range(8)}
     arm = {f"c{i}": {"dice": 0.72 + 0.001 * i, "cldice": 0.60} for i in range(8)}
@@ -178,7 +178,7 @@ def test_paired_vs_base_pairs_cases_by_name_with_the_harness_statistics():
 
 
 def test_nnunet_work_env_makes_the_three_folders_and_hides_the_callers_nnunet_variables(tmp_path, monkeypatch):
-    from nnunet_tubeconv.benchmarks.snakes_drive import nnunet_work_env
+    from nnunet_tubeconv.benchmarks.studies.snakes.drive import nnunet_work_env
 
     monkeypatch.setenv("nnUNet_results", "/somewhere/else")
     monkeypatch.setenv("nnUNet_compile", "true")
@@ -191,7 +191,7 @@ def test_nnunet_work_env_makes_the_three_folders_and_hides_the_callers_nnunet_va
 
 
 def test_seed_noise_floors_pairs_each_other_seed_with_the_first_by_case():
-    from nnunet_tubeconv.benchmarks.snakes_ablation import seed_noise_floors
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import seed_noise_floors
 
     s0 = {f"c{i}": {"dice": 0.70 + 0.01 * i} for i in range(6)}
     s1 = {f"c{i}": {"dice": 0.70 + 0.01 * i + (0.004 if i % 2 else 0.002)} for i in range(6)}
@@ -222,7 +222,7 @@ def test_placement_arms_keep_the_default_snakes_on_one_side_only(arm, emptied, k
 
 
 def test_baseline_must_be_one_of_the_arms_run(capsys):
-    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import main
 
     with pytest.raises(SystemExit):
         main(["--arms", "no_norm_lr0.1", "decoder_only", "--baseline", "stage_norm", "--no-train"])
@@ -230,7 +230,7 @@ def test_baseline_must_be_one_of_the_arms_run(capsys):
 
 
 def test_negative_seeds_are_refused_with_what_is_allowed(capsys):
-    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import main
 
     with pytest.raises(SystemExit):
         main(["--arms", "no_norm_lr0.1", "--seeds", "0", "-1", "--no-train"])
@@ -238,7 +238,7 @@ def test_negative_seeds_are_refused_with_what_is_allowed(capsys):
 
 
 def test_baseline_seeds_train_the_baseline_again_and_the_other_arms_once():
-    from nnunet_tubeconv.benchmarks.snakes_ablation import PLANS, suite_arms
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import PLANS, suite_arms
 
     arms = suite_arms(["no_norm_lr0.1", "decoder_only"], [0], "no_norm_lr0.1", [1, 0])
     assert arms["no_norm_lr0.1"] == {"trainer": ARMS["no_norm_lr0.1"][0], "plans": PLANS, "seeds": [0, 1]}
@@ -249,7 +249,7 @@ def test_baseline_seeds_train_the_baseline_again_and_the_other_arms_once():
 
 
 def test_baseline_seeds_must_include_the_seed_the_arms_are_paired_on(capsys):
-    from nnunet_tubeconv.benchmarks.snakes_ablation import main
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import main
 
     with pytest.raises(SystemExit):
         main(["--arms", "no_norm_lr0.1", "decoder_only", "--seeds", "0", "--baseline-seeds", "1", "2", "--no-train"])

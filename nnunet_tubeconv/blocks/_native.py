@@ -188,7 +188,7 @@ def _onednn_linear():
     Why: DSConv's contractions with its weights are GEMMs of ``(B * n, (K - 1) * C_in) x ((K - 1) * C_in, C_out)``.
     ``torch.mm`` / ``addmm`` run them in MKL's sgemm, which on the AMD EPYC development machine reached 74-86
     GFLOP/s per core against 171-181 GFLOP/s for oneDNN's linear, the library nnU-Net's own convolutions run on
-    (``python -m nnunet_tubeconv.benchmarks.profile_snake``; issue 15). Same products, summed in another order:
+    (``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``; issue 15). Same products, summed in another order:
     results equal to float32 rounding (``tests/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
     keeps ``torch.mm`` (the implementation before issue 15, for before/after measurements).
     """
