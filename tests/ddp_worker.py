@@ -31,7 +31,11 @@ def _grads(net: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
 
 def _rank(rank: int, port: int, out_dir: str, trainers: list[str]) -> None:
-    from nnunet_tubeconv.benchmarks.perf.variant_nets import batch, build_network, loss_fn  # nnU-Net's imports: ranks only
+    from nnunet_tubeconv.benchmarks.perf.variant_nets import (  # nnU-Net's imports: ranks only
+        batch,
+        build_network,
+        loss_fn,
+    )
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
