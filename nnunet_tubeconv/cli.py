@@ -37,7 +37,7 @@ def _register(name: str, module: str, help_text: str) -> None:
 
 
 _register("synth", "nnunet_tubeconv.data.synthetic", "write a synthetic 2D/3D vessel-tree data set (nnU-Net raw)")
-_register("convert", "nnunet_tubeconv.data.convert", "convert DRIVE or an MSD task to an nnU-Net raw data set")
+_register("convert", "nnunet_tubeconv.data.convert", "convert DRIVE, STARE, vesselNN, a folder of images or an MSD task to an nnU-Net raw data set")
 _register("evaluate", "nnunet_tubeconv.evaluation.folders", "clDice, Betti, HD95, NSD, Dice: predictions vs references")
 _register("report", "nnunet_tubeconv.evaluation.report", "write report.md and report.html for a benchmark RESULTS_DIR")
 _register("bench-train", "nnunet_tubeconv.benchmarks.perf.bench_train", "one training iteration per variant vs vanilla nnU-Net")

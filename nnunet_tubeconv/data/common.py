@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,19 @@ def existing_datasets_with_id(raw_root: Path, dataset_id: int) -> list[Path]:
     return sorted(p for p in raw_root.iterdir() if p.is_dir() and p.name.startswith(prefix))
 
 
+def _other_datasets_with_id(raw_root: Path, dataset_id: int, folder_name: str, force: bool) -> list[Path]:
+    """Different data sets that carry ``dataset_id`` (refused unless ``force``: nnU-Net fails on two names for one
+    id)."""
+    others = [p for p in existing_datasets_with_id(raw_root, dataset_id) if p.name != folder_name]
+    if others and not force:
+        listing = ", ".join(str(p) for p in others)
+        raise ValueError(
+            f"dataset id {dataset_id} is already used by a different data set: {listing}. "
+            f"Choose another id, or pass force=True / --force to delete it and write {folder_name}."
+        )
+    return others
+
+
 def prepare_dataset_folder(raw_root: Path, dataset_id: int, name: str, force: bool = False) -> Path:
     """Create an empty ``raw_root/DatasetXXX_Name`` and return it.
 
@@ -67,14 +82,7 @@ def prepare_dataset_folder(raw_root: Path, dataset_id: int, name: str, force: bo
     """
     folder_name = dataset_folder_name(dataset_id, name)
     raw_root = Path(raw_root)
-    others = [p for p in existing_datasets_with_id(raw_root, dataset_id) if p.name != folder_name]
-    if others and not force:
-        listing = ", ".join(str(p) for p in others)
-        raise ValueError(
-            f"dataset id {dataset_id} is already used by a different data set: {listing}. "
-            f"Choose another id, or pass force=True / --force to delete it and write {folder_name}."
-        )
-    for p in others:
+    for p in _other_datasets_with_id(raw_root, dataset_id, folder_name, force):
         shutil.rmtree(p)
     out = raw_root / folder_name
     if out.exists():
@@ -82,6 +90,31 @@ def prepare_dataset_folder(raw_root: Path, dataset_id: int, name: str, force: bo
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir()
     return out
+
+
+@contextmanager
+def staged_dataset_folder(raw_root: Path, dataset_id: int, name: str, force: bool = False) -> Iterator[Path]:
+    """Like :func:`prepare_dataset_folder`, but the data set is written into a hidden sibling folder that replaces
+    ``raw_root/DatasetXXX_Name`` only when the ``with`` block ends without error: a conversion that fails half-way
+    (an unreadable file, a shape mismatch) leaves no half-written data set behind, and an existing one untouched."""
+    folder_name = dataset_folder_name(dataset_id, name)
+    raw_root = Path(raw_root)
+    others = _other_datasets_with_id(raw_root, dataset_id, folder_name, force)
+    raw_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder_name}.partial-", dir=raw_root))
+    try:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for p in others:
+        shutil.rmtree(p)
+    out = raw_root / folder_name
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def write_nifti(
