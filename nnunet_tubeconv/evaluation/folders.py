@@ -59,7 +59,7 @@ import numpy as np
 from nnunet_tubeconv.evaluation.metrics import METRICS, MetricSettings
 
 SCHEMA = "nnunet-tubeconv/results/1"
-FLOAT_METRICS = ("dice", "iou", "hd95", "nsd", "cldice")  # NaN-able; written as null in JSON
+FLOAT_METRICS = ("dice", "iou", "hd95", "nsd", "cldice", "recall_thin", "recall_medium", "recall_thick")  # NaN-able; written as null in JSON
 SPACING_RTOL = 1e-4
 
 Label = int | tuple[int, ...]

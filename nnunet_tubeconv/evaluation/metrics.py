@@ -66,7 +66,12 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "betti1_error_filtered": False,
     "betti2_error_filtered": False,
     "betti_error_patch": False,
+    "recall_thin": True,
+    "recall_medium": True,
+    "recall_thick": True,
 }
+#: the calibre bands of :func:`calibre_recall`, in order (keys ``recall_<band>``)
+CALIBRE_BANDS: tuple[str, ...] = ("thin", "medium", "thick")
 METRICS: tuple[str, ...] = tuple(HIGHER_IS_BETTER)
 
 CONNECTIVITY_CHOICES = ("full", "face")
@@ -79,6 +84,7 @@ EMPTY_RULES: dict[str, str] = {
     "nsd": "both empty -> NaN; one empty -> 0",
     "cldice": "both empty -> NaN; one empty -> 0",
     "betti_errors": "always defined: an empty mask has Betti numbers 0",
+    "recall_<band>": "reference centreline without points of that calibre -> NaN; empty prediction -> 0",
 }
 
 
@@ -94,6 +100,10 @@ class MetricSettings:
     min_component_size: foreground components smaller than this many voxels are removed from both masks before
     the ``*_filtered`` Betti errors (:func:`remove_small_components`).
     betti_patch_size: edge in voxels of the tiles of the patch-wise Betti error (:func:`patch_betti_error`).
+    calibre_edges: the two radii, in the spacing's physical unit, that split the reference centreline into thin /
+    medium / thick for :func:`calibre_recall` (thin: radius < first edge; thick: radius >= second edge). The
+    default (1.5, 3.0) at spacing 1 puts vessels 1-2 px wide in "thin", 3-4 px in "medium", 5 px and wider in
+    "thick".
     """
 
     nsd_tolerance_mm: float = 1.0
@@ -103,6 +113,7 @@ class MetricSettings:
     distance_method: str = "kdtree"
     min_component_size: int = 10
     betti_patch_size: int = 64
+    calibre_edges: tuple[float, float] = (1.5, 3.0)
 
     def __post_init__(self) -> None:
         if self.connectivity not in CONNECTIVITY_CHOICES:
@@ -119,6 +130,13 @@ class MetricSettings:
             raise ValueError(f"min_component_size must be an integer >= 1, got {self.min_component_size!r}")
         if int(self.betti_patch_size) != self.betti_patch_size or self.betti_patch_size < 2:
             raise ValueError(f"betti_patch_size must be an integer >= 2, got {self.betti_patch_size!r}")
+        edges = self.calibre_edges
+        if (not isinstance(edges, (tuple, list)) or len(edges) != 2
+                or not all(isinstance(e, (int, float)) and math.isfinite(e) for e in edges)
+                or not 0 < edges[0] < edges[1]):
+            raise ValueError(f"calibre_edges must be two increasing positive radii (thin < first <= medium < second "
+                             f"<= thick), got {edges!r}")
+        object.__setattr__(self, "calibre_edges", (float(edges[0]), float(edges[1])))
 
     def to_json(self) -> dict[str, Any]:
         """The settings as written into results.json, with the connectivities spelled out as neighbour counts."""
@@ -140,6 +158,11 @@ class MetricSettings:
         d["betti_patch"] = (f"mean over the {self.betti_patch_size}-voxel tiles (grid anchored at the image origin) "
                             "holding foreground in either mask of the summed |b_k(pred) - b_k(ref)| over k = 0..dim-1 "
                             "(patch-wise Betti error, after Hu et al., NeurIPS 2019)")
+        lo, hi = self.calibre_edges
+        d["calibre"] = (f"recall of the reference skeleton by local radius (Euclidean distance transform of the "
+                        f"reference, in the spacing's unit; the image border is not background): thin < {lo:g}, "
+                        f"medium [{lo:g}, {hi:g}), thick >= {hi:g}; per band the fraction of its skeleton voxels "
+                        "inside the prediction")
         d["empty"] = dict(EMPTY_RULES)
         return d
 
@@ -411,14 +434,39 @@ def patch_betti_error(ref: np.ndarray, pred: np.ndarray, patch: int, connectivit
     return float(np.mean(errors)) if errors else 0.0
 
 
+def calibre_recall(ref: np.ndarray, pred: np.ndarray, spacing, edges: tuple[float, float] = (1.5, 3.0),
+                   connectivity: str = "full") -> dict[str, float]:
+    """Recall of the reference centreline split by vessel calibre: ``{"recall_thin", "recall_medium",
+    "recall_thick"}``.
+
+    The reference's skeleton (:func:`skeleton`) is split by the local radius at each skeleton voxel, the reference's
+    Euclidean distance transform in physical units (``spacing``; the image border is not background, so a vessel
+    cut by the border keeps its radius up to it); bands: ``radius < edges[0]`` (thin),
+    ``edges[0] <= radius < edges[1]`` (medium), ``radius >= edges[1]`` (thick). Each value is the fraction of the
+    band's skeleton voxels that lie inside ``pred``; NaN for a band without skeleton voxels.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    ref, pred = _as_mask_pair(ref, pred)
+    sp = _check_spacing(spacing, ref.ndim)
+    skel = skeleton(ref, connectivity)
+    if not skel.any():
+        return {f"recall_{name}": math.nan for name in CALIBRE_BANDS}
+    radius = distance_transform_edt(ref, sampling=sp)[skel] if not ref.all() else np.full(skel.sum(), np.inf)
+    covered = pred[skel]
+    bands = (radius < edges[0], (radius >= edges[0]) & (radius < edges[1]), radius >= edges[1])
+    return {f"recall_{name}": float(covered[band].mean()) if band.any() else math.nan
+            for name, band in zip(CALIBRE_BANDS, bands)}
+
+
 # --------------------------------------------------------------------------------------------------- all
 def evaluate_masks(ref: np.ndarray, pred: np.ndarray, spacing, settings: MetricSettings | None = None,
                    timings: dict[str, float] | None = None) -> dict[str, Any]:
     """Every metric of one (reference, prediction) pair of boolean masks ``(X, Y[, Z])``.
 
     Returns ``{"dice", "iou", "hd95", "nsd", "cldice", "betti0_error", "betti1_error", "betti2_error",
-    "betti0_error_filtered", "betti1_error_filtered", "betti2_error_filtered", "betti_error_patch", "n_ref",
-    "n_pred"}`` (floats, NaN for undefined; Betti errors ints, the ``betti2`` ones None in 2D; the patch error a
+    "betti0_error_filtered", "betti1_error_filtered", "betti2_error_filtered", "betti_error_patch",
+    "recall_thin", "recall_medium", "recall_thick", "n_ref", "n_pred"}`` (floats, NaN for undefined; Betti errors ints, the ``betti2`` ones None in 2D; the patch error a
     float). ``timings``, when
     given, receives seconds per metric (used by ``python -m nnunet_tubeconv.evaluation.bench``).
     """
@@ -463,6 +511,7 @@ def evaluate_masks(ref: np.ndarray, pred: np.ndarray, spacing, settings: MetricS
     out.update(betti0_error_filtered=f0, betti1_error_filtered=f1, betti2_error_filtered=f2)
     out["betti_error_patch"] = timed("betti_patch", patch_betti_error, ref, pred, int(settings.betti_patch_size),
                                      settings.connectivity, origin)
+    out.update(timed("calibre_recall", calibre_recall, ref, pred, sp, settings.calibre_edges, settings.connectivity))
     out["n_ref"] = int(np.count_nonzero(ref))
     out["n_pred"] = int(np.count_nonzero(pred))
     return out
