@@ -27,7 +27,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from typing_extensions import Self
 
 from nnunet_tubeconv.blocks import DFF
-from nnunet_tubeconv.blocks._utils import conv_op_to_dim, conv_output_size, numel
+from nnunet_tubeconv.blocks.utils import conv_op_to_dim, conv_output_size, numel
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from nnunet_tubeconv.blocks import DFF, SCSE, DeformConv, DLKBlock, DSCBlock
-from nnunet_tubeconv.blocks._utils import conv_op_to_dim
+from nnunet_tubeconv.blocks.utils import conv_op_to_dim
 
 
 def _per_stage(name: str, value: Any, count: int) -> list:

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnunet_tubeconv.benchmarks.records import atomic_write_text
 from nnunet_tubeconv.trainers import TRAINER_MODULES, trainer_folder
+
+from nnunet_tubeconv.evaluation.serialise import atomic_write_text
 
 GENERATED_MODULE = "tubeconv_arm_trainers"
 SEED_NOTE = (

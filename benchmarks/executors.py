@@ -51,14 +51,14 @@ from nnunet_tubeconv.benchmarks.records import (
     RECORD_FILE,
     RECORD_SCHEMA,
     curves_from_logging,
-    json_safe,
     median,
     read_record,
     utc_now,
-    write_json_atomic,
 )
 from nnunet_tubeconv.benchmarks.suite import Unit
 from nnunet_tubeconv.benchmarks.telemetry import TELEMETRY_FILE
+
+from nnunet_tubeconv.evaluation.serialise import json_safe, write_json_atomic
 
 ERROR_TAIL_CHARS = 4000
 
@@ -241,7 +241,7 @@ def _quarantine_torn_checkpoints(fold_dir: Path, printer: EpochPrinter) -> None:
             printer.emit(f"resume | {p.name} cannot be loaded ({type(e).__name__}); moved to {bad.name}", always=True)
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     if device != "auto":
         return device
     import torch
@@ -268,7 +268,8 @@ def describe_device(device: str, telemetry: dict[str, Any] | None) -> str:
     if device == "cuda":
         return f"{t.get('device', 'cuda')} ({t.get('device_name') or 'unknown GPU'})"
     threads = t.get("torch_threads")
-    return f"{device} ({_cpu_name()}, {os.cpu_count()} logical cores" + (f", {threads} torch threads)" if threads else ")")
+    return (f"{device} ({_cpu_name()}, {os.cpu_count()} logical cores"
+            + (f", {threads} torch threads)" if threads else ")"))
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -390,6 +391,69 @@ def _base_record(ctx: UnitContext, started: str) -> dict[str, Any]:
     }
 
 
+def _train(ctx: UnitContext, device: str, env: dict[str, str], printer: EpochPrinter) -> tuple[bool, int, Any, Any]:
+    """``nnUNetv2_train`` of the unit (continued with ``--c`` from its checkpoints, skipped when an earlier run
+    finished it); returns (resumed, exit code, wall time, max RSS): (False, 0, None, None) when skipped."""
+    fold_dir = ctx.nnunet_fold_dir
+    _claim_fold_dir(fold_dir, ctx.budget)
+    finished_before = (fold_dir / "checkpoint_final.pth").is_file() and (
+        fold_dir / "validation" / "summary.json"
+    ).is_file()
+    if finished_before:
+        printer.emit("train | finished in an earlier run (checkpoint_final + validation found): evaluating only",
+                     always=True)
+        return False, 0, None, None
+    if _checkpoints(fold_dir):
+        _quarantine_torn_checkpoints(fold_dir, printer)
+    resumed = bool(_checkpoints(fold_dir))
+    u = ctx.unit
+    cmd = nnunet_command("nnUNetv2_train") + [
+        u.dataset, u.configuration, str(u.fold), "-tr", ctx.generated_trainer, "-p", ctx.plans,
+        "-device", device,
+    ]
+    if resumed:
+        cmd.append("--c")
+    if ctx.npz:
+        cmd.append("--npz")
+    printer.emit(("resume | continuing from an nnU-Net checkpoint (--c)" if resumed else "train | start")
+                 + f": {' '.join(cmd[-len(cmd) + 1:])}", always=True)
+    rc, wall, maxrss = run_streaming(
+        cmd, env, ctx.unit_dir / "nnunet_stdout.log", ctx.unit_dir / "nnunet_stderr.log", printer
+    )
+    return resumed, rc, wall, maxrss
+
+
+def _final_checkpoint_facts(fold_dir: Path) -> tuple[dict[str, list] | None, dict[str, Any], int | None]:
+    """The training curves of the final checkpoint, the arm trainer's telemetry and the parameter count."""
+    final = fold_dir / "checkpoint_final.pth"
+    if not final.is_file():
+        raise RuntimeError(f"nnUNetv2_train exited normally but wrote no {final}")
+    import torch
+
+    ckpt = torch.load(final, map_location="cpu", weights_only=False)
+    curves = curves_from_logging(ckpt.get("logging"))
+    telemetry = _load_json(fold_dir / TELEMETRY_FILE) or {}
+    parameters = telemetry.get("parameters")
+    if parameters is None:
+        # state dicts repeat shared modules (PlainConvUNet's decoder.encoder, all_modules): count tensors once
+        unique = {v.data_ptr(): v.numel() for v in ckpt["network_weights"].values() if v.is_floating_point()}
+        parameters = int(sum(unique.values()))
+    del ckpt
+    return curves, telemetry, parameters
+
+
+def _peak_memory(device: str, telemetry: dict[str, Any], maxrss: int | None) -> tuple[int | None, str]:
+    """The unit's peak memory and how it was measured."""
+    if device == "cuda":
+        return telemetry.get("peak_gpu_memory_bytes"), (
+            "torch.cuda.max_memory_allocated in the training process (harness telemetry of the arm trainer); "
+            "excludes the CUDA context and the allocator's cached blocks")
+    if maxrss is not None:
+        return maxrss, ("max RSS of the nnUNetv2_train process tree via os.wait4 (ru_maxrss: the largest single "
+                        "process, not the sum; covers training and validation of the last attempt)")
+    return None, "not measured (training finished in an earlier run)"
+
+
 def run_unit(ctx: UnitContext) -> dict[str, Any]:
     """Train (or continue), validate, evaluate and record one unit; returns the record (also on failure).
 
@@ -403,70 +467,20 @@ def run_unit(ctx: UnitContext) -> dict[str, Any]:
     rec = _base_record(ctx, started)
     printer = EpochPrinter(ctx.prefix(), int(ctx.budget["num_epochs"]), ctx.stream)
     try:
-        device = _resolve_device(ctx.device)
+        device = resolve_device(ctx.device)
         env = {**os.environ, **ctx.env, "PYTHONUNBUFFERED": "1"}
-        fold_dir = ctx.nnunet_fold_dir
-        _claim_fold_dir(fold_dir, ctx.budget)
-        finished_before = (fold_dir / "checkpoint_final.pth").is_file() and (
-            fold_dir / "validation" / "summary.json"
-        ).is_file()
-        resumed = False
-        rc, wall, maxrss = 0, None, None
-        if finished_before:
-            printer.emit("train | finished in an earlier run (checkpoint_final + validation found): evaluating only",
-                         always=True)
-        else:
-            if _checkpoints(fold_dir):
-                _quarantine_torn_checkpoints(fold_dir, printer)
-            resumed = bool(_checkpoints(fold_dir))
-            u = ctx.unit
-            cmd = nnunet_command("nnUNetv2_train") + [
-                u.dataset, u.configuration, str(u.fold), "-tr", ctx.generated_trainer, "-p", ctx.plans,
-                "-device", device,
-            ]
-            if resumed:
-                cmd.append("--c")
-            if ctx.npz:
-                cmd.append("--npz")
-            printer.emit(("resume | continuing from an nnU-Net checkpoint (--c)" if resumed else "train | start")
-                         + f": {' '.join(cmd[-len(cmd) + 1:])}", always=True)
-            rc, wall, maxrss = run_streaming(
-                cmd, env, unit_dir / "nnunet_stdout.log", unit_dir / "nnunet_stderr.log", printer
-            )
+        resumed, rc, wall, maxrss = _train(ctx, device, env, printer)
         rec.update(resumed=resumed, log_file=str(unit_dir / "nnunet_stdout.log"))
         if rc != 0:
             why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
             tail = _tail(unit_dir / "nnunet_stderr.log") or _tail(unit_dir / "nnunet_stdout.log")
             raise RuntimeError(f"nnUNetv2_train failed ({why}); tail of its stderr:\n{tail}")
 
-        final = fold_dir / "checkpoint_final.pth"
-        if not final.is_file():
-            raise RuntimeError(f"nnUNetv2_train exited normally but wrote no {final}")
-        import torch
-
-        ckpt = torch.load(final, map_location="cpu", weights_only=False)
-        curves = curves_from_logging(ckpt.get("logging"))
-        telemetry = _load_json(fold_dir / TELEMETRY_FILE) or {}
-        parameters = telemetry.get("parameters")
-        if parameters is None:
-            # state dicts repeat shared modules (PlainConvUNet's decoder.encoder, all_modules): count tensors once
-            unique = {v.data_ptr(): v.numel() for v in ckpt["network_weights"].values() if v.is_floating_point()}
-            parameters = int(sum(unique.values()))
-        del ckpt
-
+        curves, telemetry, parameters = _final_checkpoint_facts(ctx.nnunet_fold_dir)
         epoch_times = (curves or {}).get("epoch_time_s", [])
         it_per_epoch = int(ctx.budget["num_iterations_per_epoch"])
         med_epoch = median(epoch_times)
-        if device == "cuda":
-            peak = telemetry.get("peak_gpu_memory_bytes")
-            peak_source = ("torch.cuda.max_memory_allocated in the training process (harness telemetry of the arm "
-                           "trainer); excludes the CUDA context and the allocator's cached blocks")
-        elif maxrss is not None:
-            peak = maxrss
-            peak_source = ("max RSS of the nnUNetv2_train process tree via os.wait4 (ru_maxrss: the largest single "
-                           "process, not the sum; covers training and validation of the last attempt)")
-        else:
-            peak, peak_source = None, "not measured (training finished in an earlier run)"
+        peak, peak_source = _peak_memory(device, telemetry, maxrss)
 
         printer.emit("evaluate | metrics on the validation cases")
         metrics = evaluate_validation(ctx)
@@ -633,9 +647,9 @@ class SubmititExecutor:
             ex = self._executor()
             if self.config.kind == "slurm":
                 with ex.batch():
-                    jobs = [ex.submit(UnitJob(), ctx) for ctx in to_submit]
+                    jobs = [ex.submit(UnitJob(run_unit_job), ctx) for ctx in to_submit]
             else:
-                jobs = [ex.submit(UnitJob(), ctx) for ctx in to_submit]
+                jobs = [ex.submit(UnitJob(run_unit_job), ctx) for ctx in to_submit]
             for ctx, job in zip(to_submit, jobs):
                 write_json_atomic(ctx.unit_dir / "submitit_job.json",
                                   {"job_id": str(job.job_id), "folder": str(self.results_dir / "submitit" / "%j"),

@@ -14,9 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from nnunet_tubeconv.benchmarks.records import read_record, utc_now, write_json_atomic
+from nnunet_tubeconv.benchmarks.records import read_record, utc_now
 
 from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA, TEST_SPLIT, test_rel_dir
+from nnunet_tubeconv.evaluation.serialise import write_json_atomic
 
 
 def has_test_set(raw_dataset: Path) -> bool:
@@ -43,7 +44,7 @@ def predict_and_score(suite, ds: str, cfg: str, arm: str, seed: int, results_dir
     (status "failed" with the error when anything goes wrong)."""
     import os
 
-    from nnunet_tubeconv.benchmarks.executors import EpochPrinter, _resolve_device, nnunet_command, run_streaming
+    from nnunet_tubeconv.benchmarks.executors import EpochPrinter, nnunet_command, resolve_device, run_streaming
 
     from nnunet_tubeconv.evaluation import evaluate_folders
     from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
@@ -62,7 +63,7 @@ def predict_and_score(suite, ds: str, cfg: str, arm: str, seed: int, results_dir
     try:
         pred = out_dir / "predictions"
         pred.mkdir(parents=True, exist_ok=True)
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         cmd = nnunet_command("nnUNetv2_predict") + [
             "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", ds, "-c", cfg, "-tr", generated_trainer,
             "-p", a.plans, "-f", *[str(f) for f in suite.folds], "-device", dev, "-npp", "1", "-nps", "1",

@@ -1,8 +1,8 @@
-"""Per-unit records (``record.json``, schema ``nnunet-tubeconv/record/1``) and their atomic, crash-safe writing.
+"""Per-unit records (``record.json``, schema ``nnunet-tubeconv/record/1``): reading them back and what goes in them.
 
-A record is written once, when its unit ends (done or failed), by writing a temporary file in the same folder,
-``fsync``-ing it, ``os.replace``-ing it over the target and ``fsync``-ing the folder: a reader (or a restarted runner)
-sees either no record or a complete one, never a torn file, whatever moment the process is killed at.
+A record is written once, when its unit ends (done or failed), with
+:func:`nnunet_tubeconv.evaluation.serialise.write_json_atomic` (strict JSON, crash-safe: a reader or a restarted
+runner sees either no record or a complete one, never a torn file, whatever moment the process is killed at).
 
 Layout and schema: :mod:`nnunet_tubeconv.evaluation.layout` (the one definition, read by the report too); extra keys
 added here are listed in :data:`EXTRA_KEYS`.
@@ -15,12 +15,12 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA, RECORD_STATUSES
+from nnunet_tubeconv.evaluation.serialise import json_safe
 
 __all__ = ["RECORD_FILE", "RECORD_SCHEMA"]
 
@@ -46,64 +46,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that ``path`` is always either the old or the complete new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def json_safe(obj: Any) -> Any:
-    """numpy scalars -> Python, NaN/inf -> None, tuples -> lists (records are strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
-        obj = obj.item()
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return json_safe(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, dumps(obj))
-
-
 def read_record(unit_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The unit's record, or None when there is none (or it cannot be read: then the unit is redone)."""
     p = Path(unit_dir) / RECORD_FILE
@@ -120,7 +62,8 @@ def git_commit(start: Path | None = None) -> str | None:
     """Commit of the nnunet-tubeconv checkout (with ``+dirty`` when it has uncommitted changes), or None."""
     here = Path(start or Path(__file__).resolve().parent)
     try:
-        top = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=10)
+        top = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=False, capture_output=True, text=True,
+                             timeout=10)
         if top.returncode != 0:
             return None
         commit = top.stdout.strip()

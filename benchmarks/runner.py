@@ -260,7 +260,7 @@ def _resolved_configuration(configs: dict[str, Any], name: str) -> dict[str, Any
 
 def ensure_splits(dataset: str, suite: Suite, paths: dict[str, str]) -> list[dict[str, list[str]]]:
     """``splits_final.json``: reuse it, or create it once with nnU-Net's generator (shared by all arms)."""
-    from nnunet_tubeconv.benchmarks.records import write_json_atomic
+    from nnunet_tubeconv.evaluation.serialise import write_json_atomic
 
     pre = Path(paths["nnUNet_preprocessed"]) / dataset
     path = pre / "splits_final.json"
@@ -306,7 +306,7 @@ def results_lock(results_dir: Path):
 
 
 def _write_suite_json(results_dir: Path, suite: Suite, datasets: list[str]) -> None:
-    from nnunet_tubeconv.benchmarks.records import dumps, write_json_atomic
+    from nnunet_tubeconv.evaluation.serialise import dumps, write_json_atomic
 
     data = suite.to_json()
     data["datasets"] = datasets
@@ -521,7 +521,8 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
 # ------------------------------------------------------------------------------------------------ CLI
 def _arm_flag(text: str) -> tuple[str, dict[str, str]]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--arm takes NAME=TRAINER or NAME=TRAINER{PLANS_SEPARATOR}PLANS, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--arm takes NAME=TRAINER or NAME=TRAINER{PLANS_SEPARATOR}PLANS, "
+                                         f"got {text!r}")
     name, spec = text.split("=", 1)
     try:
         trainer, plans = split_arm_spec(spec)
@@ -541,8 +542,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--datasets", nargs="+", default=None, help="data set ids or DatasetXXX_Name")
     parser.add_argument("-c", "--configurations", nargs="+", default=None, help="e.g. 2d 3d_fullres")
     parser.add_argument("-tr", "--trainers", nargs="+", default=None,
-                        help="arms by trainer class name, or TRAINER@PLANS (e.g. nnUNetTrainerDSConv@nnUNetResEncUNetMPlans) "
-                             "for other plans (arm name = what is written); any nnU-Net trainer works")
+                        help="arms by trainer class name, or TRAINER@PLANS (e.g. "
+                             "nnUNetTrainerDSConv@nnUNetResEncUNetMPlans) for other plans (arm name = what is "
+                             "written); any nnU-Net trainer works")
     parser.add_argument("--arm", action="append", type=_arm_flag, default=None, metavar="NAME=TRAINER[@PLANS]",
                         help="a named arm (repeatable)")
     parser.add_argument("-p", "--plans", default=None, help="plans identifier for arms given with -tr")

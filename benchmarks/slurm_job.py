@@ -7,12 +7,19 @@ partition's time limit therefore still finishes, in several jobs (at most submit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import submitit
-from nnunet_tubeconv.benchmarks.executors import UnitContext, run_unit_job
 
 
 class UnitJob(submitit.helpers.Checkpointable):
-    """``UnitJob()(ctx)`` runs :func:`~nnunet_tubeconv.benchmarks.executors.run_unit_job` on the node."""
+    """``UnitJob(run)(ctx)`` runs ``run(ctx)`` on the node; the executors pass their
+    :func:`~nnunet_tubeconv.benchmarks.executors.run_unit_job` (pickled by reference with the job), so this module
+    needs no import of the executors, which import it."""
 
-    def __call__(self, ctx: UnitContext) -> str:
-        return run_unit_job(ctx)
+    def __init__(self, run: Callable[[Any], str]) -> None:
+        self.run = run
+
+    def __call__(self, ctx: Any) -> str:
+        return self.run(ctx)

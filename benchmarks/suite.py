@@ -280,11 +280,13 @@ def parse_budget(name: str, spec: Any, source: str | None = None) -> Budget:
     return Budget(
         name=name,
         num_epochs=epochs,
-        num_iterations_per_epoch=_positive_int(spec["num_iterations_per_epoch"], f"budgets.{name}.num_iterations_per_epoch", source),
+        num_iterations_per_epoch=_positive_int(spec["num_iterations_per_epoch"],
+                                               f"budgets.{name}.num_iterations_per_epoch", source),
         num_val_iterations_per_epoch=_positive_int(
             spec["num_val_iterations_per_epoch"], f"budgets.{name}.num_val_iterations_per_epoch", source
         ),
-        save_every=_positive_int(spec.get("save_every", min(50, max(1, epochs // 5))), f"budgets.{name}.save_every", source),
+        save_every=_positive_int(spec.get("save_every", min(50, max(1, epochs // 5))), f"budgets.{name}.save_every",
+                                 source),
         description=str(spec.get("description", "custom budget")),
     )
 
@@ -325,7 +327,8 @@ def _parse_arms(value: Any, source: str | None) -> dict[str, Arm]:
         if isinstance(spec, str):
             spec = {"trainer": spec}
         if not isinstance(spec, Mapping):
-            raise SuiteError(f"arm {name!r}{_where(source)} must be a trainer name or a table with keys {list(_ARM_KEYS)}")
+            raise SuiteError(f"arm {name!r}{_where(source)} must be a trainer name or a table with keys "
+                             f"{list(_ARM_KEYS)}")
         _unknown(list(spec), _ARM_KEYS, f"key(s) of arm {name!r}", source)
         trainer, at_plans = _trainer_and_plans(spec.get("trainer"), f"arm {name!r}", source)
         if at_plans is not None and "plans" in spec and spec["plans"] != at_plans:
@@ -376,11 +379,53 @@ def _parse_executor(value: Any, source: str | None) -> ExecutorConfig:
     return ExecutorConfig(**kw)
 
 
-def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name: str = "benchmark") -> Suite:
-    """Validate a suite given as a dict (a parsed TOML file, or flags turned into one).
+def _parse_budget_choice(data: Mapping[str, Any], source: str | None) -> Budget:
+    """The budget the suite names: a built-in one or one of its own ``[budgets.NAME]``."""
+    budgets = dict(BUDGETS)
+    custom = data.get("budgets", {})
+    if not isinstance(custom, Mapping):
+        raise SuiteError(f"[budgets]{_where(source)} must hold tables [budgets.NAME]")
+    for bname, spec in custom.items():
+        if bname in BUDGETS:
+            raise SuiteError(f"[budgets.{bname}]{_where(source)} redefines a built-in budget; pick another name")
+        budgets[bname] = parse_budget(bname, spec, source)
+    budget_name = data.get("budget", "smoke")
+    if budget_name not in budgets:
+        raise SuiteError(f"unknown budget {budget_name!r}{_where(source)}; allowed: {sorted(budgets)}")
+    return budgets[budget_name]
 
-    Raises :class:`SuiteError` (a ``ValueError``) naming the offending key and listing what is allowed.
-    """
+
+def _parse_planning(value: Any, source: str | None) -> tuple[dict[str, str], float | None, int]:
+    """``[planning]``: the planner of every plans name, the GPU memory target and the planning processes."""
+    planning = value
+    if not isinstance(planning, Mapping):
+        raise SuiteError(f"[planning]{_where(source)} must be a table with keys {list(_PLANNING_KEYS)}")
+    _unknown(list(planning), _PLANNING_KEYS, "key(s) of [planning]", source)
+    planners = dict(DEFAULT_PLANNERS)
+    if "planner" in planning:
+        planners["nnUNetPlans"] = str(planning["planner"])
+    extra = planning.get("planners", {})
+    if not isinstance(extra, Mapping):
+        raise SuiteError(f"planning.planners{_where(source)} must be a table plans-name -> planner class")
+    planners.update({str(k): str(v) for k, v in extra.items()})
+    gpu_target = planning.get("gpu_memory_target_gb")
+    if gpu_target is not None and (isinstance(gpu_target, bool) or not isinstance(gpu_target, (int, float))):
+        raise SuiteError(f"planning.gpu_memory_target_gb{_where(source)} must be a number, got {gpu_target!r}")
+    num_processes = _positive_int(planning.get("num_processes", 2), "planning.num_processes", source)
+    return planners, None if gpu_target is None else float(gpu_target), num_processes
+
+
+def _parse_paths(value: Any, source: str | None) -> dict[str, str]:
+    """``[paths]``, each resolved against the suite file's folder (the working directory without a file)."""
+    if not isinstance(value, Mapping):
+        raise SuiteError(f"[paths]{_where(source)} must be a table with keys {list(_PATH_KEYS)}")
+    _unknown(list(value), _PATH_KEYS, "key(s) of [paths]", source)
+    base = Path(source).parent if source else Path.cwd()
+    return {k: str((base / str(v)).resolve()) for k, v in value.items()}
+
+
+def _check_top_level(data: Any, source: str | None, default_name: str) -> str:
+    """The suite's name, once its top level has only known keys and all the required ones."""
     if not isinstance(data, Mapping):
         raise SuiteError(f"a suite must be a table{_where(source)}, got {type(data).__name__}")
     _unknown(list(data), list(TOP_LEVEL_KEYS), "top-level key(s)", source)
@@ -393,7 +438,15 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
     name = str(data.get("name", default_name))
     if not _SAFE_NAME.match(name):
         raise SuiteError(f"suite name {name!r}{_where(source)} must start with a letter: letters, digits, '_.-'")
+    return name
 
+
+def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name: str = "benchmark") -> Suite:
+    """Validate a suite given as a dict (a parsed TOML file, or flags turned into one).
+
+    Raises :class:`SuiteError` (a ``ValueError``) naming the offending key and listing what is allowed.
+    """
+    name = _check_top_level(data, source, default_name)
     datasets = _str_list(data["datasets"], "datasets", source)
     configurations = _str_list(data["configurations"], "configurations", source)
     for c in configurations:
@@ -409,18 +462,7 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
     if base.seeds is None and len(seeds) == 1:
         # the noise floor needs the baseline twice: unless the baseline arm lists its own seeds, it runs two
         arms[baseline] = Arm(base.name, base.trainer, base.plans, default_baseline_seeds(seeds))
-
-    budgets = dict(BUDGETS)
-    custom = data.get("budgets", {})
-    if not isinstance(custom, Mapping):
-        raise SuiteError(f"[budgets]{_where(source)} must hold tables [budgets.NAME]")
-    for bname, spec in custom.items():
-        if bname in BUDGETS:
-            raise SuiteError(f"[budgets.{bname}]{_where(source)} redefines a built-in budget; pick another name")
-        budgets[bname] = parse_budget(bname, spec, source)
-    budget_name = data.get("budget", "smoke")
-    if budget_name not in budgets:
-        raise SuiteError(f"unknown budget {budget_name!r}{_where(source)}; allowed: {sorted(budgets)}")
+    budget = _parse_budget_choice(data, source)
 
     device = data.get("device", "auto")
     if device not in DEVICES:
@@ -430,36 +472,16 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
         num_splits = _positive_int(num_splits, "num_splits", source, minimum=2)
         bad = [f for f in folds if f >= num_splits]
         if bad:
-            raise SuiteError(f"folds {bad}{_where(source)} do not exist in a {num_splits}-fold split (0..{num_splits - 1})")
+            raise SuiteError(f"folds {bad}{_where(source)} do not exist in a {num_splits}-fold split "
+                             f"(0..{num_splits - 1})")
     npz = data.get("npz", False)
     if not isinstance(npz, bool):
         raise SuiteError(f"npz{_where(source)} must be true or false, got {npz!r}")
-
-    planning = data.get("planning", {})
-    if not isinstance(planning, Mapping):
-        raise SuiteError(f"[planning]{_where(source)} must be a table with keys {list(_PLANNING_KEYS)}")
-    _unknown(list(planning), _PLANNING_KEYS, "key(s) of [planning]", source)
-    planners = dict(DEFAULT_PLANNERS)
-    if "planner" in planning:
-        planners["nnUNetPlans"] = str(planning["planner"])
-    extra = planning.get("planners", {})
-    if not isinstance(extra, Mapping):
-        raise SuiteError(f"planning.planners{_where(source)} must be a table plans-name -> planner class")
-    planners.update({str(k): str(v) for k, v in extra.items()})
-    gpu_target = planning.get("gpu_memory_target_gb")
-    if gpu_target is not None and (isinstance(gpu_target, bool) or not isinstance(gpu_target, (int, float))):
-        raise SuiteError(f"planning.gpu_memory_target_gb{_where(source)} must be a number, got {gpu_target!r}")
-    num_processes = _positive_int(planning.get("num_processes", 2), "planning.num_processes", source)
-
+    planners, gpu_target, num_processes = _parse_planning(data.get("planning", {}), source)
     env = data.get("env", {})
     if not isinstance(env, Mapping) or not all(isinstance(v, (str, int, float)) for v in env.values()):
         raise SuiteError(f"[env]{_where(source)} must be a table of strings (environment variables)")
-    paths = data.get("paths", {})
-    if not isinstance(paths, Mapping):
-        raise SuiteError(f"[paths]{_where(source)} must be a table with keys {list(_PATH_KEYS)}")
-    _unknown(list(paths), _PATH_KEYS, "key(s) of [paths]", source)
-    base = Path(source).parent if source else Path.cwd()
-    resolved_paths = {k: str((base / str(v)).resolve()) for k, v in paths.items()}
+    resolved_paths = _parse_paths(data.get("paths", {}), source)
     evaluation = data.get("evaluation", {})
     if not isinstance(evaluation, Mapping):
         raise SuiteError(f"[evaluation]{_where(source)} must be a table of evaluate_folders settings")
@@ -472,12 +494,12 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
         baseline=baseline,
         folds=folds,
         seeds=seeds,
-        budget=budgets[budget_name],
+        budget=budget,
         device=device,
         num_splits=num_splits,
         npz=npz,
         planners=planners,
-        gpu_memory_target_gb=None if gpu_target is None else float(gpu_target),
+        gpu_memory_target_gb=gpu_target,
         num_processes=num_processes,
         env={str(k): str(v) for k, v in env.items()},
         paths=resolved_paths,

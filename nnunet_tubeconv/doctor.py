@@ -250,9 +250,9 @@ def check_device() -> Check:
 
 def check_snake_kernels() -> Check:
     """Whether DSConv runs its compiled CPU kernels (a few times faster on CPU) or the PyTorch fallback."""
-    from nnunet_tubeconv.blocks import _native
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
-    line = _native.status()
+    line = cpu_backend.status()
     if line.startswith("native: "):
         return Check("ok", f"DSConv CPU kernels: {line[len('native: '):]}")
     return Check(
@@ -264,14 +264,14 @@ def check_snake_kernels() -> Check:
 
 def check_triton_kernels(cuda_available: bool | None = None) -> Check:
     """Whether DSConv runs its Triton kernels on CUDA tensors (or its slower PyTorch path there)."""
-    from nnunet_tubeconv.blocks import _triton
+    from nnunet_tubeconv.blocks.dsconv import triton_backend
 
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
-    line = _triton.status()
-    if _triton.available():
+    line = triton_backend.status()
+    if triton_backend.available():
         return Check("ok", f"DSConv: {line}")
     if not cuda_available:
         return Check("ok", f"DSConv on CUDA would run its PyTorch path ({line}); this machine has no GPU")

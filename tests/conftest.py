@@ -227,8 +227,8 @@ def run_console(
 # ---------------------------------------------------------------------------------------------------------------
 # end-to-end runs: a user's short trainer subclasses, a synthetic data set planned by nnU-Net's console script
 
-#: a user's trainer class of the end-to-end tests: exactly what the README tells people to write (a shorter
-#: schedule), no mirroring (validation and prediction 4-8x faster on CPU) and a test-only interruption hook
+#: a user's trainer class of the end-to-end tests: exactly what docs/how-to/use-with-nnunet.md tells people to write
+#: (a shorter schedule), no mirroring (validation and prediction 4-8x faster on CPU) and a test-only interruption hook
 _SHORT_TRAINER_CLASS = '''
 
 class {name}({base}):

@@ -17,7 +17,7 @@ import torch
 from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS, batch, build_network, loss_fn
 
 from nnunet_tubeconv.blocks.deform import _DeformConvFunction
-from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction
+from nnunet_tubeconv.blocks.dsconv.function import SnakeConvFunction
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def test_bf16_autocast_step(trainer, monkeypatch):
     x, y = batch(2)
     out32, loss32, grads32 = _step(net, x, y, autocast=False)
     snake, deform = [], []
-    _recorder(monkeypatch, _SnakeConvFunction, (0, 1, 2), snake)  # x, delta, weight
+    _recorder(monkeypatch, SnakeConvFunction, (0, 1, 2), snake)  # x, delta, weight
     _recorder(monkeypatch, _DeformConvFunction, (0, 1, 2), deform)  # x, offset, mask
     out, loss, grads = _step(net, x, y, autocast=True)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks import bench_train
+from nnunet_tubeconv.benchmarks.perf import bench_train
 
 from nnunet_tubeconv.cli import main
 
@@ -85,7 +85,7 @@ def test_table_shows_each_rows_verdict(capsys):
 
 
 def test_plans_file_configuration(tmp_path, capsys):
-    entry, _ = bench_train._small_plan(3, quick=True)
+    entry, _ = bench_train.small_plan(3, quick=True)
     plans = {"configurations": {
         "3d_fullres": {"architecture": entry, "patch_size": [8, 32, 32], "batch_size": 1, "batch_dice": True},
         "3d_cascade_fullres": {"inherits_from": "3d_fullres"},
@@ -165,5 +165,5 @@ def test_loss_and_wide_arms(capsys):
     assert "block_options" not in wide and wide["params"] == wide["wide"]["achieved"]
     assert wide["wide"]["target"] == rows["dsconv"]["params"]
     assert abs(wide["params"] - rows["dsconv"]["params"]) / rows["dsconv"]["params"] < 0.05
-    entry, _ = bench_train._small_plan(3, quick=True)
+    entry, _ = bench_train.small_plan(3, quick=True)
     assert van["params"] == parameter_count(entry, 1, 3)

@@ -1,8 +1,9 @@
 """torch.compile of every variant's network with the blocks' real kernels (issue 15, item 2).
 
 DSConv's and scSE's custom autograd Functions (C kernels on CPU) are ``torch.library`` custom ops with fake
-implementations (``blocks/_custom_ops.py``); under ``torch.compile`` the blocks call them (``_utils._compiling``),
-DeformConv's Function and DLK's layout change are traced by dynamo as they stand. What is pinned here:
+implementations (``blocks/dsconv/custom_ops.py``, ``blocks/scse.py``); under ``torch.compile`` the blocks call them
+(``blocks/utils.compiling``), DeformConv's Function and DLK's layout change are traced by dynamo as they stand. What
+is pinned here:
 
 * ``torch.library.opcheck`` on every op (schema, fake tensors, autograd registration, AOT dispatch with dynamic shapes);
 * every trainer's network (benchmarks/perf/variant_nets.py: vanilla and the 6 variant trainers) compiles with
@@ -18,12 +19,14 @@ from __future__ import annotations
 import pytest
 import torch
 from functorch.compile import make_boxed_func
-from nnunet_tubeconv.benchmarks import compile_check
 from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS, batch, build_network, loss_fn, variant_trainers
+from nnunet_tubeconv.benchmarks.studies.compile_check import compile_check
 from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
-from nnunet_tubeconv.blocks import SCSE, _custom_ops
+from nnunet_tubeconv.blocks import SCSE, scse
+from nnunet_tubeconv.blocks.dsconv import cpu_backend, custom_ops
+from nnunet_tubeconv.blocks.dsconv.function import SnakeConvFunction
 
 torch.set_num_threads(1)
 
@@ -49,32 +52,30 @@ def test_opcheck_snake_conv(dim, swing, channels_last):
         delta = torch.tanh(2 * torch.randn(2, len(swing_axes) * 6, *spatial, dtype=torch.float64)).requires_grad_()
     weight = torch.randn(4, 3, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(_custom_ops._snake_conv_op, (x, delta, weight, bias, 1, swing_axes, 1.5))
-    torch.library.opcheck(_custom_ops._snake_conv_op, (x, delta, weight, None, 1, swing_axes, 1.5))
+    torch.library.opcheck(custom_ops.snake_conv_op, (x, delta, weight, bias, 1, swing_axes, 1.5))
+    torch.library.opcheck(custom_ops.snake_conv_op, (x, delta, weight, None, 1, swing_axes, 1.5))
 
 
 def test_opcheck_scse_add():
-    if not _custom_ops.native_available():
+    if not cpu_backend.available():
         pytest.skip("no compiled CPU kernels here (no C compiler or NNUNET_TUBECONV_NATIVE=0): scSE has no op to check")
     torch.manual_seed(0)
     m = SCSE(nn.Conv2d, 4).double()
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     args = (x, m.squeeze.weight.view(2, 4), m.squeeze.bias, m.excite.weight.view(4, 2), m.excite.bias,
             m.spatial.weight.view(4), m.spatial.bias)
-    torch.library.opcheck(_custom_ops._scse_add_op, args)
+    torch.library.opcheck(scse.scse_add_op, args)
 
 
 def test_snake_op_equals_the_eager_function():
     """The op is the eager Function: bit-identical output and gradients."""
-    from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction
-
     torch.manual_seed(1)
     x = torch.randn(2, 3, 9, 8, requires_grad=True)
     delta = torch.tanh(2 * torch.randn(2, 8, 9, 8)).requires_grad_()
     weight, bias = torch.randn(4, 3, 9, requires_grad=True), torch.randn(4, requires_grad=True)
     g = torch.randn(2, 4, 9, 8)
     results = []
-    for f in (_SnakeConvFunction.apply, _custom_ops.snake_conv):
+    for f in (SnakeConvFunction.apply, custom_ops.snake_conv):
         y = f(x, delta, weight, bias, 0, (1,), 1.0)
         results.append([y, *torch.autograd.grad(y, (x, delta, weight, bias), g)])
     for a, b in zip(*results):
@@ -126,7 +127,7 @@ def test_every_variant_compiles_in_one_graph_with_our_ops(trainer):
         assert "nnunet_tubeconv.snake_conv.default" in forward
         assert "nnunet_tubeconv.snake_conv_backward.default" in backward
         assert not any("gather" in t for t in forward)  # the traceable fallback samples with int64 gathers
-    if "SCSE" in names and _custom_ops.native_available():
+    if "SCSE" in names and cpu_backend.available():
         assert "nnunet_tubeconv.scse_add.default" in forward
         assert "nnunet_tubeconv.scse_add_backward.default" in backward
     if "DeformConv" in names:
@@ -193,7 +194,7 @@ def test_compiled_dsconv_keeps_the_lean_backward(monkeypatch):
     the norm's tensors: compute_conv_feature_map_size), where the traceable fallback keeps K-times enlarged samples
     (measured 115,936 against 705,762 elements here, 6.1x)."""
     from nnunet_tubeconv.blocks import DSConv
-    from nnunet_tubeconv.blocks import dsconv as dsconv_module
+    from nnunet_tubeconv.blocks.dsconv import module as dsconv_module
 
     torch.manual_seed(0)
     m = DSConv(nn.Conv2d, 8, 8, kernel_size=9, axis=0, norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True},
@@ -203,6 +204,6 @@ def test_compiled_dsconv_keeps_the_lean_backward(monkeypatch):
     ops = _saved_for_backward(m, x)
     eager = 2 * m.compute_conv_feature_map_size([32, 32]) + x.numel() + sum(p.numel() for p in m.parameters())
     assert ops <= 1.25 * eager, (ops, eager)
-    monkeypatch.setattr(dsconv_module, "_tracing", lambda: True)  # the plain-operations path exports take
+    monkeypatch.setattr(dsconv_module, "tracing", lambda: True)  # the plain-operations path exports take
     fallback = _saved_for_backward(m, x)
     assert fallback >= 3 * ops, (fallback, ops)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks import compile_check
+from nnunet_tubeconv.benchmarks.studies.compile_check import compile_check
 
 
 def test_report_and_resume(tmp_path, monkeypatch, capsys):

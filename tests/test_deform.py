@@ -1,4 +1,5 @@
-"""DeformConv (modulated DCNv2, docs/maths.md section 6): torchvision in 2D, our grid_sample Function in 3D."""
+"""DeformConv (modulated DCNv2, docs/explanation/maths.md section 6): torchvision in 2D, our grid_sample Function in
+3D."""
 
 import itertools
 

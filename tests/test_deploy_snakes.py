@@ -13,12 +13,12 @@ import pytest
 
 from nnunet_tubeconv.deploy.snakes import (
     NoSnakesError,
-    _cumulative_strides,
     _find_channel_files,
-    _stage_of,
+    cumulative_strides,
     preprocessed_to_original,
     show_snakes,
     spread_points,
+    stage_of,
 )
 
 
@@ -57,13 +57,13 @@ def test_preprocessed_to_original_undoes_resampling_and_crop():
 
 
 def test_stage_of_matches_strided_grids():
-    cum = _cumulative_strides([[1, 1], [2, 2], [2, 1]], 2)
+    cum = cumulative_strides([[1, 1], [2, 2], [2, 1]], 2)
     assert cum == [[1, 1], [2, 2], [4, 2]]
-    assert _stage_of((32, 48), (32, 48), cum) == 0
-    assert _stage_of((16, 24), (32, 48), cum) == 1
-    assert _stage_of((8, 24), (32, 48), cum) == 2
+    assert stage_of((32, 48), (32, 48), cum) == 0
+    assert stage_of((16, 24), (32, 48), cum) == 1
+    assert stage_of((8, 24), (32, 48), cum) == 2
     with pytest.raises(ValueError, match="matches no stage"):
-        _stage_of((5, 5), (32, 48), cum)
+        stage_of((5, 5), (32, 48), cum)
 
 
 def test_channel_files(tmp_path):

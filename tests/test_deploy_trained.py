@@ -220,13 +220,13 @@ def test_show_snakes_plots_the_hooked_layers_snake_coordinates(ws, user_env, tmp
     import torch
 
     from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
-    from nnunet_tubeconv.deploy.snakes import _cumulative_strides, dsconv_layers, show_snakes
+    from nnunet_tubeconv.deploy.snakes import cumulative_strides, dsconv_layers, show_snakes
 
     model = load_trained_model(resolve_model_folder(ws["dsconv"]))
     result = show_snakes(model, [str(_case(ws, 3))], tmp_path / "s.png", points=15)
     assert result.path.is_file()
     assert result.stage == min(result.stages_available)  # default: the finest stage with snakes
-    scale = _cumulative_strides(model.configuration_manager.network_arch_init_kwargs["strides"], 2)[result.stage]
+    scale = cumulative_strides(model.configuration_manager.network_arch_init_kwargs["strides"], 2)[result.stage]
     layers = dict(dsconv_layers(model.network))
     assert {layer.name for layer in result.layers} <= set(layers) and len(result.layers) >= 2
     assert {layer.morph_axis for layer in result.layers} == {0, 1}

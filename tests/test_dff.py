@@ -1,4 +1,4 @@
-"""DFF, dynamic feature fusion (D-Net, Yang et al., arXiv 2403.10674; docs/maths.md section 4)."""
+"""DFF, dynamic feature fusion (D-Net, Yang et al., arXiv 2403.10674; docs/explanation/maths.md section 4)."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ def _sigmoid(t: torch.Tensor) -> torch.Tensor:
 
 
 def reference_dff(m: DFF, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """docs/maths.md section 4 written out: concatenate, channel gate, 1x1 reduction, spatial gate."""
+    """docs/explanation/maths.md section 4 written out: concatenate, channel gate, 1x1 reduction, spatial gate."""
     conv = F.conv2d if x.ndim == 4 else F.conv3d
     c = x.shape[1]
     f = torch.cat([x, skip], 1)  # (B, 2C, *S)

@@ -1,4 +1,4 @@
-"""DLK and DLKBlock (D-Net, Yang et al., arXiv 2403.10674; docs/maths.md section 3)."""
+"""DLK and DLKBlock (D-Net, Yang et al., arXiv 2403.10674; docs/explanation/maths.md section 3)."""
 
 import math
 
@@ -31,7 +31,7 @@ def _gap(t: torch.Tensor) -> torch.Tensor:
 
 
 def reference_dlk(m: DLK, x: torch.Tensor, mode: str) -> torch.Tensor:
-    """docs/maths.md section 3 steps 1-6, from the block's weights, with explicit kernel geometry."""
+    """docs/explanation/maths.md section 3 steps 1-6, from the block's weights, with explicit kernel geometry."""
     conv = _conv(x)
     c = x.shape[1]
     h = c // 2

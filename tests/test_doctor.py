@@ -96,9 +96,9 @@ def test_doctor_all_good(good_env, capsys):
         assert f"[ OK ] trainer {name} found in {OURS}" in out
     assert "[FAIL]" not in out
     assert "nnunetv2 2.8" in out
-    from nnunet_tubeconv.blocks import _native
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
-    status = _native.status()  # what this machine really runs: the doctor must say exactly that, with its reason
+    status = cpu_backend.status()  # what this machine really runs: the doctor must say exactly that, with its reason
     if status.startswith("native: "):
         assert f"[ OK ] DSConv CPU kernels: {status[len('native: '):]}" in out
         assert "DSConv runs its PyTorch implementation" not in out
@@ -107,9 +107,9 @@ def test_doctor_all_good(good_env, capsys):
 
 
 def test_doctor_says_when_dsconv_falls_back(good_env, monkeypatch, capsys):
-    from nnunet_tubeconv.blocks import _native
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(cpu_backend, "_state", {})
     monkeypatch.setenv("NNUNET_TUBECONV_NATIVE", "0")
     rc, out = _doctor(capsys)
     assert rc == 0, out  # a warning, not a failure: the fallback works

@@ -1,4 +1,4 @@
-"""DSCBlock: the DSCNet multi-view block (docs/maths.md section 2), 2D and 3D."""
+"""DSCBlock: the DSCNet multi-view block (docs/explanation/maths.md section 2), 2D and 3D."""
 
 import pytest
 import torch
@@ -73,7 +73,7 @@ def test_stride_one_branches_run_in_parallel_on_the_input_and_strided_snakes_fol
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_fresh_block_equals_its_explicit_formula(dim):
-    """Zero swing: each snake is an axis-aligned conv with replicate padding (docs/maths.md section 1)."""
+    """Zero swing: each snake is an axis-aligned conv with replicate padding (docs/explanation/maths.md section 1)."""
     block = make(dim).eval()
     size = (7, 6) if dim == 2 else (5, 6, 4)
     x = torch.randn(2, 3, *size)

@@ -1,6 +1,7 @@
-"""DSConv (dynamic snake convolution, docs/maths.md section 1), 2D and 3D: invariants, a naive reference, gradients.
+"""DSConv (dynamic snake convolution, docs/explanation/maths.md section 1), 2D and 3D: invariants, a naive reference,
+gradients.
 
-Every test runs twice on CPU: with the compiled kernels (``_cpu_kernels.c``) and with the PyTorch implementation
+Every test runs twice on CPU: with the compiled kernels (``cpu_kernels.c``) and with the PyTorch implementation
 (the fallback, and the code that runs on GPU)."""
 
 import itertools
@@ -11,9 +12,8 @@ import torch.nn.functional as F
 from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
-import nnunet_tubeconv.blocks.dsconv as dsconv_module
-from nnunet_tubeconv.blocks import DSConv, _native
-from nnunet_tubeconv.blocks.dsconv import snake_conv
+from nnunet_tubeconv.blocks import DSConv
+from nnunet_tubeconv.blocks.dsconv import cpu_backend, maths, snake_conv
 
 CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
@@ -24,9 +24,9 @@ CASES = [(2, 0), (2, 1), (3, 0), (3, 1), (3, 2)]  # (dim, axis)
 def implementation(request, monkeypatch):
     """Run the test with the compiled CPU kernels, then with the PyTorch implementation."""
     if request.param == "pytorch":
-        monkeypatch.setattr(_native, "_library", lambda: None)
-    elif _native._library() is None:
-        pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
+        monkeypatch.setattr(cpu_backend, "_library", lambda: None)
+    elif cpu_backend._library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {cpu_backend.status()}")
     return request.param
 
 
@@ -39,7 +39,8 @@ def perturb(m: DSConv, std: float = 0.5, seed: int = 0) -> DSConv:
 
 
 def replicate_axis_conv(x, weight, bias, axis, k):
-    """The zero-swing reference of docs/maths.md: replicate padding of k // 2 along ``axis``, then a conv of kernel k there."""
+    """The zero-swing reference of docs/explanation/maths.md: replicate padding of k // 2 along ``axis``, then a conv
+    of kernel k there."""
     d = x.ndim - 2
     pad = [0] * (2 * d)
     pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = k // 2  # F.pad lists the last axis first
@@ -138,7 +139,7 @@ def test_many_small_chunks_give_the_same_result(dim, axis, monkeypatch):
     x = torch.randn(2, 3, *rand_size(dim), requires_grad=True)
     y = m(x)
     (gx,) = torch.autograd.grad(y.square().sum(), x)
-    monkeypatch.setattr(dsconv_module, "_CHUNK_ELEMENTS", 64)  # a few positions per chunk
+    monkeypatch.setattr(maths, "CHUNK_ELEMENTS", 64)  # a few positions per chunk
     y2 = m(x)
     (gx2,) = torch.autograd.grad(y2.square().sum(), x)
     torch.testing.assert_close(y2, y, rtol=1e-6, atol=1e-6)
@@ -231,7 +232,7 @@ def test_gradcheck_float64(dim, axis):
 
 
 def test_gradcheck_float64_multi_chunk_and_no_swing(monkeypatch):
-    monkeypatch.setattr(dsconv_module, "_CHUNK_ELEMENTS", 16)
+    monkeypatch.setattr(maths, "CHUNK_ELEMENTS", 16)
     x = torch.randn(1, 2, 3, 4, 2, dtype=torch.float64, requires_grad=True)
     delta = (torch.rand(1, 4, 3, 4, 2, dtype=torch.float64) - 0.5).requires_grad_()
     w = torch.randn(2, 2, 5, dtype=torch.float64, requires_grad=True)

@@ -38,7 +38,8 @@ PLANS = "nnUNetPlansTiny"
 CONFIGURATIONS = E2E_CONFIGURATIONS
 TUBE_UNET = "nnunet_tubeconv.architectures.unet.TubeUNet"
 
-# A user's trainer file: exactly what the README tells people to write (plus a test-only interruption hook).
+# A user's trainer file: exactly what docs/how-to/use-with-nnunet.md tells people to write (plus a test-only
+# interruption hook).
 USER_TRAINER_SOURCE = short_trainer_source({TRAINER: "nnUNetTrainerDSConv"})
 
 

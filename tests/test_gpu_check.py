@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks import gpu_check
+from nnunet_tubeconv.benchmarks.perf import gpu_check
 
 from nnunet_tubeconv import cli
-from nnunet_tubeconv.blocks import _triton
+from nnunet_tubeconv.blocks.dsconv import triton_backend
 
 pytest.importorskip("triton", reason="Triton is not importable here")
 
@@ -67,8 +67,8 @@ def test_kernel_check_fails_on_a_wrong_kernel(monkeypatch):
     case = {"spatial": (5, 6), "axis": 1, "swing": (0,), "k": 3, "batch": 2, "c_in": 3, "c_out": 2}
     monkeypatch.setattr(gpu_check, "_kernel_cases", lambda quick: [case])
     assert gpu_check.kernel_check(torch.device("cpu"), True, log=lambda s: None)["pass"]
-    real = _triton.forward
-    monkeypatch.setattr(_triton, "forward", lambda *a: real(*a) * 1.01)
+    real = triton_backend.forward
+    monkeypatch.setattr(triton_backend, "forward", lambda *a: real(*a) * 1.01)
     result = gpu_check.kernel_check(torch.device("cpu"), True, log=lambda s: None)
     assert not result["pass"] and all(r["max_relative_error"]["y"] > 5e-3 for r in result["rows"])
 

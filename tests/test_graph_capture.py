@@ -1,9 +1,10 @@
 """Graph capture of the blocks (ONNX export, TorchScript, torch.compile) with no patching, against their eager forwards.
 
-One rule, ``_tracing()`` in ``nnunet_tubeconv/blocks/_utils.py``: while a graph is exported (ONNX, TorchScript,
+One rule, ``tracing()`` in ``nnunet_tubeconv/blocks/utils.py``: while a graph is exported (ONNX, TorchScript,
 torch.export), DSConv, DeformConv, scSE and DLK leave their custom autograd Functions, compiled CPU kernels,
-torchvision op and layout conversion for the same maths in plain tensor operations (``blocks/_traceable.py``). Under
-torch.compile (``_compiling()``) DSConv and scSE call their kernels as custom ops instead (tests/test_compile.py). These tests pin that the captured graphs compute what the
+torchvision op and layout conversion for the same maths in plain tensor operations (``blocks/dsconv/traceable.py``,
+``blocks/deform.py``'s ``traceable_deform_conv``). Under torch.compile (``compiling()``) DSConv and scSE call their
+kernels as custom ops instead (tests/test_compile.py). These tests pin that the captured graphs compute what the
 eager forwards compute (random, large swings and offsets; every morph axis; 2D and 3D; restricted swing axes; sizes
 below the kernel length; a batch of different images), that a graph traced at one size takes others, and that no
 block carries its own copy of the rule.
@@ -11,8 +12,9 @@ block carries its own copy of the rule.
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
 import pkgutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +23,10 @@ from torch import nn
 
 from nnunet_tubeconv import blocks
 from nnunet_tubeconv.blocks import SCSE, DeformConv, DLKBlock, DSConv
-from nnunet_tubeconv.blocks._traceable import traceable_deform_conv
-from nnunet_tubeconv.blocks._utils import _compiling, _tracing
-from nnunet_tubeconv.blocks.dsconv import _cumulative_swing, snake_conv
+from nnunet_tubeconv.blocks.deform import traceable_deform_conv
+from nnunet_tubeconv.blocks.dsconv import snake_conv
+from nnunet_tubeconv.blocks.dsconv.maths import cumulative_swing
+from nnunet_tubeconv.blocks.utils import compiling, tracing
 
 
 def _trace(module: nn.Module, *example: torch.Tensor):
@@ -49,7 +52,7 @@ class _Probe(nn.Module):
         self.seen: list[tuple[bool, bool]] = []
 
     def forward(self, x):
-        self.seen.append((_tracing(), _compiling()))
+        self.seen.append((tracing(), compiling()))
         return x * 2
 
 
@@ -58,12 +61,12 @@ _EXPORT_SEEN: list[tuple[bool, bool]] = []
 
 class _ExportProbe(nn.Module):
     def forward(self, x):
-        _EXPORT_SEEN.append((_tracing(), _compiling()))
+        _EXPORT_SEEN.append((tracing(), compiling()))
         return x * 2
 
 
 def test_the_rule_is_false_in_eager_mode_and_true_in_every_export(tmp_path):
-    """_tracing() (plain maths) holds for TorchScript, torch.export and ONNX; under torch.compile _compiling() holds
+    """tracing() (plain maths) holds for TorchScript, torch.export and ONNX; under torch.compile compiling() holds
     instead (the blocks' custom ops, tests/test_compile.py), never both."""
     probe = _Probe()
     probe(torch.ones(1))
@@ -79,15 +82,17 @@ def test_the_rule_is_false_in_eager_mode_and_true_in_every_export(tmp_path):
 
 
 def test_no_block_module_has_its_own_capture_rule():
-    """The capture checks live in _utils._tracing only; a block asking torch directly would drift from it."""
-    own = []
-    for info in pkgutil.iter_modules(blocks.__path__):
-        if info.name == "_utils":
+    """The capture checks live in utils.tracing / utils.compiling only; a block asking torch directly would drift from
+    them. Every module of the package, the dsconv subpackage's included, read as source (nothing imported)."""
+    own, seen = [], []
+    for info in pkgutil.walk_packages(blocks.__path__, prefix="nnunet_tubeconv.blocks."):
+        if info.name == "nnunet_tubeconv.blocks.utils":
             continue
-        module = __import__(f"nnunet_tubeconv.blocks.{info.name}", fromlist=["_"])
-        source = inspect.getsource(module)
+        seen.append(info.name)
+        source = Path(importlib.util.find_spec(info.name).origin).read_text()
         if any(s in source for s in ("is_in_onnx_export", "jit.is_tracing", "jit.is_scripting", "is_compiling")):
             own.append(info.name)
+    assert "nnunet_tubeconv.blocks.dsconv.module" in seen and "nnunet_tubeconv.blocks.scse" in seen
     assert own == []
 
 
@@ -134,7 +139,7 @@ def test_functional_snake_conv_captures_too():
 
 def test_cumulative_swing_is_an_outward_cumsum():
     delta = torch.arange(1.0, 9.0).view(1, 8, 1, 1)  # 2 swing axes x (K - 1 = 4) points, K = 5
-    cum = _cumulative_swing(delta, 2, 5)[0, :, :, 0, 0]
+    cum = cumulative_swing(delta, 2, 5)[0, :, :, 0, 0]
     # axis 0: j = -2, -1 get delta 1, 2 -> Delta_-1 = 2, Delta_-2 = 2 + 1; j = +1, +2 get 3, 4 -> 3, 3 + 4
     assert cum.tolist() == [[3.0, 2.0, 0.0, 3.0, 7.0], [11.0, 6.0, 0.0, 7.0, 15.0]]
 

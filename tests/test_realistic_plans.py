@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from nnunet_tubeconv.benchmarks import profile_snake
 from nnunet_tubeconv.benchmarks.perf.realistic_plans import DRIVE_LIKE, REALISTIC_PLANS, realistic_plan
+from nnunet_tubeconv.benchmarks.studies.snake_cost import profile_snake
 
 from nnunet_tubeconv.cli import main
 

@@ -1,6 +1,6 @@
-"""scSE (Roy et al., MICCAI 2018; docs/maths.md section 5).
+"""scSE (Roy et al., MICCAI 2018; docs/explanation/maths.md section 5).
 
-Every test runs twice on CPU: with the compiled "add"-mode kernels (``_cpu_kernels.c``, used for float32/float64 on
+Every test runs twice on CPU: with the compiled "add"-mode kernels (``cpu_kernels.c``, used for float32/float64 on
 CPU) and with the plain PyTorch expression (the fallback, autocast, and the GPU path)."""
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 from nnunet_tubeconv.architectures.memory import measure_saved_tensors
 from torch import nn
 
-from nnunet_tubeconv.blocks import SCSE, _native
+from nnunet_tubeconv.blocks import SCSE
+from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
 CONVS = [pytest.param(nn.Conv2d, id="2d"), pytest.param(nn.Conv3d, id="3d")]
 MODES = ["add", "max"]
@@ -18,9 +19,9 @@ SIZES = {nn.Conv2d: (9, 6), nn.Conv3d: (5, 7, 4)}
 @pytest.fixture(autouse=True, params=["native", "pytorch"])
 def implementation(request, monkeypatch):
     if request.param == "pytorch":
-        monkeypatch.setattr(_native, "_library", lambda: None)
-    elif _native._library() is None:
-        pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
+        monkeypatch.setattr(cpu_backend, "_library", lambda: None)
+    elif cpu_backend._library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {cpu_backend.status()}")
     return request.param
 
 

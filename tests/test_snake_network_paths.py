@@ -10,11 +10,12 @@ differentiated by autograd), in float32, 2D and 3D.
 import pytest
 import torch
 from nnunet_tubeconv.architectures import variant_architecture
-from nnunet_tubeconv.benchmarks import bench_train
+from nnunet_tubeconv.benchmarks.perf import bench_train
 
-import nnunet_tubeconv.blocks.dsconv as dsconv_module
-from nnunet_tubeconv.blocks import DSConv, _native
+import nnunet_tubeconv.blocks.dsconv.module as dsconv_module
+from nnunet_tubeconv.blocks import DSConv
 from nnunet_tubeconv.blocks.dscblock import DSCBlock
+from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
 PATHS = ("native", "pytorch", "traceable")
 #: parameter names of conv biases followed by an instance norm (nnU-Net's conv blocks, DSConv, DSCBlock's branches)
@@ -24,7 +25,7 @@ NORMED_CONV_BIASES = (".conv.bias", ".plain.0.bias", ".fuse.bias")
 def _network(dim: int, dtype: torch.dtype):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    entry, run = bench_train._small_plan(dim, quick=True)
+    entry, run = bench_train.small_plan(dim, quick=True)
     entry = variant_architecture(entry, "dsconv")
     torch.manual_seed(0)
     net = get_network_from_plans(entry["network_class_name"], entry["arch_kwargs"], entry["_kw_requires_import"],
@@ -42,9 +43,9 @@ def _network(dim: int, dtype: torch.dtype):
 def _run(net, x, path: str, monkeypatch):
     with monkeypatch.context() as mp:
         if path == "pytorch":
-            mp.setattr(_native, "_library", lambda: None)
+            mp.setattr(cpu_backend, "_library", lambda: None)
         elif path == "traceable":
-            mp.setattr(dsconv_module, "_tracing", lambda: True)
+            mp.setattr(dsconv_module, "tracing", lambda: True)
         net.zero_grad(set_to_none=True)
         xx = x.clone().requires_grad_(True)
         outs = net(xx)
@@ -57,8 +58,8 @@ def _run(net, x, path: str, monkeypatch):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_snake_network_same_results_on_every_path(dim, monkeypatch):
     dtype = torch.float32  # the swing (sampling coordinates) is float32 in every network, so the features are too
-    if _native._library() is None:
-        pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
+    if cpu_backend._library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {cpu_backend.status()}")
     net, x, snakes = _network(dim, dtype)
     results = {p: _run(net, x, p, monkeypatch) for p in PATHS}
     ref_out, ref_gx, ref_grads = results["traceable"]
@@ -101,42 +102,43 @@ def test_snake_network_same_results_on_every_path(dim, monkeypatch):
 def test_paths_really_differ_in_implementation(monkeypatch):
     """The three paths are three implementations: the kernels run only on the native path (a check that can fail if
     a path silently ran another)."""
-    if _native._library() is None:
-        pytest.skip(f"no compiled CPU kernels here: {_native.status()}")
+    if cpu_backend._library() is None:
+        pytest.skip(f"no compiled CPU kernels here: {cpu_backend.status()}")
     net, x, _ = _network(2, torch.float32)
     calls = {p: 0 for p in PATHS}
-    original = _native.SnakeKernels.sample
+    original = cpu_backend.SnakeKernels.sample
     for path in PATHS:
         def counting(self, *a, _path=path, **k):
             calls[_path] += 1
             return original(self, *a, **k)
 
-        monkeypatch.setattr(_native.SnakeKernels, "sample", counting)
+        monkeypatch.setattr(cpu_backend.SnakeKernels, "sample", counting)
         _run(net, x, path, monkeypatch)
     assert calls["native"] > 0 and calls["pytorch"] == 0 and calls["traceable"] == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_linear_is_a_times_w_transposed(dtype):
-    """_native.linear (oneDNN for float32 where available, torch.mm otherwise) on the strided views DSConv passes."""
+    """cpu_backend.linear (oneDNN for float32 where available, torch.mm otherwise) on the strided views DSConv
+    passes."""
     g = torch.Generator().manual_seed(3)
     a = torch.randn(70, 24, generator=g, dtype=dtype)
     w = torch.randn(10, 24, generator=g, dtype=dtype)
     b = torch.randn(10, generator=g, dtype=dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-    torch.testing.assert_close(_native.linear(a, w, b), a @ w.t() + b, **tol)
-    torch.testing.assert_close(_native.linear(a, w), a @ w.t(), **tol)
+    torch.testing.assert_close(cpu_backend.linear(a, w, b), a @ w.t() + b, **tol)
+    torch.testing.assert_close(cpu_backend.linear(a, w), a @ w.t(), **tol)
     # transposed views, as in the weight gradient g^T s = linear(g^T, s^T)
     s = torch.randn(70, 16, generator=g, dtype=dtype)
-    torch.testing.assert_close(_native.linear(a.t(), s.t()), a.t() @ s, **tol)
+    torch.testing.assert_close(cpu_backend.linear(a.t(), s.t()), a.t() @ s, **tol)
 
 
 def test_onednn_can_be_switched_off(monkeypatch):
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(cpu_backend, "_state", {})
     monkeypatch.setenv("NNUNET_TUBECONV_ONEDNN", "0")
-    assert _native._onednn_linear() is None
+    assert cpu_backend.onednn_linear() is None
     a, w = torch.randn(5, 3), torch.randn(4, 3)
-    torch.testing.assert_close(_native.linear(a, w), a @ w.t())
-    monkeypatch.setattr(_native, "_state", {})
+    torch.testing.assert_close(cpu_backend.linear(a, w), a @ w.t())
+    monkeypatch.setattr(cpu_backend, "_state", {})
     monkeypatch.delenv("NNUNET_TUBECONV_ONEDNN")
-    assert (_native._onednn_linear() is not None) == torch.backends.mkldnn.is_available()
+    assert (cpu_backend.onednn_linear() is not None) == torch.backends.mkldnn.is_available()

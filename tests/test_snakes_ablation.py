@@ -1,33 +1,15 @@
-"""The issue-11 ablation script's pure parts: the reduced plans and the generated arm trainers."""
+"""The snake swing-branch ablation script's pure parts: the plans it writes, the generated arm trainers, its
+statistics and its argument checks. (The cut of the plans itself is tested with its owner, in test_planning_cpu.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 import pytest
-from conftest import tiny_plans
-from nnunet_tubeconv.benchmarks.studies.snakes.ablation import ARMS, arm_trainer_source, reduced_plans
-
-
-def test_reduced_plans_cut_stages_widths_patch_and_batch():
-    plans = tiny_plans()
-    kw = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
-    n = kw["n_stages"]
-    assert n == 3  # the tiny plans: cut nothing, only the widths, patch and batch change
-    out = reduced_plans(plans, "P", 32, 3, 3, 8)
-    c = out["configurations"]["2d"]
-    ka = c["architecture"]["arch_kwargs"]
-    assert out["plans_name"] == "P" and c["patch_size"] == [32, 32] and c["batch_size"] == 3
-    assert ka["n_stages"] == 3 and len(ka["strides"]) == 3 and len(ka["n_conv_per_stage_decoder"]) == 2
-    assert ka["features_per_stage"] == [8, 16, 32]
-    assert c["data_identifier"] == plans["configurations"]["2d"]["data_identifier"]  # shares the preprocessed data
-    assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["n_stages"] == n  # input untouched
-    with pytest.raises(ValueError, match="stages must be between 3"):
-        reduced_plans(plans, "P", 32, 2, 4, 8)
-    with pytest.raises(ValueError, match="patch must be a multiple"):
-        reduced_plans(plans, "P", 30, 2, 3, 8)
+from nnunet_tubeconv.benchmarks.studies.snakes.ablation import ARMS, arm_trainer_source
 
 
 def test_arm_trainers_set_both_swing_options_explicitly(tmp_path):
@@ -66,27 +48,6 @@ def test_only_the_no_deep_supervision_arm_turns_deep_supervision_off_before_nnun
     probe = Probe()
     probe.initialize()
     assert probe.seen is False
-
-
-def test_reduced_plans_3d_fullres_and_anisotropic_strides():
-    from conftest import hepatic_vessel_like_plans
-
-    out = reduced_plans(tiny_plans((4, 8, 16, 32)), "P", 48, 2, 4, 16, "3d_fullres")
-    c = out["configurations"]["3d_fullres"]
-    ka = c["architecture"]["arch_kwargs"]
-    assert c["patch_size"] == [48, 48, 48] and c["batch_size"] == 2  # 48 = 6 x the cumulative stride 8
-    assert ka["features_per_stage"] == [16, 32, 64, 128] and len(ka["kernel_sizes"]) == 4
-    with pytest.raises(ValueError, match="patch must be a multiple of 8"):
-        reduced_plans(tiny_plans((4, 8, 16, 32)), "P", 44, 2, 4, 16, "3d_fullres")
-    # HepaticVessel-like 3d_fullres: strides (1,2,2),(2,2,2)x3: cumulative (8, 16, 16) in 4 stages after the first
-    hv = reduced_plans(hepatic_vessel_like_plans(), "P", 32, 2, 5, 8, "3d_fullres")
-    assert hv["configurations"]["3d_fullres"]["patch_size"] == [32, 32, 32]
-    with pytest.raises(ValueError, match=r"multiple of 16 .*cumulative strides \[8, 16, 16\]"):
-        reduced_plans(hepatic_vessel_like_plans(), "P", 24, 2, 5, 8, "3d_fullres")
-    with pytest.raises(ValueError, match="configuration '3d_lowres' is not in the plans"):
-        reduced_plans(tiny_plans(), "P", 32, 2, 3, 8, "3d_lowres")
-    with pytest.raises(ValueError, match="inherits its network"):
-        reduced_plans(hepatic_vessel_like_plans(), "P", 32, 2, 5, 8, "3d_cascade_fullres")
 
 
 def _load_arm_module(tmp_path, snapshots):
@@ -128,19 +89,32 @@ def test_arm_trainers_write_snapshot_checkpoints_at_the_listed_iterations(tmp_pa
         arm_trainer_source((0, 25))
 
 
-def test_reduced_plans_is_the_topology_runs_half_width_cut_on_drive_shaped_plans():
-    # benchmarks/studies/topology_losses/results/topology_drive_cpu.md cuts DRIVE's 2d plans (8 stages, 32..512) to 6 stages of half width
-    planned = (32, 64, 128, 256, 512, 512, 512, 512)
-    out = reduced_plans(tiny_plans(planned), "nnUNetPlans", 128, 2, 6, 16)
+def test_the_ablation_writes_nnunets_plans_cut_by_the_planning_rule(tmp_path, make_tiny_plans):
+    from nnunet_tubeconv.benchmarks.studies.snakes.ablation import PLANS, plans_description, write_plans
+
+    from nnunet_tubeconv.planning.cpu import cut_plans
+
+    planned = (32, 64, 128, 256, 512, 512, 512, 512)  # DRIVE's 2d plans: 8 stages, 32..512
+    plans = make_tiny_plans(planned)
+    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
+    out = write_plans(tmp_path, "2d", 128, 2, 6, 16)
+    assert out == cut_plans(plans, PLANS, "2d", 128, 2, 6, 16)  # one owner of the cut
+    written = tmp_path / f"{PLANS}.json"
+    assert json.loads(written.read_text()) == out
+    # the topology runs' cut (benchmarks/studies/topology_losses/results/topology_drive_cpu.md): 6 stages, half width
     assert out["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [
         f // 2 for f in planned[:6]]
+    before = written.stat().st_mtime_ns
+    write_plans(tmp_path, "2d", 128, 2, 6, 16)
+    assert written.stat().st_mtime_ns == before  # the same plans are not written again
+    assert plans_description("2d", 128, 2, 6, 16) == ("nnUNetPlans 2d cut to patch 128^2, batch 2, 6 stages of "
+                                                      "widths 16..256")
 
 
 def test_finished_record_reads_the_first_done_unit_of_several_runs(tmp_path):
-    import json
-
-    from nnunet_tubeconv.benchmarks.records import RECORD_FILE, RECORD_SCHEMA
     from nnunet_tubeconv.benchmarks.studies.snakes.ablation import finished_record
+
+    from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA
 
     rel = Path("runs/D/2d/arm/fold_0_seed_0")
     a, b, c = tmp_path / "results", tmp_path / "resultsp2", tmp_path / "resultsp3"
@@ -202,13 +176,15 @@ def test_seed_noise_floors_pairs_each_other_seed_with_the_first_by_case():
     assert f["mean_diff"] == pytest.approx(0.003) and f["floor"] == pytest.approx(0.003)
     assert 0.002 <= f["floor_ci"][0] <= 0.003 <= f["floor_ci"][1] <= 0.004  # CI of |mean|, all diffs positive
     below = seed_noise_floors({0: s0, 1: {c: {"dice": v["dice"] - 0.01} for c, v in s0.items()}}, 0, ("dice",))
-    assert below["1"]["dice"]["mean_diff"] == pytest.approx(-0.01) and below["1"]["dice"]["floor"] == pytest.approx(0.01)
+    assert below["1"]["dice"]["mean_diff"] == pytest.approx(-0.01)
+    assert below["1"]["dice"]["floor"] == pytest.approx(0.01)
     assert seed_noise_floors({0: s0}, 0, ("dice",)) == {}  # one seed: no floor
     assert seed_noise_floors({1: s1, 2: s0}, 0, ("dice",)) == {}  # no first seed to pair with
 
 
-@pytest.mark.parametrize("arm, emptied, kept", [("decoder_only", "conv_block_encoder_stages", "conv_block_decoder_stages"),
-                                                 ("encoder_only", "conv_block_decoder_stages", "conv_block_encoder_stages")])
+@pytest.mark.parametrize("arm, emptied, kept",
+                         [("decoder_only", "conv_block_encoder_stages", "conv_block_decoder_stages"),
+                          ("encoder_only", "conv_block_decoder_stages", "conv_block_encoder_stages")])
 def test_placement_arms_keep_the_default_snakes_on_one_side_only(arm, emptied, kept):
     from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry, variant_architecture
 

@@ -1,16 +1,17 @@
-"""DSConv's Triton kernels (blocks/_triton.py, blocks/_triton_kernels.py), run on CPU tensors under Triton's
-interpreter: values and gradients against the PyTorch path (float64) and the compiled C kernels, every morph axis in 2D
-and 3D, odd sizes, batch > 1, clamped borders, size-1 axes, several chunks, fp32/bf16/fp16 features; the CUDA
-dispatch (Triton when available, PyTorch otherwise, same results); and the real compiler's acceptance of the
-kernels for an sm_90 GPU (no GPU needed to compile)."""
+"""DSConv's Triton kernels (blocks/dsconv/triton_backend.py, blocks/dsconv/triton_kernels.py), run on CPU tensors
+under Triton's interpreter: values and gradients against the PyTorch path (float64) and the compiled C kernels, every
+morph axis in 2D and 3D, odd sizes, batch > 1, clamped borders, size-1 axes, several chunks, fp32/bf16/fp16
+features; the CUDA dispatch (Triton when available, PyTorch otherwise, same results); and the real compiler's
+acceptance of the kernels for an sm_90 GPU (no GPU needed to compile)."""
 
 import types
 
 import pytest
 import torch
 
-from nnunet_tubeconv.blocks import DSConv, _native, _triton
-from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction
+from nnunet_tubeconv.blocks import DSConv
+from nnunet_tubeconv.blocks.dsconv import cpu_backend, triton_backend
+from nnunet_tubeconv.blocks.dsconv.function import SnakeConvFunction
 
 triton = pytest.importorskip("triton", reason="Triton is not importable here")
 
@@ -37,25 +38,26 @@ def make_inputs(spatial, swing_axes, kernel_size=5, batch=2, c_in=3, c_out=4, sw
 
 
 def reference(x, delta, w, b, axis, swing_axes, scope, grad_out, native: bool):
-    """Output and gradients (x, delta, w, b) of ``_SnakeConvFunction`` on the PyTorch path or the C kernels."""
+    """Output and gradients (x, delta, w, b) of ``SnakeConvFunction`` on the PyTorch path or the C kernels."""
     leaves = [t.clone().requires_grad_() for t in (x, delta, w, b)]
-    saved = _native._state.copy()
+    saved = cpu_backend._state.copy()
     try:
         if not native:
-            _native._state.update(lib=None, reason="off for the test")
-        y = _SnakeConvFunction.apply(*leaves, axis, swing_axes, scope)
+            cpu_backend._state.update(lib=None, reason="off for the test")
+        y = SnakeConvFunction.apply(*leaves, axis, swing_axes, scope)
         grads = torch.autograd.grad(y, leaves, grad_out.to(y.dtype))
     finally:
-        _native._state.clear()
-        _native._state.update(saved)
+        cpu_backend._state.clear()
+        cpu_backend._state.update(saved)
     return y, grads
 
 
 def triton_run(x, delta, w, b, axis, swing_axes, scope, grad_out, dtype):
     xs, ws, bs = x.to(dtype), w.to(dtype), b.to(dtype)
     d = delta.float()
-    y = _triton.forward(xs, d, ws, bs, axis, swing_axes, scope)
-    grads = _triton.backward(grad_out.to(dtype), xs, d, ws, True, axis, swing_axes, scope, (True, True, True, True))
+    y = triton_backend.forward(xs, d, ws, bs, axis, swing_axes, scope)
+    grads = triton_backend.backward(grad_out.to(dtype), xs, d, ws, True, axis, swing_axes, scope,
+                                    (True, True, True, True))
     return y, grads
 
 
@@ -76,7 +78,7 @@ def test_float32_matches_pytorch_path_and_c_kernels(spatial, axis, swing_axes):
     assert got[0].dtype == torch.float32 and got[1][1].dtype == torch.float32
     want = reference(x, delta, w, b, axis, swing_axes, scope, grad_out, native=False)  # float64 PyTorch path
     assert_close_all(got, want, rtol=1e-4, atol=1e-4)
-    if _native._library() is not None:
+    if cpu_backend._library() is not None:
         c_kernels = reference(x.float(), delta.float(), w.float(), b.float(), axis, swing_axes, scope,
                               grad_out.float(), native=True)
         assert_close_all(got, c_kernels, rtol=1e-4, atol=1e-4)
@@ -116,25 +118,25 @@ def test_half_precision_features_float32_coordinates(dtype, spatial, axis, swing
 
 def test_many_chunks_and_many_channel_blocks(monkeypatch):
     """Chunks of a few positions (the chunk offset enters every index) and C_in > 64 (several channel blocks)."""
-    monkeypatch.setattr(_triton, "_CHUNK_ELEMENTS", 2 * 5 * 70 * 4)  # 4 positions per chunk: 30 / 4 -> 8 chunks
+    monkeypatch.setattr(triton_backend, "_CHUNK_ELEMENTS", 2 * 5 * 70 * 4)  # 4 positions per chunk: 30 / 4 -> 8 chunks
     x, delta, w, b = make_inputs((5, 6), (1,), batch=2, c_in=70, c_out=3)
     grad_out = torch.randn(2, 3, 5, 6, dtype=torch.float64)
-    assert len(_triton._chunks(30, 2 * 5 * 70)) == 8
+    assert len(triton_backend._chunks(30, 2 * 5 * 70)) == 8
     got = triton_run(x, delta, w, b, 0, (1,), 1.0, grad_out, torch.float32)
     want = reference(x, delta, w, b, 0, (1,), 1.0, grad_out, native=False)
     assert_close_all(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_no_swing_and_single_point(monkeypatch):
-    monkeypatch.setattr(_native, "_library", lambda: None)
+    monkeypatch.setattr(cpu_backend, "_library", lambda: None)
     x, _, w, b = make_inputs((6, 5), (), kernel_size=3)
     grad_out = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     for kernel in (w, w[:, :, 1:2]):  # K = 3 without swing (a plain axis conv), K = 1 (no sampling at all)
-        y = _triton.forward(x.float(), None, kernel.float(), b.float(), 1, (), 1.0)
-        gx, gd, gw, gb = _triton.backward(grad_out.float(), x.float(), None, kernel.float(), True, 1, (), 1.0,
+        y = triton_backend.forward(x.float(), None, kernel.float(), b.float(), 1, (), 1.0)
+        gx, gd, gw, gb = triton_backend.backward(grad_out.float(), x.float(), None, kernel.float(), True, 1, (), 1.0,
                                           (True, False, True, True))
         leaves = [t.clone().requires_grad_() for t in (x, kernel, b)]
-        y_ref = _SnakeConvFunction.apply(leaves[0], None, leaves[1], leaves[2], 1, (), 1.0)
+        y_ref = SnakeConvFunction.apply(leaves[0], None, leaves[1], leaves[2], 1, (), 1.0)
         g_ref = torch.autograd.grad(y_ref, leaves, grad_out)
         assert gd is None
         torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
@@ -143,7 +145,7 @@ def test_no_swing_and_single_point(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the dispatch in _SnakeConvFunction
+# the dispatch in SnakeConvFunction
 
 
 def fake_tensor(device="cuda", dtype=torch.bfloat16):
@@ -153,18 +155,18 @@ def fake_tensor(device="cuda", dtype=torch.bfloat16):
 def test_usable_only_on_cuda_with_supported_dtypes(monkeypatch):
     monkeypatch.delenv("NNUNET_TUBECONV_TRITON", raising=False)
     w = fake_tensor()
-    assert _triton.usable(fake_tensor(), fake_tensor(dtype=torch.float32), w)
-    assert _triton.usable(fake_tensor(dtype=torch.float32), None, fake_tensor(dtype=torch.float32))
-    assert not _triton.usable(fake_tensor("cpu"), None, w)  # CPU: the C kernels or the PyTorch path
-    assert not _triton.usable(fake_tensor(dtype=torch.float64), None, fake_tensor(dtype=torch.float64))
-    assert not _triton.usable(fake_tensor(), None, fake_tensor(dtype=torch.float32))  # mixed dtypes
+    assert triton_backend.usable(fake_tensor(), fake_tensor(dtype=torch.float32), w)
+    assert triton_backend.usable(fake_tensor(dtype=torch.float32), None, fake_tensor(dtype=torch.float32))
+    assert not triton_backend.usable(fake_tensor("cpu"), None, w)  # CPU: the C kernels or the PyTorch path
+    assert not triton_backend.usable(fake_tensor(dtype=torch.float64), None, fake_tensor(dtype=torch.float64))
+    assert not triton_backend.usable(fake_tensor(), None, fake_tensor(dtype=torch.float32))  # mixed dtypes
     monkeypatch.setenv("NNUNET_TUBECONV_TRITON", "0")
-    assert not _triton.usable(fake_tensor(), None, w)
-    assert "NNUNET_TUBECONV_TRITON=0" in _triton.status()
+    assert not triton_backend.usable(fake_tensor(), None, w)
+    assert "NNUNET_TUBECONV_TRITON=0" in triton_backend.status()
     monkeypatch.delenv("NNUNET_TUBECONV_TRITON")
-    monkeypatch.setattr(_triton, "_triton_import_error", lambda: "ImportError: no triton")
-    assert not _triton.usable(fake_tensor(), None, w)
-    assert "not importable" in _triton.status()
+    monkeypatch.setattr(triton_backend, "_triton_import_error", lambda: "ImportError: no triton")
+    assert not triton_backend.usable(fake_tensor(), None, w)
+    assert "not importable" in triton_backend.status()
 
 
 def test_doctor_says_which_path_runs_on_cuda(monkeypatch):
@@ -183,12 +185,13 @@ def test_doctor_says_which_path_runs_on_cuda(monkeypatch):
 def test_dispatch_picks_triton_when_usable_and_results_do_not_change(monkeypatch, triton_available):
     """DSConv forward + backward with the dispatch told that this (CPU) call is a CUDA call Triton can take: the
     Triton functions run (interpreted) exactly when available, and the results equal the PyTorch path's."""
-    monkeypatch.setattr(_native, "_library", lambda: None)  # no C kernels: the dispatch decides Triton vs PyTorch
+    monkeypatch.setattr(cpu_backend, "_library", lambda: None)  # no C kernels: the dispatch decides Triton vs PyTorch
     calls = []
-    real_forward, real_backward = _triton.forward, _triton.backward
-    monkeypatch.setattr(_triton, "forward", lambda *a: calls.append("forward") or real_forward(*a))
-    monkeypatch.setattr(_triton, "backward", lambda *a: calls.append("backward") or real_backward(*a))
-    monkeypatch.setattr(_triton, "usable", lambda x, delta, weight: triton_available and x.dtype in _triton.DTYPES)
+    real_forward, real_backward = triton_backend.forward, triton_backend.backward
+    monkeypatch.setattr(triton_backend, "forward", lambda *a: calls.append("forward") or real_forward(*a))
+    monkeypatch.setattr(triton_backend, "backward", lambda *a: calls.append("backward") or real_backward(*a))
+    monkeypatch.setattr(triton_backend, "usable",
+                        lambda x, delta, weight: triton_available and x.dtype in triton_backend.DTYPES)
 
     torch.manual_seed(0)
     m = DSConv(torch.nn.Conv3d, 3, 4, kernel_size=5, axis=1)
@@ -206,7 +209,7 @@ def test_dispatch_picks_triton_when_usable_and_results_do_not_change(monkeypatch
 
     y, grads = run(m, x)
     assert calls == (["forward", "backward"] if triton_available else [])
-    monkeypatch.setattr(_triton, "usable", lambda x, delta, weight: False)
+    monkeypatch.setattr(triton_backend, "usable", lambda x, delta, weight: False)
     y_ref, grads_ref = run(m, x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, r in zip(grads, grads_ref):
@@ -224,8 +227,8 @@ def test_kernels_compile_for_an_sm90_gpu(tmp_path, monkeypatch):
     arguments). Needs no GPU; skipped only where Triton has no CUDA backend."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     try:
-        compiled = _triton.compile_for_gpu(capability=90, dtype=torch.bfloat16)
-    except _triton.NoCudaBackend as exc:
+        compiled = triton_backend.compile_for_gpu(capability=90, dtype=torch.bfloat16)
+    except triton_backend.NoCudaBackend as exc:
         pytest.skip(str(exc))
     assert set(compiled) == {"sample_kernel", "gather_backward_kernel", "scatter_kernel"}
     assert all(size > 0 for size in compiled.values())  # bytes of cubin per kernel

@@ -1,93 +1,32 @@
 """``nnunet-tubeconv bench-train``: one nnU-Net training iteration per variant, as ratios to vanilla nnU-Net.
 
-Every network is built by nnunetv2's own ``get_network_from_plans`` from the same plans entry: vanilla is
-dynamic_network_architectures' ``PlainConvUNet``, each variant the entry from
-:func:`nnunet_tubeconv.architectures.variant_architecture`. One iteration is nnUNetTrainer's ``train_step``:
-``zero_grad(set_to_none=True)``, forward with deep supervision, ``DC_and_CE_loss`` (MemoryEfficientSoftDiceLoss,
-``do_bg=False``) in a ``DeepSupervisionWrapper`` with nnU-Net's weights (``1/2^i``, lowest output 0, normalised),
-backward, gradient clipping at 12, ``SGD(lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)``.
-Everything is measured in one process; the ratio columns divide by vanilla measured in the same run.
-``--host resenc-m`` (or ``-l`` / ``-xl``: the same network on a fixed plan) puts the built-in plan on nnU-Net's
-residual encoder: vanilla is then ``ResidualEncoderUNet`` (the ResEnc planners' blocks per stage), every variant is
-built into it, and the ratios are against vanilla ResEnc.
+Measured tables (how the default block placements were chosen) and the commands that gave them:
+``benchmarks/perf/results/bench_train_cpu.md``.
 
-Plans: ``--plan toy`` (default) is the built-in small plan below (``--dim``); ``--plan drive2d`` and ``--plan
-hepaticvessel3d`` are nnU-Net's default plans (``ExperimentPlanner``, patch and batch as a new user gets them) of a
-DRIVE-shaped 2D and a Task08 HepaticVessel-shaped 3D data set (:mod:`nnunet_tubeconv.benchmarks.perf.realistic_plans`);
-``--plans FILE`` takes a configuration of any plans file.
+Every network is built by nnunetv2's ``get_network_from_plans`` from the same plans entry (vanilla:
+``PlainConvUNet``, or ``ResidualEncoderUNet`` with ``--host resenc-m/-l/-xl``; each variant:
+:func:`nnunet_tubeconv.architectures.variant_architecture` of it). One iteration is nnUNetTrainer's ``train_step``:
+forward with deep supervision, ``DC_and_CE_loss`` in a ``DeepSupervisionWrapper`` with nnU-Net's weights, backward,
+clipping at 12, nnU-Net's SGD. All models run in one process; ratios divide by vanilla of the same run. Plans:
+``--plan toy`` (the built-in small plan, ``--dim``), ``--plan drive2d`` / ``hepaticvessel3d`` (nnU-Net's default
+plans of DRIVE- and HepaticVessel-shaped data, :mod:`nnunet_tubeconv.benchmarks.perf.realistic_plans`) or
+``--plans FILE``.
 
-Time: median wall time (``--timer cpu``: this process's CPU time) of ``--repeats`` iterations after ``--warmup``; on CPU the models are timed in interleaved
-rounds (vanilla, variant 1, ..., then again) so that load from other processes hits all of them alike.
-
-Peak memory:
-* CPU: bytes autograd saves for backward during forward + loss (``saved_tensors_hooks``, de-duplicated by storage,
-  parameters excluded; the logits the loss keeps are among them) + parameters + gradients + SGD momentum buffers.
-  It is the memory that must coexist at the start of backward, an upper bound on what the activations and the
-  training state need (gradients are actually allocated while the saved tensors are being freed). Short-lived
-  temporaries inside a block (e.g. an interpolation's scratch buffers) are not in it.
-* GPU (``torch.cuda`` available): ``torch.cuda.max_memory_allocated`` over one iteration run as nnU-Net trains on
-  GPU (autocast + GradScaler, cudnn.benchmark; ``--precision fp32``: without them), each model alone on the device.
-  (Written for completeness; the development machines had no GPU, so this path is untested.)
-
-``--compile`` (or ``--compile aot_eager`` etc.: the backend) times each network under ``torch.compile``, as nnU-Net
-runs it with ``nnUNet_compile`` on; the warm-up iterations include the compilation (at least 2 are run). On CPU the
-memory column stays the eager network's (the saved-tensor hooks do not see inside a compiled graph); on GPU it is
-the compiled network's.
-
-Targets (CPU, the default small 3D plan): dsconv <= 2x vanilla, dlkdff <= 1.5x, scse <= 1.15x, skeleton_recall <=
-1.15x, on both time and memory; ``deform``, ``tubeconv``, ``wide``, ``cldice`` and ``dsconv+skeleton_recall`` have
-none and are reported for comparison.
-
-Arms besides the block variants (:data:`EXTRA_ARMS`): ``wide`` is vanilla widened to dsconv's parameter count as
-``nnUNetTrainerWide`` builds it; ``skeleton_recall`` / ``cldice`` train vanilla's network with the loss of
-``nnUNetTrainerSkeletonRecall`` / ``nnUNetTrainerClDice`` (``dsconv+skeleton_recall``: dsconv's network). Every arm
-trains on the same synthetic vessel-tree labels (:mod:`nnunet_tubeconv.data.synthetic`). Skeleton Recall's tubed
-skeletons are made in nnU-Net's data-augmentation worker processes, in parallel with the training step, so the time
-column holds the step only (nnU-Net's loss plus the recall term); the skeleton transform is timed separately on the
-same batch, one sample at a time with one thread as a worker runs it (``skeleton_s_per_batch``), and
-``serial_time_ratio`` is the worst case where one process does both (``nnUNet_n_proc_DA=0``).
-
-Default placements (measured with this command)
------------------------------------------------
-Setting: the default small 3D plan (5 stages, widths 32-320, first stage [1,3,3] kernel, stride [1,2,2] next, patch
-16x64x64, batch 2, 3 classes), CPU, ``--threads 1``, torch 2.14.1, on a shared 2-core machine (load 3-8: the time
-ratios carry about +-10% noise; the memory ratios are exact). Each row is
-``nnunet-tubeconv bench-train --threads 1 --variants V --repeats 2 --options '{"V": {...}}'``.
-
-DSCNet puts multi-view snake blocks in every stage. A block replacing one convolution runs the stage's conv, one
-DSConv per usable axis (2 on [1,3,3] stages, 3 otherwise; on CPU a DSConv costs 3-6x a 3x3x3 conv of the same
-width) and a fusion conv on ``(1 + n_axes) * C`` channels, so its cost follows the voxels and the width of the stage:
-
-=========================================  ==========  ============
-dsconv: encoder / decoder stages, K         time ratio  memory ratio
-=========================================  ==========  ============
-[0, 1] / [0, 1], K 9                        5.26        2.20
-[1] / [1], K 9                              3.31        1.50
-[] / [1], K 9                               2.02        1.25
-[] / [1], K 5                               1.93        1.24
-[2] / [1, 2], K 5                           2.35        1.45
-[2, 3] / [2, 3], K 9                        2.11        1.71
-**[2] / [2], K 9 (default)**                1.73        1.23
-=========================================  ==========  ============
-
-The default is the highest-resolution placement with the paper's K = 9 that meets the 2x target with a margin
-(decoder stage 1 alone sits on the limit). ``deform`` uses the same placement; ``tubeconv`` adds DFF and scSE.
-
-D-Net has DLK blocks in all but its full-resolution stage, two per stage. On this plan (DFF at every skip):
-
-=========================================  ==========  ============
-dlkdff: DLK encoder stages x blocks         time ratio  memory ratio
-=========================================  ==========  ============
-none (DFF alone)                            0.95        1.02
-1-4 x 1                                     2.39        1.62
-2-4 x 2                                     1.57        1.40
-**2-4 x 1 (default)**                       1.23        1.21
-=========================================  ==========  ============
-
-scSE after every encoder and decoder stage (the paper's placement) needs no trimming: 1.04x time, 1.125x memory.
-
-One run of the defaults (``nnunet-tubeconv bench-train --threads 1``, same machine, load 8): dsconv 1.65x time /
-1.23x memory, dlkdff 1.07x / 1.21x, scse 1.03x / 1.13x (all PASS), deform 1.96x / 1.03x, tubeconv 1.85x / 1.37x.
+* Time: median wall time (``--timer cpu``: this process's CPU time) of ``--repeats`` iterations after ``--warmup``;
+  on CPU the models are timed in interleaved rounds so that load from other processes hits all of them alike.
+* Peak memory on CPU: bytes autograd saves for backward in forward + loss (``saved_tensors_hooks``, de-duplicated by
+  storage, parameters excluded) + parameters + gradients + SGD momentum: what coexists at the start of backward (an
+  upper bound; short-lived temporaries inside a block are not in it). On GPU: ``torch.cuda.max_memory_allocated``
+  over one iteration as nnU-Net trains there (autocast + GradScaler unless ``--precision fp32``), one model at a
+  time (untested: the development machines had no GPU).
+* ``--compile [BACKEND]``: every network under ``torch.compile``; the warm-up (>= 2 iterations) includes the
+  compilation; on CPU the memory column stays the eager network's.
+* Targets (CPU, default small 3D plan, time and memory): :data:`TARGETS`; the other arms are for comparison.
+* :data:`EXTRA_ARMS`: ``wide`` (vanilla widened to dsconv's parameters, as ``nnUNetTrainerWide``), and vanilla's
+  (``dsconv+skeleton_recall``: dsconv's) network with the loss of ``nnUNetTrainerSkeletonRecall`` /
+  ``nnUNetTrainerClDice``, on synthetic vessel-tree labels. The tubed skeletons are made in nnU-Net's augmentation
+  workers in parallel with the step, so they are timed apart (``skeleton_s_per_batch``, one sample and one thread
+  at a time as a worker does); ``serial_time_ratio`` is the worst case of one process doing both.
 """
 
 from __future__ import annotations
@@ -110,7 +49,7 @@ VARIANT_ORDER = ("dsconv", "dlkdff", "scse", "deform", "tubeconv")
 EXTRA_ARMS = ("wide", "skeleton_recall", "cldice", "dsconv+skeleton_recall")
 
 
-def _small_plan(dim: int, quick: bool) -> tuple[dict, dict]:
+def small_plan(dim: int, quick: bool) -> tuple[dict, dict]:
     """The built-in plans entry and run settings: shaped like the default planner's output, but small.
 
     3D: 5 stages, anisotropic first stage ([1,3,3] kernel, then [1,2,2] stride) as for thick-slice data.
@@ -244,7 +183,7 @@ def _downsampled(seg, scales: list, device):
     return out
 
 
-def _loss_and_targets(torch, run: dict, strides: list, device):
+def loss_and_targets(torch, run: dict, strides: list, device):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
     scales, weights = _ds_weights_and_scales(strides)
@@ -318,7 +257,7 @@ def _extra_arm(name: str, entry: dict, run: dict, strides: list, device, overrid
     return {"entry": net, "loss": loss, "targets": targets, "skeleton_s": statistics.median(times)}
 
 
-class _Model:
+class BenchModel:
     """One network with its optimizer, built on the CPU (the GPU path moves one model at a time)."""
 
     def __init__(self, name: str, entry: dict, run: dict, torch, seed: int) -> None:
@@ -342,7 +281,7 @@ class _Model:
         self.state_bytes = 0
 
 
-def _step(torch, m: _Model, loss, data, targets, scaler=None) -> None:
+def train_step(torch, m: BenchModel, loss, data, targets, scaler=None) -> None:
     """nnUNetTrainer.train_step."""
     m.opt.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -362,7 +301,7 @@ def _step(torch, m: _Model, loss, data, targets, scaler=None) -> None:
         m.opt.step()
 
 
-def _cpu_memory(torch, m: _Model, loss, data, targets) -> None:
+def _cpu_memory(torch, m: BenchModel, loss, data, targets) -> None:
     from nnunet_tubeconv.architectures.memory import SavedTensors
 
     m.opt.zero_grad(set_to_none=True)
@@ -400,7 +339,7 @@ def _warmup(args: argparse.Namespace) -> int:
     return max(args.warmup, 2) if getattr(args, "compile", None) else args.warmup
 
 
-def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, args, device) -> None:
+def _measure(torch, models: list[BenchModel], shared_loss, data, shared_targets, args, device) -> None:
     def lt(m):
         return (shared_loss if m.loss is None else m.loss), (shared_targets if m.targets is None else m.targets)
 
@@ -411,16 +350,16 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
             m.net.to(device)
             scaler = torch.amp.GradScaler("cuda") if _precision(args, device) == "amp" else None
             for _ in range(_warmup(args)):
-                _step(torch, m, loss, data, targets, scaler)
+                train_step(torch, m, loss, data, targets, scaler)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            _step(torch, m, loss, data, targets, scaler)
+            train_step(torch, m, loss, data, targets, scaler)
             torch.cuda.synchronize()
             m.memory = torch.cuda.max_memory_allocated()
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                _step(torch, m, loss, data, targets, scaler)
+                train_step(torch, m, loss, data, targets, scaler)
                 torch.cuda.synchronize()
                 m.times.append(time.perf_counter() - t0)
             m.net.to("cpu")
@@ -430,7 +369,7 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
     for m in models:
         loss, targets = lt(m)
         for _ in range(_warmup(args)):
-            _step(torch, m, loss, data, targets)
+            train_step(torch, m, loss, data, targets)
         _cpu_memory(torch, m, loss, data, targets)  # the eager network: saved-tensor hooks see no compiled graph
     # CPU time of this process (--timer cpu): with --threads 1 the work done, little moved by other processes' load
     clock = time.process_time if getattr(args, "timer", "wall") == "cpu" else time.perf_counter
@@ -438,23 +377,14 @@ def _measure(torch, models: list[_Model], shared_loss, data, shared_targets, arg
         for m in models:
             loss, targets = lt(m)
             t0 = clock()
-            _step(torch, m, loss, data, targets)
+            train_step(torch, m, loss, data, targets)
             m.times.append(clock() - t0)
 
 
-def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark described by parsed ``args``; returns the JSON-able report."""
-    import torch
-    from nnunet_tubeconv.architectures import VARIANTS, variant_architecture
+def _arms_and_options(args: argparse.Namespace) -> tuple[list[str], dict]:
+    """The arms of ``--variants`` and the block options of ``--options``; ValueError naming what is allowed."""
+    from nnunet_tubeconv.architectures import VARIANTS
 
-    if args.quick:
-        args.repeats, args.warmup = 1, 0
-        if args.threads is None:
-            args.threads = 1
-    if args.repeats < 1 or args.warmup < 0:
-        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS and v not in EXTRA_ARMS]
     if unknown:
@@ -463,16 +393,24 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         overrides = json.loads(args.options) if args.options else {}
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"--options must be a JSON dict variant -> block options, e.g. '{{\"dsconv\": {{\"snake_kernel_size\": 5}}}}'"
-            f"; could not parse {args.options!r}: {e}"
+            "--options must be a JSON dict variant -> block options, e.g. "
+            f"'{{\"dsconv\": {{\"snake_kernel_size\": 5}}}}'; could not parse {args.options!r}: {e}"
         ) from None
     if not isinstance(overrides, dict) or set(overrides) - set(VARIANTS):
         raise ValueError(f"--options must be a JSON dict whose keys are variants {sorted(VARIANTS)}, got {overrides}")
+    return variants, overrides
+
+
+def _device(torch, args: argparse.Namespace):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch.cuda is not available")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    return torch.device("cuda" if use_cuda else "cpu")
 
+
+def _plan(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Architecture entry and run settings of the plan the arguments name (``--plan``, ``--plans``, ``--host``) with
+    the patch, batch, channel and class overrides; ValueError when they do not fit together."""
     plan = getattr(args, "plan", "toy")
     if args.plans and plan != "toy":
         raise ValueError(f"--plans and --plan {plan} both name a plan; give one of them")
@@ -481,7 +419,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     elif plan != "toy":
         entry, run = realistic_plan(plan)
     else:
-        entry, run = _small_plan(args.dim, args.quick)
+        entry, run = small_plan(args.dim, args.quick)
     entry, run = _on_host(entry, run, getattr(args, "host", "plain"), bool(args.plans))
     if args.patch_size:
         run["patch_size"] = list(args.patch_size)
@@ -497,51 +435,84 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     total = [math.prod(s[d] for s in strides) for d in range(len(run["patch_size"]))]
     if any(p % t for p, t in zip(run["patch_size"], total)):
         raise ValueError(f"patch size {run['patch_size']} must be divisible by the total strides {total}")
+    return entry, run
 
-    loss, data, targets = _loss_and_targets(torch, run, strides, device)
-    models = [_Model("vanilla", entry, run, torch, args.seed)]
+
+def _models(torch, entry: dict, run: dict, device, variants: list[str], overrides: dict,
+            seed: int) -> list[BenchModel]:
+    """Vanilla, then one model per arm (a block variant of the entry, or one of :data:`EXTRA_ARMS`)."""
+    from nnunet_tubeconv.architectures import variant_architecture
+
+    strides = entry["arch_kwargs"]["strides"]
+    models = [BenchModel("vanilla", entry, run, torch, seed)]
     for v in variants:
         if v in EXTRA_ARMS:
             arm = _extra_arm(v, entry, run, strides, device, overrides)
-            m = _Model(v, arm["entry"], run, torch, args.seed)
+            m = BenchModel(v, arm["entry"], run, torch, seed)
             m.loss, m.targets = arm.get("loss"), arm.get("targets")
             m.extra = {k: arm[k] for k in ("wide", "skeleton_s") if k in arm}
         else:
-            m = _Model(v, variant_architecture(entry, v, overrides.get(v)), run, torch, args.seed)
+            m = BenchModel(v, variant_architecture(entry, v, overrides.get(v)), run, torch, seed)
         models.append(m)
+    return models
+
+
+def _compile(torch, models: list[BenchModel], backend: str) -> None:
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"--compile {backend}: not a torch.compile backend here; allowed: {backends}")
+    for m in models:
+        m.step_net = torch.compile(m.net, backend=backend)
+
+
+def _result_row(m: BenchModel, base: BenchModel, base_time: float, device) -> dict[str, Any]:
+    """One arm's row of the report: its time and memory, their ratios to vanilla, and its target."""
+    t = statistics.median(m.times)
+    time_ratio, mem_ratio = t / base_time, m.memory / base.memory
+    target = TARGETS.get(m.name)
+    row = {"variant": m.name, "time_s": t, "time_ratio": time_ratio, "memory_bytes": m.memory,
+           "memory_ratio": mem_ratio, "params": m.params, "target": target,
+           "pass": None if target is None else bool(time_ratio <= target and mem_ratio <= target)}
+    if device.type == "cpu":
+        row["saved_bytes"], row["state_bytes"] = m.saved_bytes, m.state_bytes
+    if "block_options" in m.entry["arch_kwargs"]:
+        row["block_options"] = m.entry["arch_kwargs"]["block_options"]
+    if "wide" in m.extra:
+        row["wide"] = m.extra["wide"]
+    if "skeleton_s" in m.extra:
+        # the skeletons are made in nnU-Net's DA worker processes, in parallel with the training step: hidden
+        # while the workers keep up; "serial" is the worst case (nnUNet_n_proc_DA=0: one process does both)
+        row["skeleton_s_per_batch"] = m.extra["skeleton_s"]
+        row["serial_time_ratio"] = (t + m.extra["skeleton_s"]) / base_time
+    return row
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark described by parsed ``args``; returns the JSON-able report."""
+    import torch
+
+    if args.quick:
+        args.repeats, args.warmup = 1, 0
+        if args.threads is None:
+            args.threads = 1
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    variants, overrides = _arms_and_options(args)
+    device = _device(torch, args)
+    entry, run = _plan(args)
+    loss, data, targets = loss_and_targets(torch, run, entry["arch_kwargs"]["strides"], device)
+    models = _models(torch, entry, run, device, variants, overrides, args.seed)
     precision = _precision(args, device)
     if getattr(args, "compile", None):
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if args.compile not in backends:
-            raise ValueError(f"--compile {args.compile}: not a torch.compile backend here; allowed: {backends}")
-        for m in models:
-            m.step_net = torch.compile(m.net, backend=args.compile)
+        _compile(torch, models, args.compile)
     load_before = os.getloadavg()
     _measure(torch, models, loss, data, targets, args, device)
     load = {"before": list(load_before), "after": list(os.getloadavg())}  # 1/5/15-minute load averages (uptime)
 
-    base = models[0]
-    base_time = statistics.median(base.times)
-    rows = []
-    for m in models:
-        t = statistics.median(m.times)
-        time_ratio, mem_ratio = t / base_time, m.memory / base.memory
-        target = TARGETS.get(m.name)
-        row = {"variant": m.name, "time_s": t, "time_ratio": time_ratio, "memory_bytes": m.memory,
-               "memory_ratio": mem_ratio, "params": m.params, "target": target,
-               "pass": None if target is None else bool(time_ratio <= target and mem_ratio <= target)}
-        if device.type == "cpu":
-            row["saved_bytes"], row["state_bytes"] = m.saved_bytes, m.state_bytes
-        if "block_options" in m.entry["arch_kwargs"]:
-            row["block_options"] = m.entry["arch_kwargs"]["block_options"]
-        if "wide" in m.extra:
-            row["wide"] = m.extra["wide"]
-        if "skeleton_s" in m.extra:
-            # the skeletons are made in nnU-Net's DA worker processes, in parallel with the training step: hidden
-            # while the workers keep up; "serial" is the worst case (nnUNet_n_proc_DA=0: one process does both)
-            row["skeleton_s_per_batch"] = m.extra["skeleton_s"]
-            row["serial_time_ratio"] = (t + m.extra["skeleton_s"]) / base_time
-        rows.append(row)
+    base_time = statistics.median(models[0].times)
+    rows = [_result_row(m, models[0], base_time, device) for m in models]
     memory_measure = (
         f"torch.cuda.max_memory_allocated over one iteration ({precision})" if device.type == "cuda" else
         "bytes saved for backward in forward+loss (saved_tensors_hooks, de-duplicated by storage) "
@@ -586,8 +557,8 @@ def _print_table(report: dict) -> None:
 
     for r in report["results"]:
         if "skeleton_s_per_batch" in r:
-            console.print(f"  {r['variant']}: tubed skeletons {r['skeleton_s_per_batch'] * 1000:.1f} ms per batch in the "
-                          f"DA workers (one process per sample, not in the time above); if done serially "
+            console.print(f"  {r['variant']}: tubed skeletons {r['skeleton_s_per_batch'] * 1000:.1f} ms per batch "
+                          f"in the DA workers (one process per sample, not in the time above); if done serially "
                           f"(nnUNet_n_proc_DA=0): {r['serial_time_ratio']:.2f}x vanilla", highlight=False)
         if "wide" in r:
             w = r["wide"]

@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +314,8 @@ def step_ratio(plain: dict, variant: str, patch: Sequence[int], in_ch: int, out_
     from nnunet_tubeconv.planning.estimate import variant_entry
 
     step = _fresh(_step_worker, variant_entry(plain, variant), list(patch), in_ch, out_ch, threads, cap_bytes)
-    return {"variant": variant, "patch": list(patch), **step, "step_ratio": step["rss_growth_bytes"] / step["saved_bytes"]}
+    return {"variant": variant, "patch": list(patch), **step,
+            "step_ratio": step["rss_growth_bytes"] / step["saved_bytes"]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -446,6 +448,106 @@ def step_ratio_key(family: str, variant: str) -> str:
 PLAIN_TARGETS_GB = (8.0, 24.0)
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What every plan of one calibration is measured with."""
+
+    dataset: str
+    in_ch: int
+    out_ch: int
+    model: Any  # nnunet_tubeconv.planning.estimate.GpuMemoryModel
+    device: str
+    max_measure_gb: float
+    threads: int
+    quick: bool
+
+
+def _record_reference(result: dict, host, reference: dict) -> None:
+    """The summary of the plans nnU-Net's own planner of ``host`` made (plain: ``nnUNetPlans_8G``)."""
+    summary = {c: _config_summary(cfg) for c, cfg in reference["configurations"].items() if "patch_size" in cfg}
+    if not host.residual:
+        result["nnUNetPlans_8G"] = summary
+    else:
+        result.setdefault("resenc_reference", {})[host.name] = {
+            "plans_name": reference["plans_name"], "target_gb": host.gpu_memory_gb, "configurations": summary}
+
+
+def _amp_ratios(result: dict, family: str) -> dict[str, float]:
+    """variant -> the AMP ratio of parts 1-2 on the 3D network of ``family`` (plain / resenc)."""
+    amp = {}
+    for row in result["estimates"]:
+        if row["dim"] == 3 and row["amp_ratio"] is not None and row.get("host", "plain") == family:
+            amp[row["variant"]] = row["amp_ratio"]  # the larger 3D patch wins (listed last)
+    return amp
+
+
+def _plan_peak(row: dict, full: dict, naive_cfg: dict, variant: str, ratios: dict, gb: float, s: _Setting) -> None:
+    """Part 3 for one planned variant: its parameters, the naive plan's predicted peak and the planned one's peak
+    (measured on a GPU; predicted from the measured bytes per sample on CPU unless quick), into ``row``."""
+    from nnunet_tubeconv.planning.estimate import network_estimate, variant_entry
+
+    entry = full["architecture"]
+    params = _count_parameters(entry, s.in_ch, s.out_ch)
+    naive_entry = variant_entry(naive_cfg["architecture"], variant)
+    naive_bytes = 4 * network_estimate(naive_entry, naive_cfg["patch_size"], s.in_ch, s.out_ch)
+    naive_params = _count_parameters(naive_entry, s.in_ch, s.out_ch)
+    row["parameters"] = params
+    row["ratios_used"] = ratios
+    row["naive"] = {"patch": [int(p) for p in naive_cfg["patch_size"]],
+                    "batch": int(naive_cfg["batch_size"]),
+                    "bytes_per_sample_estimate": naive_bytes,
+                    "predicted_peak_gib": s.model.predict(naive_bytes, naive_cfg["batch_size"],
+                                                          naive_params, **ratios) / GIB}
+    if s.device == "cuda":
+        import torch
+
+        # the planner's prediction from the honest estimate, beside the measured peak
+        planned_bytes = 4 * network_estimate(entry, full["patch_size"], s.in_ch, s.out_ch)
+        row["planner_predicted_peak_gib"] = s.model.predict(planned_bytes, full["batch_size"], params, **ratios) / GIB
+        peak = gpu_step_peak(entry, full["patch_size"], full["batch_size"], s.in_ch, s.out_ch)
+        gc.collect()
+        torch.cuda.empty_cache()
+        row["measured_gpu_peak_gib"] = peak / GIB
+        row["within_target"] = peak / GIB <= gb
+    elif not s.quick:
+        m = measure_planned(entry, full["patch_size"], s.in_ch, s.out_ch, s.max_measure_gb * 1e9, s.threads)
+        row["measured"] = m
+        peak = s.model.predict(m["bytes_per_sample"], full["batch_size"], params, **ratios)
+        row["predicted_peak_gib"] = peak / GIB
+        row["within_target"] = peak / GIB <= gb
+
+
+def _part_3(result: dict, host, gb: float, variants: Sequence[str], amp: dict[str, float], s: _Setting,
+            log) -> None:
+    """Part 3 at one target: every variant planned by its planner on ``host``, its peak next to the target."""
+    from nnunet_tubeconv.planning.planners import planner_class
+
+    family = "resenc" if host.residual else "plain"
+    vanilla_plans = plan_quietly(planner_class("vanilla", host=host.name), s.dataset, gb)
+    naive_cfg = vanilla_plans["configurations"]["3d_fullres"]
+    for v in variants:
+        try:
+            plans = plan_quietly(planner_class(v, host=host.name), s.dataset, gb)
+        except (ImportError, ValueError, RuntimeError) as e:
+            result["errors"].append({"part": "plans", "variant": v, "target_gb": gb, "error": repr(e),
+                                     "preset": host.name})
+            continue
+        cfgs = {c: _config_summary(cfg) for c, cfg in plans["configurations"].items() if "patch_size" in cfg}
+        row: dict[str, Any] = {"variant": v, "preset": host.name, "target_gb": gb,
+                               "plans_name": plans["plans_name"], "configurations": cfgs}
+        try:
+            ratios = {"amp_ratio": amp.get(v), "step_ratio": result["step_ratios"].get(
+                step_ratio_key(family, v), {}).get("step_ratio")}
+            _plan_peak(row, plans["configurations"]["3d_fullres"], naive_cfg, v, ratios, gb, s)
+        except (ImportError, ValueError, RuntimeError) as e:
+            result["errors"].append({"part": "measure", "variant": v, "target_gb": gb, "error": repr(e),
+                                     "preset": host.name})
+        result["plans"].append(row)
+        peak_txt = row.get("predicted_peak_gib", row.get("measured_gpu_peak_gib", float("nan")))
+        log(f"  plan {host.name:9s} {v:9s} {gb:g} GB: 3d_fullres {cfgs['3d_fullres']['patch']} "
+            f"x{cfgs['3d_fullres']['batch']}  peak {peak_txt:.2f} GiB")
+
+
 def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: str = "cpu",
               max_measure_gb: float = 8.0, threads: int = 1, quick: bool = False, log=print,
               presets: Sequence[str] = ("plain",)) -> dict:
@@ -457,9 +559,8 @@ def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: 
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners as rp
 
-    from nnunet_tubeconv.planning.estimate import GpuMemoryModel, check_gpu_memory, network_estimate, variant_entry
+    from nnunet_tubeconv.planning.estimate import GpuMemoryModel, check_gpu_memory
     from nnunet_tubeconv.planning.hosts import check_host
-    from nnunet_tubeconv.planning.planners import planner_class
 
     hosts = [check_host(p) for p in presets]
     if not hosts or len({h.name for h in hosts}) != len(hosts):
@@ -470,6 +571,7 @@ def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: 
     spec = HEPATIC_VESSEL_LIKE
     in_ch, out_ch = len(spec["channel_names"]), len(spec["labels"])
     model = GpuMemoryModel()
+    setting = _Setting(spec["name"], in_ch, out_ch, model, device, max_measure_gb, threads, quick)
     result: dict[str, Any] = {
         "meta": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8.x"),
                  "python": platform.python_version(), "device": device, "threads": threads, "quick": quick,
@@ -489,79 +591,14 @@ def calibrate(variants: Sequence[str], targets: Sequence[float] | None, device: 
         for host in hosts:
             reference_cls = ExperimentPlanner if not host.residual else getattr(rp, host.planner)
             reference = plan_quietly(reference_cls, spec["name"], host.gpu_memory_gb)
-            if not host.residual:
-                result["nnUNetPlans_8G"] = {c: _config_summary(cfg) for c, cfg in reference["configurations"].items()
-                                            if "patch_size" in cfg}
-            else:
-                result.setdefault("resenc_reference", {})[host.name] = {
-                    "plans_name": reference["plans_name"], "target_gb": host.gpu_memory_gb,
-                    "configurations": {c: _config_summary(cfg) for c, cfg in reference["configurations"].items()
-                                       if "patch_size" in cfg}}
+            _record_reference(result, host, reference)
             if host.residual not in measured_family:
                 measured_family.add(host.residual)
                 _parts_1_2(result, reference, host.name, variants, in_ch, out_ch, threads, max_measure_gb, quick, log)
-            family = "resenc" if host.residual else "plain"
-            amp = {}
-            for row in result["estimates"]:
-                if row["dim"] == 3 and row["amp_ratio"] is not None and row.get("host", "plain") == family:
-                    amp[row["variant"]] = row["amp_ratio"]  # the larger 3D patch wins (listed last)
-
-            # part 3
+            amp = _amp_ratios(result, "resenc" if host.residual else "plain")
             host_targets = targets or (list(PLAIN_TARGETS_GB) if not host.residual else [host.gpu_memory_gb])
             for gb in host_targets:
-                vanilla_plans = plan_quietly(planner_class("vanilla", host=host.name), spec["name"], gb)
-                naive_cfg = vanilla_plans["configurations"]["3d_fullres"]
-                for v in variants:
-                    try:
-                        plans = plan_quietly(planner_class(v, host=host.name), spec["name"], gb)
-                    except (ImportError, ValueError, RuntimeError) as e:
-                        result["errors"].append({"part": "plans", "variant": v, "target_gb": gb, "error": repr(e),
-                                                 "preset": host.name})
-                        continue
-                    cfgs = {c: _config_summary(cfg) for c, cfg in plans["configurations"].items()
-                            if "patch_size" in cfg}
-                    full = plans["configurations"]["3d_fullres"]
-                    entry = full["architecture"]
-                    row: dict[str, Any] = {"variant": v, "preset": host.name, "target_gb": gb,
-                                           "plans_name": plans["plans_name"], "configurations": cfgs}
-                    try:
-                        params = _count_parameters(entry, in_ch, out_ch)
-                        naive_entry = variant_entry(naive_cfg["architecture"], v)
-                        naive_bytes = 4 * network_estimate(naive_entry, naive_cfg["patch_size"], in_ch, out_ch)
-                        naive_params = _count_parameters(naive_entry, in_ch, out_ch)
-                        ratios = {"amp_ratio": amp.get(v), "step_ratio": result["step_ratios"].get(
-                            step_ratio_key(family, v), {}).get("step_ratio")}
-                        row["parameters"] = params
-                        row["ratios_used"] = ratios
-                        row["naive"] = {"patch": [int(p) for p in naive_cfg["patch_size"]],
-                                        "batch": int(naive_cfg["batch_size"]),
-                                        "bytes_per_sample_estimate": naive_bytes,
-                                        "predicted_peak_gib": model.predict(naive_bytes, naive_cfg["batch_size"],
-                                                                            naive_params, **ratios) / GIB}
-                        if device == "cuda":
-                            # the planner's prediction from the honest estimate, beside the measured peak
-                            planned_bytes = 4 * network_estimate(entry, full["patch_size"], in_ch, out_ch)
-                            row["planner_predicted_peak_gib"] = model.predict(planned_bytes, full["batch_size"],
-                                                                              params, **ratios) / GIB
-                            peak = gpu_step_peak(entry, full["patch_size"], full["batch_size"], in_ch, out_ch)
-                            gc.collect()
-                            torch.cuda.empty_cache()
-                            row["measured_gpu_peak_gib"] = peak / GIB
-                            row["within_target"] = peak / GIB <= gb
-                        elif not quick:
-                            m = measure_planned(entry, full["patch_size"], in_ch, out_ch, max_measure_gb * 1e9,
-                                                threads)
-                            row["measured"] = m
-                            peak = model.predict(m["bytes_per_sample"], full["batch_size"], params, **ratios)
-                            row["predicted_peak_gib"] = peak / GIB
-                            row["within_target"] = peak / GIB <= gb
-                    except (ImportError, ValueError, RuntimeError) as e:
-                        result["errors"].append({"part": "measure", "variant": v, "target_gb": gb, "error": repr(e),
-                                                 "preset": host.name})
-                    result["plans"].append(row)
-                    peak_txt = row.get("predicted_peak_gib", row.get("measured_gpu_peak_gib", float("nan")))
-                    log(f"  plan {host.name:9s} {v:9s} {gb:g} GB: 3d_fullres {cfgs['3d_fullres']['patch']} "
-                        f"x{cfgs['3d_fullres']['batch']}  peak {peak_txt:.2f} GiB")
+                _part_3(result, host, gb, variants, amp, setting, log)
     return result
 
 
@@ -633,7 +670,9 @@ def markdown_table(result: dict) -> str:
               f"|{'---|' if hosts_shown else ''}---|---|---|---:|---:|---:|---:|---:|"]
     for r in result["estimates"]:
         ratio = r["planner_estimate"] / r["dna_vanilla_estimate"]
-        lines.append(f"| {(_HOST_NAMES[r.get('host', 'plain')] + ' | ') if hosts_shown else ''}{r['variant']} | {r['dim']}D | {_fmt_patch(r['patch'])} | {r['estimate_elements']:,} | "
+        host_col = (_HOST_NAMES[r.get("host", "plain")] + " | ") if hosts_shown else ""
+        lines.append(f"| {host_col}{r['variant']} | {r['dim']}D | {_fmt_patch(r['patch'])} | "
+                     f"{r['estimate_elements']:,} | "
                      f"{r['measured_elements']:,} | {100 * r['relative_error']:+.2f}% | {ratio:.3f} | "
                      f"{'n/a' if r['amp_ratio'] is None else format(r['amp_ratio'], '.3f')} |")
     amp_errors = dict.fromkeys(f"{r['variant']} {r['dim']}D: {r['amp_error']}" for r in result["estimates"]
@@ -660,7 +699,8 @@ def markdown_table(result: dict) -> str:
                   + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}" for c, s in ref.items()) + ".")
                  if ref else "")
               + "".join(f" nnU-Net's `{r['plans_name']}` ({r['target_gb']:g} GB): "
-                        + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}" for c, s in r["configurations"].items())
+                        + ", ".join(f"{c} {_fmt_patch(s['patch'])} x{s['batch']}"
+                                    for c, s in r["configurations"].items())
                         + "." for r in result.get("resenc_reference", {}).values()),
               ("Peak: `torch.cuda.max_memory_allocated` of an AMP training step at the planned batch and patch. "
                if gpu else
@@ -669,7 +709,8 @@ def markdown_table(result: dict) -> str:
                f"{result['model']['workspace_bytes'] / GIB:g} GiB, against the target in GiB. ")
               + "Naive: the variant on the vanilla plan at that target (predicted from the estimate).", "",
               (f"| {'preset | ' if hosts_shown else ''}variant | target | 3d_fullres patch x batch | 3d_lowres | 2d | "
-               f"measured / sample | {'GPU peak' if gpu else 'predicted peak'} | within | naive: vanilla plan's peak |"),
+               f"measured / sample | {'GPU peak' if gpu else 'predicted peak'} | within | "
+               "naive: vanilla plan's peak |"),
               f"|{'---|' if hosts_shown else ''}---|---|---|---|---|---:|---:|---|---:|"]
     for r in result["plans"]:
         c = r["configurations"]
@@ -682,7 +723,8 @@ def markdown_table(result: dict) -> str:
             how = "-"
         peak = r.get("predicted_peak_gib", r.get("measured_gpu_peak_gib"))
         naive = r.get("naive", {}).get("predicted_peak_gib")
-        lines.append(f"| {(r.get('preset', 'plain') + ' | ') if hosts_shown else ''}{r['variant']} | {r['target_gb']:g} GB | {_fmt_patch(c['3d_fullres']['patch'])} "
+        preset_col = (r.get("preset", "plain") + " | ") if hosts_shown else ""
+        lines.append(f"| {preset_col}{r['variant']} | {r['target_gb']:g} GB | {_fmt_patch(c['3d_fullres']['patch'])} "
                      f"x{c['3d_fullres']['batch']} | {low} | {_fmt_patch(c['2d']['patch'])} x{c['2d']['batch']} | "
                      f"{how} | {'-' if peak is None else f'{peak:.2f} GiB'} | "
                      f"{'-' if 'within_target' not in r else ('yes' if r['within_target'] else '**no**')} | "

@@ -2,7 +2,7 @@
 
 On one CUDA GPU (sized to finish in under 8 minutes on an H100/H200-class device), in this order:
 
-1. **Kernel check**: DSConv's Triton kernels (:mod:`nnunet_tubeconv.blocks._triton`) against the PyTorch path on the
+1. **Kernel check**: DSConv's Triton kernels (:mod:`nnunet_tubeconv.blocks.dsconv.triton_backend`) against the PyTorch path on the
    device, forward and every gradient, 2D and 3D, every morph axis, odd sizes, batch > 1, clamped borders,
    fp32/bf16/fp16 features; which path the dispatch picks; and the forward+backward time of a 3D DSConv (K = 9, the
    ``bench-blocks`` size) on the Triton kernels vs the PyTorch path.
@@ -101,7 +101,7 @@ def environment(device) -> dict[str, Any]:
     import torch
 
     from nnunet_tubeconv import __version__
-    from nnunet_tubeconv.blocks import _native, _triton
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend, triton_backend
 
     try:
         import triton
@@ -116,7 +116,7 @@ def environment(device) -> dict[str, Any]:
         "torch": torch.__version__, "torch_cuda": torch.version.cuda, "triton": triton_version,
         "nnunetv2": _version(version, PackageNotFoundError, "nnunetv2"), "nnunet_tubeconv": __version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "dsconv_cuda_path": _triton.status(), "dsconv_cpu_path": _native.status(),
+        "dsconv_cuda_path": triton_backend.status(), "dsconv_cpu_path": cpu_backend.status(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     if device.type == "cuda":
@@ -176,11 +176,11 @@ def kernel_check(device, quick: bool, log: Callable[[str], None] = print) -> dic
     """Triton kernels vs the reference (the PyTorch path in float64 on the features rounded to the tested dtype)."""
     import torch
 
-    from nnunet_tubeconv.blocks import _triton
-    from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction
+    from nnunet_tubeconv.blocks.dsconv import triton_backend
+    from nnunet_tubeconv.blocks.dsconv.function import SnakeConvFunction
 
-    if not _triton.available():
-        raise RuntimeError(f"the Triton kernels cannot run here: {_triton.status()}")
+    if not triton_backend.available():
+        raise RuntimeError(f"the Triton kernels cannot run here: {triton_backend.status()}")
     dtypes = [torch.float32, torch.bfloat16, torch.float16]
     rows = []
     for case in _kernel_cases(quick):
@@ -197,16 +197,16 @@ def kernel_check(device, quick: bool, log: Callable[[str], None] = print) -> dic
             xs, ws, bs, gs = x.to(dtype), w.to(dtype), b.to(dtype), go.to(dtype)
             d32 = delta.float()
             leaves = [t.double().requires_grad_() for t in (xs, d32, ws, bs)]
-            y_ref = _SnakeConvFunction.apply(*leaves, case["axis"], case["swing"], 1.0)  # float64: never Triton
+            y_ref = SnakeConvFunction.apply(*leaves, case["axis"], case["swing"], 1.0)  # float64: never Triton
             refs = [y_ref, *torch.autograd.grad(y_ref, leaves, gs.double())]
-            y = _triton.forward(xs, d32, ws, bs, case["axis"], case["swing"], 1.0)
-            grads = _triton.backward(gs, xs, d32, ws, True, case["axis"], case["swing"], 1.0, (True,) * 4)
+            y = triton_backend.forward(xs, d32, ws, bs, case["axis"], case["swing"], 1.0)
+            grads = triton_backend.backward(gs, xs, d32, ws, True, case["axis"], case["swing"], 1.0, (True,) * 4)
             errors = {name: _relative_error(a, r) for name, a, r in
                       zip(("y", "grad_x", "grad_delta", "grad_weight", "grad_bias"), (y, *grads), refs)}
             dtype_name = str(dtype).replace("torch.", "")
             tol = TOLERANCES[dtype_name]
             ok = all(e <= tol for e in errors.values()) and grads[1].dtype == torch.float32
-            dispatch = "triton" if _triton.usable(xs, d32, ws) else "pytorch"
+            dispatch = "triton" if triton_backend.usable(xs, d32, ws) else "pytorch"
             rows.append({"spatial": list(case["spatial"]), "axis": case["axis"], "swing_axes": list(case["swing"]),
                          "kernel_size": case["k"], "batch": case["batch"], "c_in": case["c_in"],
                          "c_out": case["c_out"], "dtype": dtype_name, "max_relative_error": errors,
@@ -214,7 +214,7 @@ def kernel_check(device, quick: bool, log: Callable[[str], None] = print) -> dic
             log(f"  kernels {case['spatial']} axis {case['axis']} {dtype_name}: worst error "
                 f"{max(errors.values()):.2e} (tolerance {tol:g}) {'ok' if ok else 'FAIL'}; dispatch: {dispatch}")
     result = {"rows": rows, "pass": all(r["pass"] for r in rows),
-              "reference": "_SnakeConvFunction in float64 on the features rounded to the tested dtype "
+              "reference": "SnakeConvFunction in float64 on the features rounded to the tested dtype "
                            f"({'PyTorch path' if device.type == 'cuda' else 'C kernels or PyTorch path'} on {device})"}
     if device.type == "cuda":
         result["speed"] = _speed(device, log)
@@ -281,7 +281,7 @@ def _parse(module, argv: list[str]) -> argparse.Namespace:
 def bench_blocks_step(device, quick: bool, out: Path) -> dict:
     """Every row in fp32 and bf16 autocast; then ``torch.compile`` of the snake rows in bf16 (compiling every
     block in both precisions would take most of the time budget)."""
-    from nnunet_tubeconv.benchmarks import bench_blocks
+    from nnunet_tubeconv.benchmarks.perf import bench_blocks
 
     path = out / FILES["bench_blocks"]
     compile_path = path.with_name(path.stem + "_compile.json")
@@ -304,7 +304,7 @@ def bench_blocks_step(device, quick: bool, out: Path) -> dict:
 def bench_train_step(device, quick: bool, out: Path) -> dict:
     """bench-train as nnU-Net trains on GPU (amp: the target's report), plus fp32 and amp + torch.compile runs,
     whose ratios go to ``report["modes"]``. On CPU (``--quick`` report path): fp32 and ``aot_eager`` instead."""
-    from nnunet_tubeconv.benchmarks import bench_train
+    from nnunet_tubeconv.benchmarks.perf import bench_train
 
     argv = ["--device", device.type, "--variants", SNAKE_VARIANT] + (["--quick"] if quick else [])
     report = bench_train.benchmark(_parse(bench_train, argv))
@@ -322,7 +322,7 @@ def bench_train_step(device, quick: bool, out: Path) -> dict:
 
 
 def calibration_step(device, quick: bool, out: Path, log) -> dict:
-    from nnunet_tubeconv.benchmarks import calibrate_memory
+    from nnunet_tubeconv.benchmarks.perf import calibrate_memory
 
     # its CPU parts (estimates, step ratios) run in fresh processes; a GPU machine has cores to spare for them
     threads = 1 if quick else max(1, min(8, (os.cpu_count() or 2) // 2))

@@ -23,7 +23,8 @@ IN_CHANNELS, NUM_CLASSES, PATCH = 1, 3, (16, 16)
 
 
 def variant_trainers() -> dict[str, tuple[str | None, dict]]:
-    """Trainer name -> (variant, block options) for vanilla (``nnUNetTrainer``: no variant) and every variant trainer."""
+    """Trainer name -> (variant, block options) for vanilla (``nnUNetTrainer``: no variant) and every variant
+    trainer."""
     module = importlib.import_module("nnunet_tubeconv.trainers.tubeconv_variants")
     out: dict[str, tuple[str | None, dict]] = {"nnUNetTrainer": (None, {})}
     for name, mod in TRAINER_MODULES.items():

@@ -1,7 +1,7 @@
 """Tubular-structure blocks: plain ``nn.Module``s configured in dynamic-network-architectures' vocabulary.
 
 Nothing here imports nnunetv2. The maths of every block, and the defects of the authors' code not copied, are in
-docs/maths.md.
+docs/explanation/maths.md.
 """
 
 from nnunet_tubeconv.blocks.deform import DeformConv

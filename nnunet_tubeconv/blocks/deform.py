@@ -1,5 +1,5 @@
 """Modulated deformable convolution (DCNv2): Dai et al., "Deformable Convolutional Networks", ICCV 2017, and Zhu et
-al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: docs/maths.md section 6.
+al., "Deformable ConvNets v2: More Deformable, Better Results", CVPR 2019. Maths: docs/explanation/maths.md section 6.
 
 The free-form baseline next to the snake: every one of the ``P = prod(kernel)`` sample points of every output
 position has its own free offset (``d`` values) and a modulation ``m = sigmoid(.)``, both predicted by a
@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks._traceable import traceable_deform_conv
-from nnunet_tubeconv.blocks._utils import (
-    _tracing,
+from nnunet_tubeconv.blocks.utils import (
     as_tuple,
+    axis_grid,
     build_dropout,
     build_nonlin,
     build_norm,
@@ -38,9 +37,10 @@ from nnunet_tubeconv.blocks._utils import (
     conv_output_size,
     drop_in_geometry,
     numel,
+    tracing,
 )
 
-__all__ = ["DeformConv", "deform_conv_nd"]
+__all__ = ["DeformConv", "deform_conv_nd", "traceable_deform_conv"]
 
 
 def _kernel_points(kernel: Sequence[int]) -> list[tuple[int, ...]]:
@@ -125,7 +125,8 @@ class _DeformConvFunction(torch.autograd.Function):
             grad_mask = torch.zeros_like(mask) if need_mask else None
             grad_w = torch.zeros_like(w) if need_w else None
             for p, point in enumerate(_kernel_points(kernel)):
-                grid = _sampling_grid(_coordinates(offset[:, d * p : d * (p + 1)]), point, ctx.stride, ctx.padding, in_size)
+                offset_p = _coordinates(offset[:, d * p : d * (p + 1)])
+                grid = _sampling_grid(offset_p, point, ctx.stride, ctx.padding, in_size)
                 grid = grid.to(x.dtype)
                 s = _grid_sample(x, grid).view(batch, c_in, n_out)
                 m = mask[:, p].reshape(batch, 1, n_out).to(x.dtype)
@@ -172,9 +173,56 @@ def deform_conv_nd(
         raise ValueError(f"offset must have shape {(x.shape[0], d * n_points, *out_size)}, got {tuple(offset.shape)}")
     if mask.shape != (x.shape[0], n_points, *out_size):
         raise ValueError(f"mask must have shape {(x.shape[0], n_points, *out_size)}, got {tuple(mask.shape)}")
-    if _tracing():
+    if tracing():
         return traceable_deform_conv(x, offset, mask, weight, bias, stride_t, padding_t)
     return _DeformConvFunction.apply(x, offset, mask, weight, bias, stride_t, padding_t)
+
+
+def traceable_deform_conv(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+) -> torch.Tensor:
+    """Modulated deformable convolution (DCNv2, Zhu et al., CVPR 2019) in ops that trace with dynamic sizes, N-D:
+    what :class:`DeformConv` runs while a graph is exported (:func:`nnunet_tubeconv.blocks.utils.tracing`), as its
+    eager paths cannot be (``torchvision``'s ``deform_conv2d`` has no ONNX symbolic, 3D runs an autograd Function).
+
+    Same contract as :func:`nnunet_tubeconv.blocks.deform.deform_conv_nd` (and ``torchvision.ops.deform_conv2d``):
+    ``x`` ``(B, C_in, *S_in)``; ``offset`` ``(B, d * P, *S_out)`` (per kernel point, row-major over the kernel, its
+    displacement along each axis in input order); ``mask`` ``(B, P, *S_out)``; ``weight`` ``(C_out, C_in, *k)``.
+    Returns ``(B, C_out, *S_out)``, the output size read from ``offset`` (the offset branch is a conv with the same
+    kernel, stride and padding). One ``grid_sample`` (bilinear, zeros outside, ``align_corners=False``) per kernel
+    point, as the block's own N-D path computes it; exports as ONNX ``GridSample``, 2-D from opset 16, 3-D from 20.
+    (Flat gathers as in DSConv's ``traceable_snake_conv`` would need ``2^d`` of them per kernel point, 216 per 3x3x3
+    layer: a graph that took minutes to export and ran 20 times slower in onnxruntime.)
+    """
+    batch, c_in = x.shape[0], x.shape[1]
+    dim = x.dim() - 2
+    in_spatial = list(x.shape[2:])
+    out_spatial = list(offset.shape[2:])
+    kernel = list(weight.shape[2:])
+    c_out = weight.shape[0]
+    sizes = [torch.as_tensor(n, device=x.device).to(torch.float32) for n in in_spatial]
+    out_grids = [axis_grid(out_spatial[a], a, dim, torch.float32, x.device) for a in range(dim)]
+    w = weight.reshape(c_out, c_in, -1)
+    y = None
+    for p, point in enumerate(itertools.product(*[range(k) for k in kernel])):
+        coords = []
+        for a in range(dim):
+            pos = out_grids[a] * float(stride[a]) + float(point[a] - padding[a]) + offset[:, dim * p + a].float()
+            coords.append((2 * pos + 1) / sizes[a] - 1)  # voxel i of n -> (2 i + 1) / n - 1 (align_corners=False)
+        grid = torch.stack(coords[::-1], dim=-1)  # (B, *S_out, d), last dim x, y[, z]
+        sample = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+        sample = sample.reshape(batch, c_in, -1) * mask[:, p].reshape(batch, 1, -1).to(x.dtype)
+        term = torch.matmul(w[:, :, p], sample)
+        y = term if y is None else y + term
+    if bias is not None:
+        y = y + bias.reshape(1, c_out, 1)
+    return y.reshape(batch, c_out, *out_spatial)
 
 
 class DeformConv(nn.Module):
@@ -237,7 +285,7 @@ class DeformConv(nn.Module):
         check_input(x, self.dim, self.input_channels, type(self).__name__)
         offset, mask = self.offsets_and_mask(x)
         weight, bias = self.conv.weight, self.conv.bias
-        if _tracing():  # graph export: the same maths in plain operations (torchvision's op has no ONNX symbolic)
+        if tracing():  # graph export: the same maths in plain operations (torchvision's op has no ONNX symbolic)
             y = traceable_deform_conv(x, offset, mask, weight, bias, self.stride, self.padding)
         elif self.dim == 2 and x.is_cuda:
             from torchvision.ops import deform_conv2d

@@ -1,8 +1,8 @@
 """Dynamic feature fusion (DFF) of decoder features and a skip connection.
 
 Yang et al., "D-Net: Dynamic Large Kernel with Dynamic Feature Fusion for Volumetric Medical Image Segmentation",
-arXiv 2403.10674; maths: docs/maths.md section 4. Replaces nnU-Net's "concatenate the skip, then convolve" with a gated
-fusion back to ``C`` channels. One N-D implementation, dimension from ``conv_op``.
+arXiv 2403.10674; maths: docs/explanation/maths.md section 4. Replaces nnU-Net's "concatenate the skip, then
+convolve" with a gated fusion back to ``C`` channels. One N-D implementation, dimension from ``conv_op``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks._utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.blocks.utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel
 
 
 class DFF(nn.Module):

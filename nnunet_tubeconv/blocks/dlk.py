@@ -1,7 +1,7 @@
 """Dynamic large kernel (DLK) and the D-Net block around it.
 
 Yang et al., "D-Net: Dynamic Large Kernel with Dynamic Feature Fusion for Volumetric Medical Image Segmentation",
-arXiv 2403.10674. The maths is docs/maths.md section 3. One N-D implementation: the dimension comes
+arXiv 2403.10674. The maths is docs/explanation/maths.md section 3. One N-D implementation: the dimension comes
 from ``conv_op`` (``nn.Conv2d`` or ``nn.Conv3d``).
 
 The paper and the authors' two code versions disagree on the spatial selection (step 4 there). ``mode="paper"``
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_tubeconv.blocks._utils import _tracing, as_tuple, check_channels, check_input, conv_op_to_dim, numel
+from nnunet_tubeconv.blocks.utils import as_tuple, check_channels, check_input, conv_op_to_dim, numel, tracing
 from nnunet_tubeconv.vocabulary import DLK_MODES
 
 
@@ -37,9 +37,9 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     """On CPU, ``x`` in channels-last layout, for the input of a k > 1 convolution: oneDNN's depth-wise, dilated
     and few-channel kernels run 2-4x faster (forward + backward) in it than in the default layout. (A 1x1
     convolution returns the default layout whatever it is given, hence a conversion before each large kernel.)
-    Other devices keep their layout, and so does a graph export (:func:`_tracing`): ONNX tensors have no memory
-    format, and the TorchScript exporter refuses ``contiguous(memory_format=...)``."""
-    if x.device.type != "cpu" or _tracing():
+    Other devices keep their layout, and so does a graph export (:func:`~nnunet_tubeconv.blocks.utils.tracing`):
+    ONNX tensors have no memory format, and the TorchScript exporter refuses ``contiguous(memory_format=...)``."""
+    if x.device.type != "cpu" or tracing():
         return x
     return x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
 
@@ -52,7 +52,7 @@ def _layout_like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class DLK(nn.Module):
     """Dynamic large kernel: two depth-wise large kernels in series, selected per voxel, gated per channel.
 
-    ``x: (B, C, *S) -> (B, C, *S)``, residual included (docs/maths.md section 3, steps 1-6):
+    ``x: (B, C, *S) -> (B, C, *S)``, residual included (docs/explanation/maths.md section 3, steps 1-6):
 
     1. ``u = conv1x1(x)``: ``C -> C/2``;
     2. ``a1 = dwconv_5(u)``, ``a2 = dwconv_7,dilation 3(a1)`` (receptive fields 5 and 23), ``C/2`` channels each;
@@ -145,7 +145,7 @@ class DLKBlock(nn.Module):
     are per-channel layer scales initialised to ``layer_scale_init_value`` (1e-6: the block starts close to the
     identity); LN is a channel LayerNorm; ``drop_path`` is the per-sample probability, in training, of dropping a
     residual branch (stochastic depth), survivors rescaled by ``1 / (1 - drop_path)``.
-    Yang et al., arXiv 2403.10674; docs/maths.md section 3.
+    Yang et al., arXiv 2403.10674; docs/explanation/maths.md section 3.
 
     Parameters keep the paper's form (1x1 convolutions, a channel LayerNorm module per branch). The MLP runs its
     1x1 convolutions as ``F.linear`` on channels-last views; on CPU the large kernels run channels-last. The

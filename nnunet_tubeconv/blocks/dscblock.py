@@ -1,5 +1,5 @@
 """DSCNet multi-view block (Qi et al., "Dynamic Snake Convolution based on Topological Geometric Constraints for
-Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: docs/maths.md section 2.
+Tubular Structure Segmentation", ICCV 2023, arXiv 2307.08388). Maths: docs/explanation/maths.md section 2.
 
 One ordinary convolution (the stage's kernel) and one :class:`DSConv` per usable spatial axis look at the same
 features; each branch gives ``C_out`` channels followed by norm + nonlin; the ``(1 + n_axes) * C_out`` channels are
@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nnunet_tubeconv.blocks._utils import (
+from nnunet_tubeconv.blocks.dsconv import DSConv
+from nnunet_tubeconv.blocks.utils import (
     build_dropout,
     build_nonlin,
     build_norm,
@@ -33,7 +34,6 @@ from nnunet_tubeconv.blocks._utils import (
     drop_in_geometry,
     numel,
 )
-from nnunet_tubeconv.blocks.dsconv import DSConv
 
 __all__ = ["DSCBlock"]
 

@@ -1,14 +1,16 @@
-"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors, the tracing rule.
+"""Helpers shared by every block: dimension from ``conv_op``, argument checks with clear errors, the capture rules
+and what the blocks' custom ops share. The bottom of ``nnunet_tubeconv.blocks``: it imports only torch.
 
 Blocks import nothing from nnunetv2; they speak dynamic-network-architectures' vocabulary
 (``conv_op``, ``norm_op``, ``nonlin`` ...) so that nnU-Net plans can configure them.
 
 The capture rules: a block whose eager forward uses something an exported graph cannot hold (a custom autograd
 Function, the compiled CPU kernels, an op without an ONNX symbolic, a memory-format conversion) asks
-:func:`_tracing` and, while it is True, computes the same maths in plain tensor operations. Under ``torch.compile``
-(:func:`_compiling`) DSConv and scSE call their kernels as ``torch.library`` custom ops instead (``_custom_ops.py``),
-so a compiled network keeps the eager kernels and memory. So ``torch.onnx.export``, ``torch.jit.trace``,
-``torch.export`` and ``torch.compile`` work on any network of these blocks as it stands.
+:func:`tracing` and, while it is True, computes the same maths in plain tensor operations. Under ``torch.compile``
+(:func:`compiling`) DSConv and scSE call their kernels as ``torch.library`` custom ops instead
+(``dsconv/custom_ops.py``, ``scse.py``), so a compiled network keeps the eager kernels and memory. So
+``torch.onnx.export``, ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` work on any network of these
+blocks as it stands.
 """
 
 from __future__ import annotations
@@ -16,26 +18,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 _CONV_TO_DIM: dict[type, int] = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """True while a graph is exported (ONNX export, TorchScript tracing or scripting, ``torch.export``): the one rule
-    by which every block leaves its eager-only paths for plain tensor operations (``_traceable.py``), which such a
-    graph can hold. ``torch.compile`` is not an export: see :func:`_compiling`."""
+    by which every block leaves its eager-only paths for plain tensor operations (``dsconv/traceable.py``,
+    ``deform.traceable_deform_conv``), which such a graph can hold. ``torch.compile`` is not an export: see
+    :func:`compiling`."""
     return bool(
         torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
         or torch.compiler.is_exporting()
     )
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
     """True while ``torch.compile`` captures a graph (and not an export): DSConv and scSE then call their custom
-    ops (``_custom_ops.py``: the eager kernels behind a fake implementation), DeformConv and DLK their eager code,
-    which dynamo traces as it stands."""
-    return bool(torch.compiler.is_compiling() and not _tracing())
+    ops (``dsconv/custom_ops.py``, ``scse.py``: the eager kernels behind a fake implementation), DeformConv and DLK
+    their eager code, which dynamo traces as it stands."""
+    return bool(torch.compiler.is_compiling() and not tracing())
 
 
 def conv_op_to_dim(conv_op: type) -> int:
@@ -50,14 +53,6 @@ def conv_op_to_dim(conv_op: type) -> int:
         if conv_op is cls or (isinstance(conv_op, type) and issubclass(conv_op, cls)):
             return dim
     raise ValueError(f"unknown conv_op {conv_op!r}: allowed are torch.nn.Conv2d and torch.nn.Conv3d")
-
-
-def dim_to_conv_op(dim: int) -> type:
-    if dim == 2:
-        return nn.Conv2d
-    if dim == 3:
-        return nn.Conv3d
-    raise ValueError(f"only 2 or 3 spatial dimensions are supported, got {dim}")
 
 
 def check_channels(name: str, value: int) -> int:
@@ -107,7 +102,9 @@ def conv_output_size(input_size: Sequence[int], kernel_size: Sequence[int], stri
 
 def check_odd_kernel(name: str, kernel_size: Sequence[int]) -> None:
     if any(k % 2 == 0 for k in kernel_size):
-        raise ValueError(f"every entry of {name} must be odd (centred kernels, 'same' padding), got {tuple(kernel_size)}")
+        raise ValueError(
+            f"every entry of {name} must be odd (centred kernels, 'same' padding), got {tuple(kernel_size)}"
+        )
 
 
 def drop_in_geometry(conv_op: type, input_channels: int, output_channels: int, kernel_size: int | Sequence[int],
@@ -144,3 +141,42 @@ def build_dropout(dropout_op: type | None, dropout_op_kwargs: dict | None) -> nn
 
 def is_batch_norm(norm_op: type | None) -> bool:
     return isinstance(norm_op, type) and issubclass(norm_op, nn.modules.batchnorm._BatchNorm)
+
+
+def axis_grid(size: torch.Tensor | int, axis: int, dim: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``arange(size)`` shaped ``(1, ..., size, ..., 1)`` (``dim + 1`` axes, batch first) to broadcast over ``S``: the
+    coordinate grids of the traceable (graph-export) paths."""
+    shape = [1] * (dim + 1)
+    shape[axis + 1] = -1
+    return torch.arange(size, dtype=dtype, device=device).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# custom ops: what DSConv's (dsconv/custom_ops.py) and scSE's (scse.py) share
+# ----------------------------------------------------------------------------------------------------------------
+class OpContext:
+    """Stands in for an autograd ctx when a Function's ``forward`` / ``backward`` runs inside a custom op."""
+
+    def __init__(self, saved: tuple = (), needs: Sequence[bool] = ()):
+        self.saved_tensors = saved
+        self.needs_input_grad = tuple(needs)
+
+    def save_for_backward(self, *tensors) -> None:
+        self.saved_tensors = tensors
+
+
+def empty_tensor(like: Tensor) -> Tensor:
+    """A size-0 tensor of ``like``'s dtype and device: a custom op's stand-in for a gradient that is not needed (an op
+    cannot return None)."""
+    return like.new_empty(0)
+
+
+def contiguous_like(t: Tensor) -> Tensor:
+    """A contiguous tensor of ``t``'s shape and dtype: the real ops return contiguous tensors whatever the input's
+    layout (e.g. channels-last), and a compiler trusts the fake's strides."""
+    return t.new_empty(t.shape)
+
+
+def or_empty(grad: Tensor | None, like: Tensor) -> Tensor:
+    """``grad``, or :func:`empty_tensor` where it is None."""
+    return empty_tensor(like) if grad is None else grad

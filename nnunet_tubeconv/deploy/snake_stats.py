@@ -240,11 +240,11 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
 
     from nnunet_tubeconv.deploy.snakes import (
         NoSnakesError,
-        _block_of,
-        _cumulative_strides,
-        _pad_to,
-        _stage_of,
+        block_of,
+        cumulative_strides,
         dsconv_layers,
+        pad_to,
+        stage_of,
     )
 
     network = model.network
@@ -259,7 +259,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
     n_channels = len(dj.get("channel_names", dj.get("modality", {"0": ""})))
     files = _case_files(images, ending, n_channels, cases)
     net_dim = model.dim
-    cumulative = _cumulative_strides(cm.network_arch_init_kwargs.get("strides", [[1] * net_dim]), net_dim)
+    cumulative = cumulative_strides(cm.network_arch_init_kwargs.get("strides", [[1] * net_dim]), net_dim)
     divisor = cumulative[-1]
     reader = pm.image_reader_writer_class()
     preprocessor = cm.preprocessor_class(verbose=False)
@@ -281,7 +281,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
             x = torch.from_numpy(np.ascontiguousarray(pre[None])).float()
             lab_full = None if pre_seg is None else pre_seg[0] > 0
         valid_shape = list(x.shape[2:])
-        x = _pad_to(x, divisor)
+        x = pad_to(x, divisor)
         captured: dict[str, Any] = {}
         handles = [m.register_forward_pre_hook(lambda mod, a, name=name, store=captured: store.__setitem__(
             name, a[0].detach())) for name, m in layers]
@@ -293,7 +293,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
                 h.remove()
         for name, layer in layers:
             xin = captured[name]
-            stage = _stage_of(xin.shape[2:], x.shape[2:], cumulative)
+            stage = stage_of(xin.shape[2:], x.shape[2:], cumulative)
             cum = cumulative[stage]
             with torch.no_grad():
                 coords = layer.snake_coordinates(xin)[0].numpy()
@@ -308,7 +308,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
                 lab = np.pad(lab, [(0, g - n) for g, n in zip(grid, lab.shape)])[tuple(slice(0, g) for g in grid)]
             per_layer[name][case] = layer_case_stats(coords, delta, layer.axis, layer.swing_axes, layer.extend_scope,
                                                      lab, valid)
-            meta[name] = {"block": _block_of(network, name), "stage": stage, "morph_axis": int(layer.axis),
+            meta[name] = {"block": block_of(network, name), "stage": stage, "morph_axis": int(layer.axis),
                           "swing_axes": list(layer.swing_axes), "kernel_size": int(layer.kernel_size),
                           "extend_scope": layer.extend_scope,
                           "swing_norm": getattr(layer, "swing_norm_kind", "stage")}

@@ -145,7 +145,7 @@ def dsconv_layers(network) -> list[tuple[str, Any]]:
     return [(name, m) for name, m in network.named_modules() if isinstance(m, DSConv)]
 
 
-def _block_of(network, name: str) -> str:
+def block_of(network, name: str) -> str:
     """The nearest ancestor of ``name`` that is not a container: the block a DSConv belongs to."""
     from torch import nn
 
@@ -158,7 +158,7 @@ def _block_of(network, name: str) -> str:
     return name
 
 
-def _cumulative_strides(strides: Sequence, dim: int) -> list[list[int]]:
+def cumulative_strides(strides: Sequence, dim: int) -> list[list[int]]:
     out, cur = [], [1] * dim
     for s in strides:
         s = [int(s)] * dim if isinstance(s, (int, float)) else [int(v) for v in s]
@@ -167,7 +167,7 @@ def _cumulative_strides(strides: Sequence, dim: int) -> list[list[int]]:
     return out
 
 
-def _stage_of(shape: Sequence[int], input_shape: Sequence[int], cumulative: list[list[int]]) -> int:
+def stage_of(shape: Sequence[int], input_shape: Sequence[int], cumulative: list[list[int]]) -> int:
     """The resolution stage whose grid ``shape`` is (conv arithmetic with stride: ceil(size / stride))."""
     for level, cum in enumerate(cumulative):
         if all(int(s) == -(-int(n) // c) for s, n, c in zip(shape, input_shape, cum)):
@@ -209,7 +209,7 @@ def _foreground(logits, label_manager) -> tuple[np.ndarray, np.ndarray]:
     return (logits[0].argmax(0) > 0).numpy(), (1 - torch.softmax(logits[0], 0)[0]).numpy()
 
 
-def _pad_to(x, divisor: Sequence[int]):
+def pad_to(x, divisor: Sequence[int]):
     """Zero-pad the spatial axes of ``x`` ``(1, C, *S)`` at their end to multiples of ``divisor``."""
     import torch.nn.functional as F
 
@@ -264,7 +264,7 @@ def show_snakes(
     shown = original.transpose([0, *[i + 1 for i in pm.transpose_forward]])[0]  # (Z, Y, X) as the network sees it
     net_dim = model.dim
     strides = cm.network_arch_init_kwargs.get("strides", [[1] * net_dim])
-    cumulative = _cumulative_strides(strides, net_dim)
+    cumulative = cumulative_strides(strides, net_dim)
     divisor = cumulative[-1]
 
     n_slices = pre.shape[1]
@@ -286,7 +286,7 @@ def show_snakes(
         z0 = z_pre
         x = torch.from_numpy(np.ascontiguousarray(pre[None, :, z_pre])).float()
     valid_shape = list(x.shape[2:])
-    x = _pad_to(x, divisor)
+    x = pad_to(x, divisor)
 
     captured: dict[str, Any] = {}
     handles = [
@@ -309,7 +309,7 @@ def show_snakes(
 
     by_stage: dict[int, list[str]] = {}
     for name, _ in layers:
-        by_stage.setdefault(_stage_of(captured[name].shape[2:], x.shape[2:], cumulative), []).append(name)
+        by_stage.setdefault(stage_of(captured[name].shape[2:], x.shape[2:], cumulative), []).append(name)
     if stage is None:
         stage = min(by_stage)
     if stage not in by_stage:
@@ -367,7 +367,7 @@ def show_snakes(
                        stages_available=sorted(by_stage), selection=selection)
     blocks: dict[str, list[str]] = {}
     for name in names:
-        blocks.setdefault(_block_of(network, name), []).append(name)
+        blocks.setdefault(block_of(network, name), []).append(name)
     modules = dict(layers)
     for block, members in blocks.items():
         for name in members:

@@ -17,7 +17,8 @@ A record (``RECORD_SCHEMA``) is a JSON object with at least :data:`RECORD_KEYS` 
 "test"`` and ``"folds"``, the folds whose models were ensembled; ``fold`` is null); ``status`` is ``"done"`` or
 ``"failed"``; a done record's ``metrics`` is a results.json object (``nnunet-tubeconv/results/1``, see
 :mod:`nnunet_tubeconv.evaluation.folders`). The harness may add keys (``benchmarks.records.EXTRA_KEYS``); readers
-ignore what they do not know.
+ignore what they do not know. Records and the report's ``report.json`` are written as strict JSON, crash-safe, by
+:mod:`nnunet_tubeconv.evaluation.serialise`.
 """
 
 from __future__ import annotations

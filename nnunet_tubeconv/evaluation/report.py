@@ -48,8 +48,10 @@ from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, host_label
 METRIC_LABELS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "nsd": "NSD", "cldice": "clDice",
                  "betti0_error": "Betti-0 err", "betti1_error": "Betti-1 err", "betti2_error": "Betti-2 err",
                  "betti0_error_filtered": "Betti-0 err (filtered)", "betti1_error_filtered": "Betti-1 err (filtered)",
-                 "betti2_error_filtered": "Betti-2 err (filtered)", "betti_error_patch": "patch Betti err"}
-_FORMAT = {"dice": "{:.3f}", "iou": "{:.3f}", "nsd": "{:.3f}", "cldice": "{:.3f}", "hd95": "{:.2f}"}
+                 "betti2_error_filtered": "Betti-2 err (filtered)", "betti_error_patch": "patch Betti err",
+                 "recall_thin": "recall thin", "recall_medium": "recall medium", "recall_thick": "recall thick"}
+_FORMAT = {"dice": "{:.3f}", "iou": "{:.3f}", "nsd": "{:.3f}", "cldice": "{:.3f}", "hd95": "{:.2f}",
+           "recall_thin": "{:.3f}", "recall_medium": "{:.3f}", "recall_thick": "{:.3f}"}
 ARM_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
 HOW_TO_READ = (
@@ -414,7 +416,7 @@ def figure_boxplots(g: GroupAnalysis) -> bytes:
             ax.set_visible(False)
             continue
         m = g.metrics[i]
-        data = [st._finite([r.get(m) for r in g.values[a].values()]) for a in g.arms]
+        data = [st.finite([r.get(m) for r in g.values[a].values()]) for a in g.arms]
         ax.boxplot(data, showfliers=False, widths=0.6, medianprops={"color": "black"})
         for j, d in enumerate(data):
             ax.scatter(j + 1 + rng.uniform(-0.15, 0.15, d.size), d, s=9, alpha=0.6,
@@ -872,7 +874,7 @@ def write_report(results_dir: str | Path, n_resamples: int = st.N_RESAMPLES, see
     md, page = root / "report.md", root / "report.html"
     md.write_text(render_markdown(title, blocks), encoding="utf-8")
     page.write_text(render_html(title, blocks), encoding="utf-8")
-    from nnunet_tubeconv.benchmarks.records import dumps
+    from nnunet_tubeconv.evaluation.serialise import dumps
 
     rep = report_json(suite, groups, n_resamples, seed, alpha, min_pairs, complete_case, n_permutations)
     rep["heldout_test"] = report_json(suite, heldout, n_resamples, seed, alpha, min_pairs, complete_case,

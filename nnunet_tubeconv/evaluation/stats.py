@@ -94,14 +94,14 @@ DIRECTION_RULE = (
 )
 
 
-def _finite(values) -> np.ndarray:
+def finite(values) -> np.ndarray:
     arr = np.asarray([math.nan if v is None else v for v in values], dtype=float)
     return arr[np.isfinite(arr)]
 
 
 def describe(values) -> dict[str, float]:
     """``{"n", "mean", "sd", "median", "q1", "q3", "iqr"}`` of the finite values (NaN statistics when none)."""
-    arr = _finite(values)
+    arr = finite(values)
     if arr.size == 0:
         return {"n": 0, **{k: math.nan for k in ("mean", "sd", "median", "q1", "q3", "iqr")}}
     q1, med, q3 = np.percentile(arr, [25, 50, 75])

@@ -1,4 +1,6 @@
-"""Inductor on every trainer's network: ``python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check -o DIR``.
+"""Inductor on every trainer's network, one training step each, against eager.
+
+Command: ``python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check -o DIR``.
 
 ``tests/test_compile.py`` compiles every trainer's network through AOTAutograd (the graphs inductor receives, no code
 generation) and runs inductor itself on one small network of every block type. This command runs the full inductor
@@ -111,7 +113,8 @@ def run(trainers: list[str], out_dir: Path, backend: str = "inductor", threads: 
     report = {"backend": backend, "torch": torch.__version__, "threads": threads,
               "load_average": [round(v, 1) for v in os.getloadavg()],
               "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default (warm compiles are faster)"),
-              "command": "python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check " + " ".join(sys.argv[1:]),
+              "command": "python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check "
+                         + " ".join(sys.argv[1:]),
               "results": []}
     for trainer in trainers:
         if trainer in done:
@@ -135,8 +138,8 @@ def run(trainers: list[str], out_dir: Path, backend: str = "inductor", threads: 
 def main(argv: list[str] | None = None) -> int:
     from nnunet_tubeconv.benchmarks.perf.variant_nets import TRAINERS
 
-    parser = argparse.ArgumentParser(prog="python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder of the .md and .json report")
     parser.add_argument("--trainers", default=",".join(TRAINERS),
                         help=f"comma-separated trainers (default: all of {TRAINERS})")

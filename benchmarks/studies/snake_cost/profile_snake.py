@@ -12,7 +12,7 @@ loss, backward, clipping, SGD) of the default snake network (``nnUNetTrainerDSCo
    GEMMs and layout changes (the autograd function's time minus its C kernels), the snake's norm + nonlin, the
    multi-view fusion (concatenation + fuse conv) and the block's tail (norm + nonlin).
 
-The C kernels are timed by wrapping :class:`nnunet_tubeconv.blocks._native.SnakeKernels`' three methods in this
+The C kernels are timed by wrapping :class:`nnunet_tubeconv.blocks.cpu_backend.SnakeKernels`' three methods in this
 process only (the library itself is untouched). ``-o FILE.md`` writes the tables as markdown with the command.
 """
 
@@ -48,9 +48,9 @@ class _KernelClock:
     """Wall time spent in SnakeKernels.sample / gather_backward / scatter while active."""
 
     def __init__(self):
-        from nnunet_tubeconv.blocks import _native
+        from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
-        self.cls = _native.SnakeKernels
+        self.cls = cpu_backend.SnakeKernels
         self.spent: dict[str, float] = defaultdict(float)
         self.originals = {n: getattr(self.cls, n) for n in ("sample", "gather_backward", "scatter")}
 
@@ -75,7 +75,7 @@ class _KernelClock:
 
 def block_breakdown(torch, block, x, repeats: int, clock: _KernelClock) -> list[tuple[str, float]]:
     """``[(part, seconds per forward + backward)]`` of one DSCBlock on input ``x`` (parts as in the module doc)."""
-    from nnunet_tubeconv.blocks.dsconv import _SnakeConvFunction
+    from nnunet_tubeconv.blocks.dsconv.function import SnakeConvFunction as _SnakeConvFunction
 
     def fb(fn, *inputs):
         def run():
@@ -131,21 +131,22 @@ def block_breakdown(torch, block, x, repeats: int, clock: _KernelClock) -> list[
 def profile(args: argparse.Namespace) -> dict:
     import torch
     from nnunet_tubeconv.architectures import variant_architecture
-    from nnunet_tubeconv.benchmarks import bench_train
+    from nnunet_tubeconv.benchmarks.perf import bench_train
     from nnunet_tubeconv.benchmarks.perf.realistic_plans import realistic_plan
 
-    from nnunet_tubeconv.blocks import DSConv, _native
+    from nnunet_tubeconv.blocks import DSConv
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
     torch.set_num_threads(args.threads)
     _CLOCK["now"] = time.process_time if args.timer == "cpu" else time.perf_counter
-    entry, run = realistic_plan(args.plan) if args.plan != "toy" else bench_train._small_plan(3, args.quick)
+    entry, run = realistic_plan(args.plan) if args.plan != "toy" else bench_train.small_plan(3, args.quick)
     strides = entry["arch_kwargs"]["strides"]
-    loss, data, targets = bench_train._loss_and_targets(torch, run, strides, torch.device("cpu"))
-    vanilla = bench_train._Model("vanilla", entry, run, torch, 0)
-    snake = bench_train._Model("dsconv", variant_architecture(entry, "dsconv"), run, torch, 0)
+    loss, data, targets = bench_train.loss_and_targets(torch, run, strides, torch.device("cpu"))
+    vanilla = bench_train.BenchModel("vanilla", entry, run, torch, 0)
+    snake = bench_train.BenchModel("dsconv", variant_architecture(entry, "dsconv"), run, torch, 0)
     load_before = os.getloadavg()
     # arms: (model, oneDNN linear for DSConv's GEMMs or None = torch.mm, the implementation before issue 15)
-    onednn = _native._onednn_linear()
+    onednn = cpu_backend.onednn_linear()
     arms = [("vanilla", vanilla, onednn), ("snake", snake, onednn)]
     if args.compare_gemm:
         arms.append(("snake, torch.mm GEMMs", snake, None))
@@ -153,13 +154,13 @@ def profile(args: argparse.Namespace) -> dict:
     try:
         for rnd in range(args.steps + 1):  # round 0 is the warm-up
             for name, m, op in arms:
-                _native._state["linear"] = op
+                cpu_backend.set_linear_op(op)
                 t0 = _now()
-                bench_train._step(torch, m, loss, data, targets)
+                bench_train.train_step(torch, m, loss, data, targets)
                 if rnd:
                     times[name].append(_now() - t0)
     finally:
-        _native._state["linear"] = onednn
+        cpu_backend.set_linear_op(onednn)
     medians = {name: statistics.median(t) for name, t in times.items()}
     t_van, t_snake = medians["vanilla"], medians["snake"]
 
@@ -174,7 +175,7 @@ def profile(args: argparse.Namespace) -> dict:
     one = data[:1]  # MACs per sample (the ratio does not depend on the batch)
     macs = {"vanilla": forward_macs(torch, vanilla.net, one), "snake": forward_macs(torch, snake.net, one)}
     return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
-            "threads": torch.get_num_threads(), "native": _native.status(), "vanilla_s": t_van, "snake_s": t_snake,
+            "threads": torch.get_num_threads(), "native": cpu_backend.status(), "vanilla_s": t_van, "snake_s": t_snake,
             "macs_per_sample": macs, "gemm_gflops": gemm, "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
             "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
             "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
@@ -204,13 +205,13 @@ def _blocks(torch, net, data, repeats: int) -> list[dict]:
 
 def gemm_rates(torch, rows: int, inner: int, cols: int, repeats: int) -> dict[str, float]:
     """GFLOP/s of DSConv's forward GEMM shape ``(rows, inner) x (inner, cols)``: ``torch.mm`` and oneDNN's linear
-    (as ``_native.linear`` calls it; absent where this PyTorch lacks it)."""
-    from nnunet_tubeconv.blocks import _native
+    (as ``cpu_backend.linear`` calls it; absent where this PyTorch lacks it)."""
+    from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
     a, w = torch.randn(rows, inner), torch.randn(cols, inner)
     flops = 2.0 * rows * inner * cols
     out = {"torch.mm": flops / _median_time(lambda: torch.mm(a, w.t()), repeats) / 1e9}
-    op = _native._onednn_linear()
+    op = cpu_backend.onednn_linear()
     if op is not None:
         out["oneDNN linear"] = flops / _median_time(lambda: op(a, w, None, "none", [], ""), repeats) / 1e9
     return out

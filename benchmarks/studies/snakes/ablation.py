@@ -19,10 +19,11 @@ side only; ``no_deep_supervision`` trains the default without nnU-Net's deep sup
 every arm with that one; ``--seeds`` trains every arm with several seeds and ``--baseline-seeds`` only the baseline
 (its seed-to-seed noise floor, as the harness does).
 
-Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE reduced to a 128^2 patch, batch 2, 6 stages with widths
-16..256 (``nnUNetPlansSnakeAblation``, same preprocessing as ``nnUNetPlans``: full-resolution images), and a short
-schedule (``--epochs`` x ``--iterations``). Snake saturation and adherence show within a few hundred iterations; the
-Dice of so short a training is not a verdict on the blocks, only a check that a fix costs no accuracy.
+Budget (2 shared CPU cores): nnU-Net's 2d plans of DRIVE cut to a 128^2 patch, batch 2, 6 stages with widths
+16..256 (``nnUNetPlansSnakeAblation``, cut by :func:`nnunet_tubeconv.planning.cpu.cut_plans`; same preprocessing as
+``nnUNetPlans``: full-resolution images), and a short schedule (``--epochs`` x ``--iterations``). Snake saturation
+and adherence show within a few hundred iterations; the Dice of so short a training is not a verdict on the blocks,
+only a check that a fix costs no accuracy.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nnunet_tubeconv.benchmarks.studies.snakes.drive import DATASET_ID, DEFAULT_DRIVE, _run, nnunet_work_env
+from nnunet_tubeconv.benchmarks.studies.snakes.drive import DATASET_ID, DEFAULT_DRIVE, nnunet_work_env, run_logged
 
 from nnunet_tubeconv.data.synthetic import DEFAULT_DATASET_ID, DEFAULT_NAME
 
@@ -120,7 +121,8 @@ def arm_trainer_source(snapshots: tuple[int, ...] = ()) -> str:
         "",
         "class _NoDeepSupervision:",
         "    def initialize(self):",
-        "        self.enable_deep_supervision = False  # network, loss and data loaders read it in initialize / on start",
+        ("        self.enable_deep_supervision = False  # network, loss and data loaders read it in "
+         "initialize / on start"),
         "        super().initialize()",
         "",
     ]
@@ -136,38 +138,6 @@ def arm_trainer_source(snapshots: tuple[int, ...] = ()) -> str:
         if options is not None:
             lines += [f"    block_options = MappingProxyType({options!r})", ""]
     return "\n".join(lines)
-
-
-def reduced_plans(plans: dict, name: str, patch: int, batch: int, stages: int, base_features: int,
-                  configuration: str = "2d") -> dict:
-    """nnU-Net plans with ``configuration`` cut to a CPU budget: the first ``stages`` stages, widths
-    ``base * 2^i`` (max 256), a ``patch`` of that edge in every axis and ``batch``; ``data_identifier`` unchanged, so
-    the preprocessed data are shared. The one owner of the CPU plan reduction of the DRIVE runs."""
-    plans = json.loads(json.dumps(plans))
-    plans["plans_name"] = name
-    if configuration not in plans["configurations"]:
-        raise ValueError(f"configuration {configuration!r} is not in the plans; they have "
-                         f"{sorted(plans['configurations'])}")
-    conf = plans["configurations"][configuration]
-    if "architecture" not in conf:
-        raise ValueError(f"configuration {configuration!r} inherits its network; reduce a configuration with its own "
-                         "architecture (2d or 3d_fullres)")
-    kw = conf["architecture"]["arch_kwargs"]
-    if not 3 <= stages <= kw["n_stages"]:
-        raise ValueError(f"stages must be between 3 and the planned {kw['n_stages']}, got {stages}")
-    kw["n_stages"] = stages
-    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
-        kw[key] = kw[key][:stages]
-    kw["n_conv_per_stage_decoder"] = kw["n_conv_per_stage_decoder"][: stages - 1]
-    dim = len(conf["patch_size"])
-    divisors = [int(np.prod([s[ax] for s in kw["strides"]])) for ax in range(dim)]
-    if any(patch % d or patch // d < 2 for d in divisors):
-        raise ValueError(f"patch must be a multiple of {max(divisors)} and at least {2 * max(divisors)} for these "
-                         f"plans (cumulative strides {divisors}), got {patch}")
-    conf["patch_size"] = [patch] * dim
-    conf["batch_size"] = batch
-    kw["features_per_stage"] = [min(base_features * 2**i, 256) for i in range(stages)]
-    return plans
 
 
 _METRICS = ("dice", "cldice", "betti0_error", "betti1_error")
@@ -248,23 +218,33 @@ def _fold_stats(record: dict, val_cases: list[str], raw: Path, cache: Path,
     return stats
 
 
-def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, stats_dir: Path, plan: str, data: str = "drive",
-                   snapshots: tuple[int, ...] = ()) -> tuple[str, dict]:
-    """Markdown tables (per arm; per arm and DSConv layer; with ``snapshots``, per arm, layer and training
-    iterations) from the finished units, and the numbers behind them.
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
 
-    Per-case values of all finished folds are pooled (the validation cases of different folds are different
-    images), so each CI is over every validation case run so far.
-    """
+
+def _spct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}%"
+
+
+def _ci(v) -> str:
+    return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
+
+
+def _add_layers(into: dict, stats: dict) -> None:
+    """Pool one fold's per-layer snake statistics into ``into`` (layer index -> name and per-case values)."""
+    for i, layer in enumerate(stats["layers"]):
+        entry = into.setdefault(i, {"name": layer["name"], "per_case": {}})
+        entry["per_case"].update(layer["per_case"])
+
+
+def collect_units(suite, results: Path | list[Path], arms: dict, raw: Path, stats_dir: Path, dataset: str,
+                  along: list[int]) -> tuple[dict[str, dict], dict[str, dict[int, dict[str, dict[str, float]]]]]:
+    """What the tables are made of, from the finished units: per arm (first seed only) its folds, iteration times,
+    per-case metrics and per-layer snake statistics (of the final checkpoint and of the ``along`` snapshots); and
+    arm -> seed -> case -> metrics of every seed (the seed-to-seed noise floor)."""
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
-    from nnunet_tubeconv.deploy.snake_stats import summarise
-
-    dataset, _configuration, data_what = DATA[data]
     splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / dataset / "splits_final.json").read_text())
-    b = suite.budget
-    total = b.num_epochs * b.num_iterations_per_epoch
-    along = sorted({n for n in snapshots if n < total})
     per_arm: dict[str, dict] = {}
     first_seed = min(suite.seeds)
     by_seed: dict[str, dict[int, dict[str, dict[str, float]]]] = {}  # arm -> seed -> case -> metrics
@@ -274,7 +254,7 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
             continue
         for row in rec["metrics"]["per_case"]:
             by_seed.setdefault(u.arm, {}).setdefault(u.seed, {})[row["case"]] = {m: row[m] for m in _METRICS}
-        if u.seed != first_seed:  # the tables are of the first seed; the others give the noise floor below
+        if u.seed != first_seed:  # the tables are of the first seed; the others give the noise floor
             continue
         a = per_arm.setdefault(u.arm, {"folds": [], "iteration_time_s": [], "cases": {}, "layers": {},
                                        "snapshots": {n: {} for n in along}})
@@ -284,108 +264,105 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
             a["cases"][row["case"]] = {m: row[m] for m in _METRICS}
         if arms[u.arm][1] is None:
             continue
-        stats = _fold_stats(rec, sorted(splits[u.fold]["val"]), raw, stats_dir / u.arm / f"fold_{u.fold}.json")
-        for i, layer in enumerate(stats["layers"]):
-            entry = a["layers"].setdefault(i, {"name": layer["name"], "per_case": {}})
-            entry["per_case"].update(layer["per_case"])
+        val_cases = sorted(splits[u.fold]["val"])
+        _add_layers(a["layers"], _fold_stats(rec, val_cases, raw, stats_dir / u.arm / f"fold_{u.fold}.json"))
         for n in along:
             if not (Path(rec["nnunet_output_folder"]) / snapshot_name(n)).is_file():
                 continue
-            snap = _fold_stats(rec, sorted(splits[u.fold]["val"]), raw,
-                               stats_dir / u.arm / f"fold_{u.fold}_it{n}.json", snapshot_name(n))
-            for i, layer in enumerate(snap["layers"]):
-                entry = a["snapshots"][n].setdefault(i, {"name": layer["name"], "per_case": {}})
-                entry["per_case"].update(layer["per_case"])
-    base = suite.baseline
-    numbers: dict[str, Any] = {"baseline": base, "arms": {}}
-    rows1 = [(f"| arm | what | folds | val cases | s/iter | Dice | Dice - {base} (95% CI) | clDice | Betti-0 err | "
-             "Betti-1 err | saturated (max layer) | same tilt (max layer) | adherence snake - straight, worst layer "
-             "(95% CI) | layers with adherence CI > 0 |"),
-             "|" + "---|" * 14]
-    rows2 = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence straight | "
-             "diff (95% CI) | direction snake | direction straight | diff (95% CI) | near-vessel snake - straight "
-             "(95% CI) |"),
-             "|" + "---|" * 13]
+            _add_layers(a["snapshots"][n], _fold_stats(rec, val_cases, raw,
+                                                       stats_dir / u.arm / f"fold_{u.fold}_it{n}.json",
+                                                       snapshot_name(n)))
+    return per_arm, by_seed
 
-    rows4 = [(f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | p (Holm) | "
-              "verdict | cases |"), "|" + "---|" * 8]
 
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}%"
-
-    def spct(v):
-        return "-" if v is None else f"{100 * v:+.1f}%"
-
-    def ci(v):
-        return "-" if not v else f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]"
-
-    floors_by_arm = {arm: seed_noise_floors(seeds, first_seed) for arm, seeds in by_seed.items() if arm in arms}
-    # the noise floor a verdict uses: the baseline's (the harness's rule) or, without one, the first other arm's
+def verdict_noise_floor(floors_by_arm: dict[str, dict], base: str, arms: dict) -> tuple[str | None,
+                                                                                          dict[str, float] | None]:
+    """The arm whose seed-to-seed noise floor the verdicts use (the baseline's, the harness's rule, or without one
+    the first other arm's) and that floor per metric (the largest over its seeds), or ``(None, None)``."""
     floor_arm = base if floors_by_arm.get(base) else next((a for a in arms if floors_by_arm.get(a)), None)
     noise = None if floor_arm is None else {
         m: max(f[m]["floor"] for f in floors_by_arm[floor_arm].values() if m in f) for m in _METRICS}
-    numbers["noise_floor_arm"] = floor_arm
-    for arm in arms:
-        if arm not in per_arm:
-            continue
-        a = per_arm[arm]
-        cases = sorted(a["cases"])
-        means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
-        dice_diff, dice_ci, paired = None, None, None
-        if arm != base and base in per_arm:
-            paired = paired_vs_base(a["cases"], per_arm[base]["cases"], arm=arm, base=base, noise=noise)
-            if paired["dice"]["cases"]:
-                dice_diff, dice_ci = paired["dice"]["mean_diff"], paired["dice"]["ci"]
-                for m, d in paired.items():
-                    d_ci = "-" if not d["ci"] else f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
-                    ps = ["-" if v is None else f"{v:.3g}" for v in (d["p_sign_flip"], d["p_holm"])]
-                    rows4.append(f"| {arm} | {m} | {d['mean_diff']:+.4f} | {d_ci} | {ps[0]} | {ps[1]} | "
-                                 f"{d['verdict']} | {d['cases']} |")
-        layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
-        it = [t for t in a["iteration_time_s"] if t is not None]
-        numbers["arms"][arm] = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
-                                "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
-                                "metrics_mean": means, "dice_diff_vs_baseline": dice_diff,
-                                "dice_diff_ci": dice_ci, "paired_vs_baseline": paired, "per_case_metrics": a["cases"], "layers": layers,
-                                "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()},
-                                "snapshots": {str(n): {e["name"]: summarise(e["per_case"]) for e in
-                                                       a["snapshots"][n].values()} for n in along}}
-        if layers:
-            worst = min(layers.values(), key=lambda s: s.get("adherence_diff", 0.0))
-            passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
-            snake_cols = (f"{pct(max(s['saturated'] for s in layers.values()))} | "
-                          f"{pct(max(s['constant_tilt'] for s in layers.values()))} | "
-                          f"{spct(worst.get('adherence_diff'))} {ci(worst.get('adherence_diff_ci'))} | "
-                          f"{passing}/{len(layers)}")
-        else:
-            snake_cols = "- | - | - | -"
-        rows1.append(
-            f"| {arm} | {arms[arm][2]} | {','.join(map(str, a['folds']))} | {len(cases)} | "
-            f"{'-' if not it else f'{sum(it) / len(it):.2f}'} | {means['dice']:.4f} | "
-            f"{'-' if dice_diff is None else f'{dice_diff:+.4f}'} "
-            f"{'' if not dice_ci else f'[{dice_ci[0]:+.4f}, {dice_ci[1]:+.4f}]'} | {means['cldice']:.4f} | "
-            f"{means['betti0_error']:.1f} | {means['betti1_error']:.1f} | {snake_cols} |")
-        for s in layers.values():
-            dir_ci = s.get("direction_diff_ci")
-            rows2.append(
-                f"| {arm} | {s['name']} | {pct(s['saturated'])} | {s['mean_step']:.3f} | {pct(s['tilt'])} | "
-                f"{pct(s['constant_tilt'])} | {pct(s.get('adherence_snake'))} | {pct(s.get('adherence_straight'))} | "
-                f"{spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
-                f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
-                f"{s.get('direction_diff', 0):+.3f} "
-                f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | "
-                f"{spct(s.get('near_vessel_diff'))} {ci(s.get('near_vessel_diff_ci'))} |")
-    rows5 = ["| arm | metric | seed | mean difference, seed - seed " + str(first_seed) + " | noise floor |mean| "
-             "(95% CI) | cases |", "|" + "---|" * 6]
+    return floor_arm, noise
+
+
+def _paired_row(arm: str, metric: str, d: dict) -> str:
+    d_ci = "-" if not d["ci"] else f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+    ps = ["-" if v is None else f"{v:.3g}" for v in (d["p_sign_flip"], d["p_holm"])]
+    return f"| {arm} | {metric} | {d['mean_diff']:+.4f} | {d_ci} | {ps[0]} | {ps[1]} | {d['verdict']} | {d['cases']} |"
+
+
+def _snake_columns(layers: dict[int, dict]) -> str:
+    """The main table's snake columns: most saturated and most tilted layer, worst adherence gain, layers passing."""
+    if not layers:
+        return "- | - | - | -"
+    worst = min(layers.values(), key=lambda s: s.get("adherence_diff", 0.0))
+    passing = sum(1 for s in layers.values() if s.get("adherence_diff_ci") and s["adherence_diff_ci"][0] > 0)
+    return (f"{_pct(max(s['saturated'] for s in layers.values()))} | "
+            f"{_pct(max(s['constant_tilt'] for s in layers.values()))} | "
+            f"{_spct(worst.get('adherence_diff'))} {_ci(worst.get('adherence_diff_ci'))} | "
+            f"{passing}/{len(layers)}")
+
+
+def _layer_row(arm: str, s: dict) -> str:
+    dir_ci = s.get("direction_diff_ci")
+    return (f"| {arm} | {s['name']} | {_pct(s['saturated'])} | {s['mean_step']:.3f} | {_pct(s['tilt'])} | "
+            f"{_pct(s['constant_tilt'])} | {_pct(s.get('adherence_snake'))} | {_pct(s.get('adherence_straight'))} | "
+            f"{_spct(s.get('adherence_diff'))} {_ci(s.get('adherence_diff_ci'))} | "
+            f"{s.get('direction_snake', 0):.3f} | {s.get('direction_straight', 0):.3f} | "
+            f"{s.get('direction_diff', 0):+.3f} "
+            f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | "
+            f"{_spct(s.get('near_vessel_diff'))} {_ci(s.get('near_vessel_diff_ci'))} |")
+
+
+def _arm_tables(arm: str, per_arm: dict[str, dict], arms: dict, base: str, noise: dict[str, float] | None,
+                along: list[int]) -> tuple[dict, str, list[str], list[str]]:
+    """One arm's numbers, its row of the main table, its rows of the per-layer table and of the paired table."""
+    from nnunet_tubeconv.deploy.snake_stats import summarise
+
+    a = per_arm[arm]
+    cases = sorted(a["cases"])
+    means = {m: float(sum(a["cases"][c][m] for c in cases) / len(cases)) for m in _METRICS}
+    dice_diff, dice_ci, paired, paired_rows = None, None, None, []
+    if arm != base and base in per_arm:
+        paired = paired_vs_base(a["cases"], per_arm[base]["cases"], arm=arm, base=base, noise=noise)
+        if paired["dice"]["cases"]:
+            dice_diff, dice_ci = paired["dice"]["mean_diff"], paired["dice"]["ci"]
+            paired_rows = [_paired_row(arm, m, d) for m, d in paired.items()]
+    layers = {i: {"name": e["name"], **summarise(e["per_case"])} for i, e in sorted(a["layers"].items())}
+    it = [t for t in a["iteration_time_s"] if t is not None]
+    numbers = {"trainer": arms[arm][0], "options": arms[arm][1], "folds": a["folds"],
+               "val_cases": cases, "iteration_time_s": sum(it) / len(it) if it else None,
+               "metrics_mean": means, "dice_diff_vs_baseline": dice_diff,
+               "dice_diff_ci": dice_ci, "paired_vs_baseline": paired, "per_case_metrics": a["cases"], "layers": layers,
+               "layer_per_case": {e["name"]: e["per_case"] for e in a["layers"].values()},
+               "snapshots": {str(n): {e["name"]: summarise(e["per_case"]) for e in
+                                      a["snapshots"][n].values()} for n in along}}
+    row = (f"| {arm} | {arms[arm][2]} | {','.join(map(str, a['folds']))} | {len(cases)} | "
+           f"{'-' if not it else f'{sum(it) / len(it):.2f}'} | {means['dice']:.4f} | "
+           f"{'-' if dice_diff is None else f'{dice_diff:+.4f}'} "
+           f"{'' if not dice_ci else f'[{dice_ci[0]:+.4f}, {dice_ci[1]:+.4f}]'} | {means['cldice']:.4f} | "
+           f"{means['betti0_error']:.1f} | {means['betti1_error']:.1f} | {_snake_columns(layers)} |")
+    return numbers, row, [_layer_row(arm, s) for s in layers.values()], paired_rows
+
+
+def _noise_floor_rows(floors_by_arm: dict[str, dict], first_seed: int) -> list[str]:
+    rows = ["| arm | metric | seed | mean difference, seed - seed " + str(first_seed) + " | noise floor |mean| "
+            "(95% CI) | cases |", "|" + "---|" * 6]
     for arm, floors in floors_by_arm.items():
-        if floors:
-            numbers["arms"].setdefault(arm, {})["noise_floor"] = floors
         for seed, per_metric in floors.items():
             for m, f in per_metric.items():
-                rows5.append(f"| {arm} | {m} | {seed} | {f['mean_diff']:+.4f} | {f['floor']:.4f} "
-                             f"[{f['floor_ci'][0]:.4f}, {f['floor_ci'][1]:.4f}] | {f['cases']} |")
-    rows3 = [("| arm | layer | iterations | saturated | mean step (vox) | same tilt | adherence snake - straight "
-              "(95% CI) | direction snake - straight (95% CI) | cases |"), "|" + "---|" * 9]
+                rows.append(f"| {arm} | {m} | {seed} | {f['mean_diff']:+.4f} | {f['floor']:.4f} "
+                            f"[{f['floor_ci'][0]:.4f}, {f['floor_ci'][1]:.4f}] | {f['cases']} |")
+    return rows
+
+
+def _along_training_text(per_arm: dict[str, dict], arms: dict, along: list[int], total: int) -> list[str]:
+    """The table of snake statistics along training (the ``--snapshots`` and the final checkpoint), with its
+    caption; empty without snapshots."""
+    from nnunet_tubeconv.deploy.snake_stats import summarise
+
+    rows = [("| arm | layer | iterations | saturated | mean step (vox) | same tilt | adherence snake - straight "
+             "(95% CI) | direction snake - straight (95% CI) | cases |"), "|" + "---|" * 9]
     for arm in arms:
         if arm not in per_arm or not along or arms[arm][1] is None:
             continue
@@ -396,23 +373,32 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
                     continue
                 s = summarise(layers_at[i]["per_case"])
                 dir_ci = s.get("direction_diff_ci")
-                rows3.append(
-                    f"| {arm} | {entry['name']} | {n} | {pct(s['saturated'])} | {s['mean_step']:.3f} | "
-                    f"{pct(s['constant_tilt'])} | {spct(s.get('adherence_diff'))} {ci(s.get('adherence_diff_ci'))} | "
+                rows.append(
+                    f"| {arm} | {entry['name']} | {n} | {_pct(s['saturated'])} | {s['mean_step']:.3f} | "
+                    f"{_pct(s['constant_tilt'])} | {_spct(s.get('adherence_diff'))} "
+                    f"{_ci(s.get('adherence_diff_ci'))} | "
                     f"{s.get('direction_diff', 0):+.3f} "
                     f"{'' if not dir_ci else f'[{dir_ci[0]:+.3f}, {dir_ci[1]:+.3f}]'} | {s['cases']} |")
-    along_text = [] if not along else [
+    return [] if not along else [
         "",
         (f"Along training (checkpoints written after {', '.join(map(str, along))} iterations and the final one at "
          f"{total}; the same poly learning-rate schedule over all {total} iterations, so an earlier snapshot is not "
          "a shorter run's final model):"),
         "",
-        *rows3,
+        *rows,
     ]
+
+
+def _table_document(suite, data: str, plan: str, floor_arm: str | None, arm_rows: list[str], paired_rows: list[str],
+                    noise_rows: list[str], layer_rows: list[str], along_text: list[str]) -> str:
+    """The markdown of the ablation: its setting, the per-arm table, the paired comparisons, the noise floor, the
+    per-layer table and the snake statistics along training (the tables with rows only)."""
+    _dataset, _configuration, data_what = DATA[data]
+    b, base, first_seed = suite.budget, suite.baseline, min(suite.seeds)
     title = "DRIVE" if data == "drive" else "synthetic 3D vessel trees"
     rest = sorted(set(suite.seeds) - {first_seed})
     others = f" (and seeds {', '.join(map(str, rest))} for the noise floor)" if rest else ""
-    text = "\n".join([
+    return "\n".join([
         f"# DSConv swing-branch ablation on {title} (issue 11)",
         "",
         (f"{data_what}; plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, "
@@ -424,34 +410,77 @@ def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, sta
         "positions; direction = mean |cos| between the snake's chord and the label's structure-tensor direction; "
         "near-vessel = adherence to the label dilated by one layer voxel (on or next to the vessel)."),
         "",
-        *rows1,
-        *([] if len(rows4) == 2 else [
+        *arm_rows,
+        *([] if len(paired_rows) == 2 else [
             "",
             (f"Paired over the validation cases both arms have (same images, same folds, seed {first_seed}; Betti "
              f"errors: lower is better), against {base}, with the harness's statistics (Holm over the four metrics; "
              "no CI and no test below 6 pairs; a difference within the seed-to-seed noise floor below, "
              f"{'not measured' if floor_arm is None else 'of ' + floor_arm}, is no evidence):"),
             "",
-            *rows4]),
-        *([] if len(rows5) == 2 else [
+            *paired_rows]),
+        *([] if len(noise_rows) == 2 else [
             "",
             (f"Seed-to-seed noise floor: the same arm trained again with another seed (same folds, same images), "
              f"per-case difference against seed {first_seed}; a difference between arms within this floor is no "
              "evidence of a difference:"),
             "",
-            *rows5]),
+            *noise_rows]),
         "",
         "Per DSConv layer:",
         "",
-        *rows2,
+        *layer_rows,
         *along_text,
     ])
+
+
+def ablation_table(suite, results: Path | list[Path], arms: dict, raw: Path, stats_dir: Path, plan: str,
+                   data: str = "drive", snapshots: tuple[int, ...] = ()) -> tuple[str, dict]:
+    """Markdown tables (per arm; per arm and DSConv layer; with ``snapshots``, per arm, layer and training
+    iterations) from the finished units, and the numbers behind them.
+
+    Per-case values of all finished folds are pooled (the validation cases of different folds are different
+    images), so each CI is over every validation case run so far.
+    """
+    dataset = DATA[data][0]
+    total = suite.budget.num_epochs * suite.budget.num_iterations_per_epoch
+    along = sorted({n for n in snapshots if n < total})
+    per_arm, by_seed = collect_units(suite, results, arms, raw, stats_dir, dataset, along)
+    base, first_seed = suite.baseline, min(suite.seeds)
+    numbers: dict[str, Any] = {"baseline": base, "arms": {}}
+    arm_rows = [(f"| arm | what | folds | val cases | s/iter | Dice | Dice - {base} (95% CI) | clDice | Betti-0 err | "
+                 "Betti-1 err | saturated (max layer) | same tilt (max layer) | adherence snake - straight, worst "
+                 "layer (95% CI) | layers with adherence CI > 0 |"),
+                "|" + "---|" * 14]
+    layer_rows = [("| arm | layer | saturated | mean step (vox) | tilt | same tilt | adherence snake | adherence "
+                   "straight | diff (95% CI) | direction snake | direction straight | diff (95% CI) | near-vessel "
+                   "snake - straight (95% CI) |"),
+                  "|" + "---|" * 13]
+    paired_rows = [(f"| arm | metric | mean difference, arm - {base} | 95% CI | p (paired sign-flip) | p (Holm) | "
+                    "verdict | cases |"), "|" + "---|" * 8]
+    floors_by_arm = {arm: seed_noise_floors(seeds, first_seed) for arm, seeds in by_seed.items() if arm in arms}
+    floor_arm, noise = verdict_noise_floor(floors_by_arm, base, arms)
+    numbers["noise_floor_arm"] = floor_arm
+    for arm in arms:
+        if arm not in per_arm:
+            continue
+        numbers["arms"][arm], row, rows, paired = _arm_tables(arm, per_arm, arms, base, noise, along)
+        arm_rows.append(row)
+        layer_rows += rows
+        paired_rows += paired
+    for arm, floors in floors_by_arm.items():
+        if floors:
+            numbers["arms"].setdefault(arm, {})["noise_floor"] = floors
+    text = _table_document(suite, data, plan, floor_arm, arm_rows, paired_rows,
+                           _noise_floor_rows(floors_by_arm, first_seed), layer_rows,
+                           _along_training_text(per_arm, arms, along, total))
     return text, numbers
 
 
-def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, folder: Path, window: int = 160) -> list[Path]:
+def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, folder: Path,
+                  window: int = 160) -> list[Path]:
     """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
-    from nnunet_tubeconv.benchmarks.studies.snakes.drive import _best_window
+    from nnunet_tubeconv.benchmarks.studies.snakes.drive import best_window
     from nnunet_tubeconv.benchmarks.suite import expand_units
 
     from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
@@ -460,7 +489,7 @@ def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, fold
     fold = suite.folds[0]
     splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / DATASET / "splits_final.json").read_text())
     case = min(splits[fold]["val"])
-    box = _best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
+    box = best_window(raw / "labelsTr" / f"{case}.nii.gz", window)
     written = []
     for u in expand_units(suite, [DATASET]):
         rec = finished_record(results, u.rel_dir)
@@ -522,11 +551,12 @@ def first_steps(steps: int = 3, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", choices=list(DATA), default="drive",
                    help="drive: nnU-Net 2d on the 20 DRIVE training images; synth3d: nnU-Net 3d_fullres on "
-                   f"{SYNTH3D_CASES} synthetic 3D vessel trees of {'x'.join(map(str, SYNTH3D_SHAPE))} (swing in two axes)")
+                   f"{SYNTH3D_CASES} synthetic 3D vessel trees of {'x'.join(map(str, SYNTH3D_SHAPE))} (swing in two "
+                   "axes)")
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
     p.add_argument("--work", default="/tmp/nnunet_tubeconv_snakes_ablation", help="nnU-Net folders and runs go here")
     p.add_argument("-o", "--output", default=None, help="markdown table to write (a .json with the numbers beside it)")
@@ -564,11 +594,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the unit-level experiment: a fresh DSConv's mean |swing| over nnU-Net's first SGD steps")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: the table from the units finished so far (e.g. after stopping a run)")
-    args = p.parse_args(argv)
+    return p
 
-    if args.first_steps:
-        print(first_steps())
-        return 0
+
+def _check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through ``p.error`` (naming what is allowed) on seeds, baseline or tag the ablation cannot use."""
     if any(seed < 0 for seed in args.seeds):
         p.error(f"--seeds must be integers >= 0 (they seed random, numpy and torch), got {args.seeds}")
     if args.baseline_seeds is not None and (any(seed < 0 for seed in args.baseline_seeds)
@@ -579,39 +609,55 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--baseline {args.baseline} is not one of the arms run ({', '.join(args.arms)})")
     if args.tag and not args.tag.isalnum():
         p.error(f"--tag must be letters and digits (it goes into nnU-Net trainer names), got {args.tag!r}")
-    dataset, configuration, _ = DATA[args.data]
-    drive, work = Path(args.drive), Path(args.work).resolve()
-    if args.data == "drive" and not (drive / "Image_Tr").is_dir():
-        print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
-        return 2
-    env, log = nnunet_work_env(work)
-    pre = work / "nnUNet_preprocessed" / dataset
-    if not (pre / "nnUNetPlans.json").is_file():
-        if args.data == "drive":
-            _run(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
-                  "--force"], env, log)
-        else:
-            _run(["nnunet-tubeconv", "synth", "--dim", 3, "--num-cases", SYNTH3D_CASES, "--shape",
-                  "x".join(map(str, SYNTH3D_SHAPE)), "-o", env["nnUNet_raw"], "--force"], env, log)
-        _run(["nnUNetv2_plan_and_preprocess", "-d", dataset.split("_")[0][len("Dataset"):], "-c", configuration,
-              "-np", "1", "-npfp", "1"], {**env, "nnUNet_n_proc_DA": "1"}, log)
-    plans = reduced_plans(json.loads((pre / "nnUNetPlans.json").read_text()), PLANS, args.patch, args.batch,
-                          args.stages, args.base_features, configuration)
+
+
+def prepare_data(data: str, drive: Path, env: dict, log: Path) -> Path:
+    """The data set converted (DRIVE) or generated (synth3d) and planned and preprocessed by nnU-Net, unless that
+    was done before; returns its nnU-Net preprocessed folder."""
+    dataset, configuration, _ = DATA[data]
+    pre = Path(env["nnUNet_preprocessed"]) / dataset
+    if (pre / "nnUNetPlans.json").is_file():
+        return pre
+    if data == "drive":
+        run_logged(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
+                    "--force"], env, log)
+    else:
+        run_logged(["nnunet-tubeconv", "synth", "--dim", 3, "--num-cases", SYNTH3D_CASES, "--shape",
+                    "x".join(map(str, SYNTH3D_SHAPE)), "-o", env["nnUNet_raw"], "--force"], env, log)
+    run_logged(["nnUNetv2_plan_and_preprocess", "-d", dataset.split("_")[0][len("Dataset"):], "-c", configuration,
+                "-np", "1", "-npfp", "1"], {**env, "nnUNet_n_proc_DA": "1"}, log)
+    return pre
+
+
+def write_plans(pre: Path, configuration: str, patch: int, batch: int, stages: int, base_features: int) -> dict:
+    """``PLANS``: nnU-Net's plans in ``pre`` with ``configuration`` cut by
+    :func:`nnunet_tubeconv.planning.cpu.cut_plans` (the data identifier kept: the preprocessed data are shared),
+    written beside them unless already there."""
+    from nnunet_tubeconv.planning.cpu import cut_plans
+
+    plans = cut_plans(json.loads((pre / "nnUNetPlans.json").read_text()), PLANS, configuration, patch, batch, stages,
+                      base_features)
     plans_file = pre / f"{PLANS}.json"
     if not plans_file.is_file() or json.loads(plans_file.read_text()) != plans:
         plans_file.write_text(json.dumps(plans, indent=2))
-    trainers = work / f"trainers{args.tag}"  # a tag's trainers (its snapshots) apart from the others
-    trainers.mkdir(exist_ok=True)
-    (trainers / "snake_ablation_trainers.py").write_text(arm_trainer_source(tuple(args.snapshots)))
+    return plans
 
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
-    os.environ["nnUNet_extTrainer"] = str(trainers)
-    from nnunet_tubeconv.benchmarks.runner import run_benchmark
+
+def plans_description(configuration: str, patch: int, batch: int, stages: int, base_features: int) -> str:
+    """How the table names the cut plans."""
+    dim = 2 if configuration == "2d" else 3
+    return (f"nnUNetPlans {configuration} cut to patch {patch}^{dim}, batch {batch}, {stages} stages of widths "
+            f"{base_features}..{min(base_features * 2 ** (stages - 1), 256)}")
+
+
+def ablation_suite(args: argparse.Namespace):
+    """The harness's suite of the ablation: every arm on the cut plans, CPU, the short budget."""
     from nnunet_tubeconv.benchmarks.suite import parse_suite
 
+    dataset, configuration, _ = DATA[args.data]
     seeds = sorted(set(args.seeds))
     baseline = args.baseline or ("stage_norm" if "stage_norm" in args.arms else args.arms[0])
-    suite = parse_suite({
+    return parse_suite({
         "name": f"snakes-ablation-{args.data}{args.tag}",
         "datasets": [dataset],
         "configurations": [configuration],
@@ -627,21 +673,15 @@ def main(argv: list[str] | None = None) -> int:
         "env": {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0",
                 "OMP_NUM_THREADS": str(args.threads)},
     })
-    results = work / f"results{args.tag}"
-    if not args.no_train:
-        run_benchmark(suite, results, report=False)
-    if args.train_only:
-        return 0
-    # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
-    # (of this run and of every --also run)
-    sources = [results, *(work / f"results{t}" for t in args.also)]
-    os.environ["nnUNet_extTrainer"] = os.pathsep.join(
-        [str(r / "trainers") for r in sources] + [str(trainers), *(str(work / f"trainers{t}") for t in args.also)])
-    dim = 2 if configuration == "2d" else 3
+
+
+def _write_report(args: argparse.Namespace, argv: list[str] | None, suite, work: Path, sources: list[Path]) -> None:
+    """The tables (printed, and with ``-o`` written with their numbers) and, with ``--pictures``, the pictures."""
+    dataset, configuration, _ = DATA[args.data]
     text, numbers = ablation_table(suite, sources, {a: ARMS[a] for a in args.arms}, work / "nnUNet_raw" / dataset,
-                                   work / f"stats{args.tag}", f"nnUNetPlans {configuration} cut to patch "
-                                   f"{args.patch}^{dim}, batch {args.batch}, {args.stages} stages of widths "
-                                   f"{args.base_features}..{min(args.base_features * 2 ** (args.stages - 1), 256)}",
+                                   work / f"stats{args.tag}",
+                                   plans_description(configuration, args.patch, args.batch, args.stages,
+                                                     args.base_features),
                                    args.data, tuple(args.snapshots))
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-train", "--train-only")]
     cmd = "python -m nnunet_tubeconv.benchmarks.studies.snakes.ablation " + " ".join(shown)
@@ -655,6 +695,43 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps({"command": cmd, **numbers}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.first_steps:
+        print(first_steps())
+        return 0
+    _check_arguments(p, args)
+    configuration = DATA[args.data][1]
+    drive, work = Path(args.drive), Path(args.work).resolve()
+    if args.data == "drive" and not (drive / "Image_Tr").is_dir():
+        print(f"DRIVE not found at {drive} (expected Image_Tr/ and Label_Tr/)", file=sys.stderr)
+        return 2
+    env, log = nnunet_work_env(work)
+    pre = prepare_data(args.data, drive, env, log)
+    write_plans(pre, configuration, args.patch, args.batch, args.stages, args.base_features)
+    trainers = work / f"trainers{args.tag}"  # a tag's trainers (its snapshots) apart from the others
+    trainers.mkdir(exist_ok=True)
+    (trainers / "snake_ablation_trainers.py").write_text(arm_trainer_source(tuple(args.snapshots)))
+
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    os.environ["nnUNet_extTrainer"] = str(trainers)
+    from nnunet_tubeconv.benchmarks.runner import run_benchmark
+
+    suite = ablation_suite(args)
+    results = work / f"results{args.tag}"
+    if not args.no_train:
+        run_benchmark(suite, results, report=False)
+    if args.train_only:
+        return 0
+    # the harness's generated arm trainers (what the checkpoints name) and ours, for loading the models here
+    # (of this run and of every --also run)
+    sources = [results, *(work / f"results{t}" for t in args.also)]
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join(
+        [str(r / "trainers") for r in sources] + [str(trainers), *(str(work / f"trainers{t}") for t in args.also)])
+    _write_report(args, argv, suite, work, sources)
     return 0
 
 

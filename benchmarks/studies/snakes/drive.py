@@ -4,7 +4,7 @@ DSCNet (Qi et al., ICCV 2023, arXiv 2307.08388) shows its kernels bending along 
 the same kind of picture from a model trained with this package through stock nnU-Net, on CPU, in about ten
 minutes of training::
 
-    python -m nnunet_tubeconv.benchmarks.studies.snakes.drive                     # writes docs/snakes_drive.png
+    python -m nnunet_tubeconv.benchmarks.studies.snakes.drive                     # writes docs/images/snakes_drive.png
     python -m nnunet_tubeconv.benchmarks.studies.snakes.drive --minutes 10 --work /tmp/snakes_drive
 
 Steps (all through the public entry points):
@@ -12,8 +12,9 @@ Steps (all through the public entry points):
 1. ``nnunet-tubeconv convert drive /work/shared/data/DRIVE`` (the 20 annotated DRIVE training images, ids 21-40),
    ``nnUNetv2_plan_and_preprocess -c 2d``;
 2. a copy of the 2d plans with a smaller patch and batch, fewer stages and narrower ones (``nnUNetPlansSnakesDrive``:
-   the CPU budget; the DSConv placement is the trainer's default), and a user-style trainer subclass of ``nnUNetTrainerDSConv`` whose epoch count fits ``--minutes`` (it measures the
-   first epoch and stops when the budget is spent); final validation is skipped (picture only);
+   the CPU budget; the DSConv placement is the trainer's default), and a user-style trainer subclass of
+   ``nnUNetTrainerDSConv`` whose epoch count fits ``--minutes`` (it measures the first epoch and stops when the
+   budget is spent); final validation is skipped (picture only);
 3. ``nnUNetv2_train ... -device cpu`` for fold 0;
 4. ``show-snakes`` on a fold-0 *validation* image (not trained on), zoomed to the ``--window`` square that holds
    the most annotated vessel (the annotation only chooses the view; snake positions come from the prediction).
@@ -36,11 +37,11 @@ DATASET_ID = 902
 PLANS = "nnUNetPlansSnakesDrive"
 TRAINER = "nnUNetTrainerDSConvSnakesDrive"
 DEFAULT_DRIVE = "/work/shared/data/DRIVE"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 TRAINER_SOURCE = textwrap.dedent(
     '''
-    """A budgeted nnUNetTrainerDSConv for the README's snakes picture (written by benchmarks/studies/snakes/drive.py)."""
+    """A budgeted nnUNetTrainerDSConv for the snakes picture (written by benchmarks/studies/snakes/drive.py)."""
 
     import os
     import time
@@ -96,7 +97,9 @@ def _bin(name: str) -> str:
     return str(here) if here.exists() else name
 
 
-def _run(args: list, env: dict, log: Path) -> None:
+def run_logged(args: list, env: dict, log: Path) -> None:
+    """Run a command (its arguments made strings) with its output appended to ``log``; exit naming the log when
+    it fails."""
     args = [str(a) for a in args]
     t0 = time.perf_counter()
     with open(log, "a") as f:
@@ -120,7 +123,7 @@ def nnunet_work_env(work: Path) -> tuple[dict, Path]:
     return env, work / "commands.log"
 
 
-def _best_window(label_file: Path, size: int) -> tuple[int, int, int, int]:
+def best_window(label_file: Path, size: int) -> tuple[int, int, int, int]:
     """(row, col, size, size) of the square holding the most annotated vessel, in the image as nnU-Net reads it."""
     import numpy as np
     import SimpleITK as sitk
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--drive", default=DEFAULT_DRIVE, help="DRIVE folder (NIfTI layout: Image_Tr/, Label_Tr/)")
     p.add_argument("--work", default="/tmp/nnunet_tubeconv_snakes_drive", help="nnU-Net folders go here")
-    p.add_argument("--output", default=str(REPO / "docs" / "snakes_drive.png"))
+    p.add_argument("--output", default=str(REPO / "docs" / "images" / "snakes_drive.png"))
     p.add_argument("--minutes", type=float, default=10.0, help="training budget (wall clock)")
     p.add_argument("--iterations", type=int, default=25, help="iterations per epoch")
     p.add_argument("--patch", type=int, default=128, help="square 2d patch size of the budget plans")
@@ -173,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = f"Dataset{DATASET_ID:03d}_DRIVE"
     pre = work / "nnUNet_preprocessed" / dataset
     if not (pre / "nnUNetPlans.json").is_file():
-        _run(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
+        run_logged(["nnunet-tubeconv", "convert", "drive", drive, "-o", env["nnUNet_raw"], "--dataset-id", DATASET_ID,
               "--force"], env, log)
-        _run(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
+        run_logged(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "-np", "1", "-npfp", "1"],
              {**env, "nnUNet_n_proc_DA": "1"}, log)
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["plans_name"] = PLANS
@@ -200,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
 
     model = work / "nnUNet_results" / dataset / f"{TRAINER}__{PLANS}__2d"
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
-        _run(["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"], env, log)
+        run_logged(["nnUNetv2_train", DATASET_ID, "2d", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"], env, log)
     summary = sorted((model / "fold_0").glob("training_log_*.txt"))
     splits = json.loads((pre / "splits_final.json").read_text())
     case = min(splits[0]["val"])
     image = work / "nnUNet_raw" / dataset / "imagesTr" / f"{case}_0000.nii.gz"
-    window = _best_window(work / "nnUNet_raw" / dataset / "labelsTr" / f"{case}.nii.gz", args.window)
+    window = best_window(work / "nnUNet_raw" / dataset / "labelsTr" / f"{case}.nii.gz", args.window)
     out = Path(args.output)
-    _run(["nnunet-tubeconv", "show-snakes", model, image, "-f", "0", "-o", out, "--points", args.points,
+    run_logged(["nnunet-tubeconv", "show-snakes", model, image, "-f", "0", "-o", out, "--points", args.points,
           "--window", *window, "--dpi", args.dpi], env, log)
     size_kb = out.stat().st_size / 1024
     print(f"wrote {out} ({size_kb:.0f} KB) from validation case {case}, window {window}; logs: {log}, "

@@ -1,4 +1,5 @@
-"""Compiled CPU kernels of DSConv and scSE (``_cpu_kernels.c``): built on first use, called through ctypes.
+"""Compiled CPU kernels of DSConv and scSE (``cpu_kernels.c``): built on first use, called through ctypes; and
+DSConv's forward and backward on them (:func:`forward`, :func:`backward`).
 
 Why: on CPU, DSConv's interpolated reads, their adjoint scatter and the swing gradient are a few dozen small passes
 over ``K``-times enlarged data when written as PyTorch operations, and scSE's gates a dozen full-size passes; fused
@@ -13,9 +14,12 @@ The library is cached under ``$NNUNET_TUBECONV_CACHE`` (default ``~/.cache/nnune
 the compiler, the flags and the CPU (the build uses ``-march=native``), and written atomically, so concurrent
 processes (DDP ranks, test workers) are safe. Without a C compiler, or with ``NNUNET_TUBECONV_NATIVE=0``, the blocks
 use their PyTorch implementation, which gives the same results (every block test runs both) more slowly; bf16/fp16
-and autocast on CPU always take the PyTorch path, CUDA tensors DSConv's Triton kernels (:mod:`._triton`) or, without
-Triton, the PyTorch path. :func:`status` says which one runs and why
+and autocast on CPU always take the PyTorch path, CUDA tensors DSConv's Triton kernels (:mod:`.triton_backend`) or,
+without Triton, the PyTorch path (:mod:`.torch_backend`). :func:`status` says which one runs and why
 (``nnunet-tubeconv doctor`` prints it).
+
+The scSE block (``nnunet_tubeconv.blocks.scse``) uses the same library (:func:`scse_add_kernels`): one C source,
+one build, one cache entry.
 """
 
 from __future__ import annotations
@@ -34,9 +38,25 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "linear", "scse_add_kernels", "status"]
+from nnunet_tubeconv.blocks.dsconv.maths import chunks, merge_weight_grad, split_weight, to_rows
+from nnunet_tubeconv.blocks.utils import numel
 
-_SOURCE = Path(__file__).with_name("_cpu_kernels.c")
+__all__ = [
+    "NATIVE_CHUNK_SCALE",
+    "ScseAddKernels",
+    "SnakeKernels",
+    "available",
+    "backward",
+    "forward",
+    "kernels",
+    "linear",
+    "onednn_linear",
+    "scse_add_kernels",
+    "set_linear_op",
+    "status",
+]
+
+_SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno"]
 _lock = threading.Lock()
 _state: dict = {}  # "lib" (ctypes.CDLL | None) and "reason" (str), set once per process
@@ -143,6 +163,12 @@ def _library() -> ctypes.CDLL | None:
     return _state["lib"]
 
 
+@torch.compiler.assume_constant_result
+def available() -> bool:
+    """Whether the compiled CPU kernels loaded (built on first call); a constant to ``torch.compile``."""
+    return _library() is not None
+
+
 def status() -> str:
     """One line: whether the CPU kernels are in use, and why (``nnunet-tubeconv doctor`` prints it)."""
     lib = _library()
@@ -182,15 +208,16 @@ def _split(openmp: bool, total: int, call) -> None:
         _run_parallel([(lambda r0=r0, r1=r1: call(r0, r1)) for r0, r1 in _ranges(total, threads)])
 
 
-def _onednn_linear():
-    """PyTorch's oneDNN (mkldnn) linear operator, or None where this build lacks it or it fails a probe.
+def onednn_linear():
+    """PyTorch's oneDNN (mkldnn) linear operator, or None where this build lacks it or it fails a probe: the operator
+    :func:`linear` runs float32 products with (unless :func:`set_linear_op` chose another).
 
     Why: DSConv's contractions with its weights are GEMMs of ``(B * n, (K - 1) * C_in) x ((K - 1) * C_in, C_out)``.
     ``torch.mm`` / ``addmm`` run them in MKL's sgemm, which on the AMD EPYC development machine reached 74-86
     GFLOP/s per core against 171-181 GFLOP/s for oneDNN's linear, the library nnU-Net's own convolutions run on
-    (``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``; issue 15). Same products, summed in another order:
-    results equal to float32 rounding (``tests/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
-    keeps ``torch.mm`` (the implementation before issue 15, for before/after measurements).
+    (``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``). Same products, summed in another
+    order: results equal to float32 rounding (``tests/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
+    keeps ``torch.mm`` (the GEMMs before oneDNN was used, for before/after measurements).
     """
     if "linear" not in _state:
         op = None
@@ -207,10 +234,17 @@ def _onednn_linear():
     return _state["linear"]
 
 
+def set_linear_op(op) -> None:
+    """Make :func:`linear` run float32 products with ``op`` (``onednn_linear()``'s operator, or None for
+    ``torch.mm``) from now on in this process: for before/after measurements of the GEMMs (``profile_snake``)."""
+    _state["linear"] = op
+
+
+
 def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ w.T (+ bias)`` for 2-D CPU tensors: oneDNN for float32 where available (any strides), else
     ``torch.addmm`` / ``torch.mm``. Inputs are not differentiated through (called inside autograd Functions)."""
-    op = _onednn_linear() if a.dtype == torch.float32 and w.dtype == torch.float32 else None
+    op = onednn_linear() if a.dtype == torch.float32 and w.dtype == torch.float32 else None
     if op is not None:
         return op(a, w, bias, "none", [], "")
     return torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
@@ -290,7 +324,7 @@ _SCSE_BLOCK = 256  # positions per work item, as SCSE_BLOCK in the C source
 
 
 class ScseAddKernels:
-    """scSE "add" on CPU in three passes over the features (``_cpu_kernels.c``): forward, and backward in two phases
+    """scSE "add" on CPU in three passes over the features (``cpu_kernels.c``): forward, and backward in two phases
     around the channel MLP's (tiny) backward, which stays in PyTorch. Tensors: contiguous, ``x``/``g`` ``(B, C, N)``,
     ``z``/``gpool`` ``(B, C)``, ``q``/``gl`` ``(B, N)``, ``ws`` ``(C,)``."""
 
@@ -340,3 +374,93 @@ def scse_add_kernels(x: torch.Tensor, *params: torch.Tensor) -> ScseAddKernels |
     if lib is None:
         return None
     return ScseAddKernels(lib, x.dtype, x.shape[0], x.shape[1], x[0, 0].numel())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DSConv's forward and backward on the kernels
+# ----------------------------------------------------------------------------------------------------------------
+# The CPU kernels' path takes chunks this many times larger than maths.CHUNK_ELEMENTS: every chunk is a handful of
+# OpenMP parallel regions (kernels, GEMMs), and on a 2-core machine shared with other processes each region's barrier
+# waits for a descheduled thread; 4x fewer regions made a DSConv forward + backward at nnU-Net's DRIVE plan's stage 2
+# 2-3x faster in wall time at load 11 on 2 threads (and no slower alone); 16x was slower (cache).
+NATIVE_CHUNK_SCALE = 4
+
+
+def forward(snake: SnakeKernels, x, delta, weight, bias, extend_scope: float) -> torch.Tensor:
+    """``y = sum_j W_j . interp(x, point_j) + b`` (the snake convolution's forward) with the compiled kernels
+    ``snake`` (:func:`kernels`) for the reads: x: ``(B, C_in, *S)``; delta: ``(B, n_swing * (K - 1), *S)`` or None;
+    weight: ``(C_out, C_in, K)``; bias: ``(C_out,)`` or None."""
+    with torch.autocast("cpu", enabled=False):
+        batch, c_in, *spatial = x.shape
+        c_out, _, kernel_size = weight.shape
+        n_all = numel(spatial)
+        x_rows = to_rows(x).contiguous()
+        x_pos = x_rows.view(batch, n_all, c_in)
+        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+        w_outer, w_centre, _ = split_weight(weight)
+        w_centre = w_centre.contiguous()
+        y = torch.empty(batch, c_out, n_all, dtype=x.dtype)
+        ranges = chunks(n_all, batch * kernel_size * c_in, NATIVE_CHUNK_SCALE)
+        samples = torch.empty(batch * (ranges[0][1] - ranges[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
+        for n0, n1 in ranges:
+            x_c = x_pos[:, n0:n1].reshape(-1, c_in)
+            yc = linear(x_c, w_centre, bias)  # the GEMMs on oneDNN where available (linear)
+            if kernel_size > 1:
+                s = samples[: batch * (n1 - n0) * (kernel_size - 1) * c_in].view(batch * (n1 - n0), -1)
+                snake.sample(x_rows, delta_f, extend_scope, s, n0, n1)
+                yc += linear(s, w_outer)
+            y[:, :, n0:n1] = yc.view(batch, n1 - n0, c_out).transpose(1, 2)
+        return y.view(batch, c_out, *spatial)
+
+
+def backward(snake: SnakeKernels, grad_out, x, delta, weight, has_bias: bool, extend_scope: float,
+             needs: tuple[bool, bool, bool, bool]):
+    """Gradients ``(grad_x, grad_delta, grad_weight, grad_bias)`` of :func:`forward` (None where ``needs`` says so;
+    ``needs[1]`` is False when ``delta`` is None) with the compiled kernels: per chunk, ``W^T g`` of every sample
+    by a GEMM, then one kernel reads the samples (weight gradient) and the swing gradient, another scatters
+    ``W^T g`` onto the interpolation corners (input gradient)."""
+    need_x, need_delta, need_w, need_b = needs
+    with torch.autocast("cpu", enabled=False):
+        batch, c_in, *spatial = x.shape
+        c_out, _, kernel_size = weight.shape
+        n_all = numel(spatial)
+        x_rows = to_rows(x).contiguous()
+        x_pos = x_rows.view(batch, n_all, c_in)
+        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+        g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
+        w_outer, w_centre, _ = split_weight(weight)
+        # transposed copies as linear weights: g @ W = linear(g, W^T) (the GEMMs on oneDNN where available)
+        w_outer_lt, w_centre_lt = w_outer.t().contiguous(), w_centre.t().contiguous()
+        grad_rows = torch.zeros(batch, n_all, c_in, dtype=x.dtype) if need_x else None
+        grad_delta = torch.empty_like(delta_f) if need_delta else None  # (B, n_swing * (K - 1), N)
+        grad_w_outer = torch.zeros(c_out, (kernel_size - 1) * c_in, dtype=x.dtype)
+        grad_w_centre = torch.zeros(c_out, c_in, dtype=x.dtype)
+        ranges = chunks(n_all, batch * kernel_size * c_in, NATIVE_CHUNK_SCALE)
+        samples = torch.empty(batch * (ranges[0][1] - ranges[0][0]) * (kernel_size - 1) * c_in, dtype=x.dtype)
+        for n0, n1 in ranges:
+            n = n1 - n0
+            g_rows = g[:, :, n0:n1].transpose(1, 2).reshape(batch * n, c_out)
+            if need_w:
+                grad_w_centre += linear(g_rows.t(), x_pos[:, n0:n1].reshape(-1, c_in).t())  # g^T x
+            if need_x:
+                grad_rows[:, n0:n1] += linear(g_rows, w_centre_lt).view(batch, n, c_in)
+            if kernel_size == 1:
+                continue
+            # (B * n, (K - 1) * C_in): W^T g per sample
+            gt = linear(g_rows, w_outer_lt) if (need_x or need_delta) else None
+            s = samples[: batch * n * (kernel_size - 1) * c_in].view(batch * n, -1) if need_w else None
+            if need_w or need_delta:
+                snake.gather_backward(x_rows, delta_f, extend_scope, gt if gt is not None else s, s, grad_delta, n0, n1)
+            if need_w:
+                grad_w_outer += linear(g_rows.t(), s.t())  # g^T s
+            if need_x:
+                snake.scatter(grad_rows, delta_f, extend_scope, gt, n0, n1)
+        grad_x = None
+        if need_x:
+            grad_x = grad_rows.view(batch, *spatial, c_in).movedim(-1, 1).contiguous()
+        grad_w = None
+        if need_w:
+            grad_w = merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
+        grad_d = grad_delta.view(delta.shape) if need_delta else None
+        grad_b = g.sum((0, 2)) if (need_b and has_bias) else None
+        return grad_x, grad_d, grad_w, grad_b

@@ -1,11 +1,11 @@
 /* CPU kernels of the dynamic snake convolution (nnunet_tubeconv.blocks.dsconv): the interpolated reads of the
  * K - 1 outer kernel points, their adjoint (scatter onto the interpolation corners) and the swing gradient.
- * The GEMMs with the weights stay in PyTorch. Compiled on first use by nnunet_tubeconv/blocks/_native.py
+ * The GEMMs with the weights stay in PyTorch. Compiled on first use by nnunet_tubeconv/blocks/dsconv/cpu_backend.py
  * (plain C, no PyTorch headers) and called through ctypes. Built with -fopenmp, the loops run on the OpenMP
  * runtime PyTorch already loaded (same soname libgomp.so.1), so they share its threads; built without, the caller
  * splits the work ranges over Python threads (ctypes releases the GIL).
  *
- * Geometry and clamping follow _Geometry.plan in dsconv.py exactly:
+ * Geometry and clamping follow _Geometry.plan in torch_backend.py exactly:
  *   morph axis a: coordinate clamp(p_a + j, 0, size_a - 1) (an exact integer, replicate padding);
  *   swing axis s: raw = p_s + scope * off_s; pos = clamp(raw, 0, size_s - 1);
  *                 low = min(floor(pos), max(size_s - 2, 0)); frac = pos - low;

@@ -1,21 +1,20 @@
-"""The blocks' maths in plain tensor operations, which every graph export takes (ONNX, TorchScript, torch.export).
+"""DSConv's snake convolution in plain tensor operations, which every graph export takes (ONNX, TorchScript,
+torch.export).
 
 Why this exists: :class:`~nnunet_tubeconv.blocks.dsconv.DSConv` computes its snake convolution inside a custom
 ``torch.autograd.Function`` (a memory-lean backward, compiled CPU kernels). Neither of torch's ONNX exporters takes it
 with dynamic spatial axes (torch 2.14): the TorchScript exporter crashes in its peephole pass on the inlined Python
 op, and the dynamo exporter specialises the spatial sizes (Python ``max``/``int`` on sizes inside the Function), so
-the model only accepts the example shape. :class:`~nnunet_tubeconv.blocks.deform.DeformConv` runs ``torchvision``'s
-``deform_conv2d`` in 2D (no ONNX symbolic) and another autograd Function in 3D. The functions here compute the same
-maths (docs/maths.md, DSConv and DCNv2) with plain tensor operations whose every size is derived from the input's
-traced shape. The blocks call them by themselves while a graph is exported
-(:func:`nnunet_tubeconv.blocks._utils._tracing`); tests compare them with the blocks' eager forwards.
-``torch.compile`` does not come here: it takes the blocks' kernels as custom ops (``_custom_ops.py``).
+the model only accepts the example shape. The functions here compute the same maths (docs/explanation/maths.md,
+DSConv) with plain tensor operations whose every size is derived from the input's traced shape. DSConv calls them by
+itself while a graph is exported (:func:`nnunet_tubeconv.blocks.utils.tracing`); tests compare them with the eager
+forward.
+``torch.compile`` does not come here: it takes the kernels as a custom op (:mod:`.custom_ops`). DeformConv's
+counterpart is :func:`nnunet_tubeconv.blocks.deform.traceable_deform_conv`.
 
-DSConv's sampling uses flat int64 gathers (ONNX ``GatherElements``), not ``grid_sample``: the coordinate along the
-morph axis is an exact integer, so interpolation only needs the ``2^(d-1)`` corners across the swing axes, and
-gathers export at any opset and in 3D (ONNX ``GridSample`` is 2-D only before opset 20). DeformConv's free offsets
-need all ``2^d`` corners, so it uses ``grid_sample`` (one per kernel point), which makes 3D deformable networks
-opset 20.
+The sampling uses flat int64 gathers (ONNX ``GatherElements``), not ``grid_sample``: the coordinate along the morph
+axis is an exact integer, so interpolation only needs the ``2^(d-1)`` corners across the swing axes, and gathers
+export at any opset and in 3D (ONNX ``GridSample`` is 2-D only before opset 20).
 """
 
 from __future__ import annotations
@@ -24,16 +23,11 @@ import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["traceable_deform_conv", "traceable_snake_conv"]
+from nnunet_tubeconv.blocks.dsconv.maths import cumulative_swing
+from nnunet_tubeconv.blocks.utils import axis_grid
 
-
-def _axis_grid(size: torch.Tensor | int, axis: int, dim: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """``arange(size)`` shaped ``(1, ..., size, ..., 1)`` (``dim + 1`` axes, batch first) to broadcast over ``S``."""
-    shape = [1] * (dim + 1)
-    shape[axis + 1] = -1
-    return torch.arange(size, dtype=dtype, device=device).reshape(shape)
+__all__ = ["traceable_snake_conv", "traced_snake_conv"]
 
 
 def traceable_snake_conv(
@@ -47,7 +41,7 @@ def traceable_snake_conv(
     """Snake convolution (stride 1, border replication) in ops that trace with dynamic sizes.
 
     ``x`` ``(B, C_in, *S)``; ``offsets`` ``(B, len(swing_axes), K, *S)``: the cumulative swing of every kernel point
-    in voxels (``extend_scope`` applied, the centre's 0; DSConv's ``_cumulative_swing``), or None for no swing;
+    in voxels (``extend_scope`` applied, the centre's 0; :func:`.maths.cumulative_swing`), or None for no swing;
     ``weight`` ``(C_out, C_in, K)``; ``bias`` ``(C_out,)`` or None. Returns ``(B, C_out, *S)``, as
     :func:`nnunet_tubeconv.blocks.dsconv.snake_conv` does. Every size is read from ``x.shape`` at run time (under a
     tracer these are graph values, so the captured graph accepts any spatial size).
@@ -63,7 +57,7 @@ def traceable_snake_conv(
     strides = [torch.ones((), dtype=torch.int64, device=device)] * dim
     for i in range(dim - 2, -1, -1):
         strides[i] = strides[i + 1] * sizes[i + 1]
-    grids = [_axis_grid(spatial[i], i, dim, torch.int64, device) for i in range(dim)]
+    grids = [axis_grid(spatial[i], i, dim, torch.int64, device) for i in range(dim)]
     base = zero
     for i in range(dim):
         if i != axis and i not in swing_axes:
@@ -76,7 +70,7 @@ def traceable_snake_conv(
     swing_parts = []
     for s in swing_axes:
         top = sizes[s] - 1
-        swing_parts.append((s, _axis_grid(spatial[s], s, dim, torch.float32, device), top.to(torch.float32),
+        swing_parts.append((s, axis_grid(spatial[s], s, dim, torch.float32, device), top.to(torch.float32),
                             torch.maximum(top - 1, zero).to(torch.float32), top))
 
     y = None
@@ -115,46 +109,10 @@ def traceable_snake_conv(
     return y.reshape(batch, c_out, *spatial)
 
 
-def traceable_deform_conv(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[int],
-) -> torch.Tensor:
-    """Modulated deformable convolution (DCNv2, Zhu et al., CVPR 2019) in ops that trace with dynamic sizes, N-D.
-
-    Same contract as :func:`nnunet_tubeconv.blocks.deform.deform_conv_nd` (and ``torchvision.ops.deform_conv2d``):
-    ``x`` ``(B, C_in, *S_in)``; ``offset`` ``(B, d * P, *S_out)`` (per kernel point, row-major over the kernel, its
-    displacement along each axis in input order); ``mask`` ``(B, P, *S_out)``; ``weight`` ``(C_out, C_in, *k)``.
-    Returns ``(B, C_out, *S_out)``, the output size read from ``offset`` (the offset branch is a conv with the same
-    kernel, stride and padding). One ``grid_sample`` (bilinear, zeros outside, ``align_corners=False``) per kernel
-    point, as the block's own N-D path computes it; exports as ONNX ``GridSample``, 2-D from opset 16, 3-D from 20.
-    (Flat gathers as in :func:`traceable_snake_conv` would need ``2^d`` of them per kernel point, 216 per 3x3x3
-    layer: a graph that took minutes to export and ran 20 times slower in onnxruntime.)
-    """
-    batch, c_in = x.shape[0], x.shape[1]
-    dim = x.dim() - 2
-    in_spatial = list(x.shape[2:])
-    out_spatial = list(offset.shape[2:])
-    kernel = list(weight.shape[2:])
-    c_out = weight.shape[0]
-    sizes = [torch.as_tensor(n, device=x.device).to(torch.float32) for n in in_spatial]
-    out_grids = [_axis_grid(out_spatial[a], a, dim, torch.float32, x.device) for a in range(dim)]
-    w = weight.reshape(c_out, c_in, -1)
-    y = None
-    for p, point in enumerate(itertools.product(*[range(k) for k in kernel])):
-        coords = []
-        for a in range(dim):
-            pos = out_grids[a] * float(stride[a]) + float(point[a] - padding[a]) + offset[:, dim * p + a].float()
-            coords.append((2 * pos + 1) / sizes[a] - 1)  # voxel i of n -> (2 i + 1) / n - 1 (align_corners=False)
-        grid = torch.stack(coords[::-1], dim=-1)  # (B, *S_out, d), last dim x, y[, z]
-        sample = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-        sample = sample.reshape(batch, c_in, -1) * mask[:, p].reshape(batch, 1, -1).to(x.dtype)
-        term = torch.matmul(w[:, :, p], sample)
-        y = term if y is None else y + term
-    if bias is not None:
-        y = y + bias.reshape(1, c_out, 1)
-    return y.reshape(batch, c_out, *out_spatial)
+def traced_snake_conv(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float):
+    """:func:`traceable_snake_conv` from the raw swing ``delta`` ``(B, n_swing * (K - 1), *S)`` (or None), with the
+    arguments of :func:`nnunet_tubeconv.blocks.dsconv.snake_conv`: what DSConv runs while a graph is exported."""
+    offsets = None
+    if delta is not None and swing_axes:
+        offsets = cumulative_swing(delta.float(), len(swing_axes), weight.shape[2]) * extend_scope
+    return traceable_snake_conv(x, offsets, weight, bias, axis, swing_axes)

@@ -1,13 +1,14 @@
 """DSConv on Triton: the interpolated reads, the swing gradient and the adjoint scatter as Triton kernels
-(``_triton_kernels.py``), the GEMMs with the weights in PyTorch (cuBLAS).
+(``triton_kernels.py``), the GEMMs with the weights in PyTorch (cuBLAS).
 
-Why: on CUDA the PyTorch path of :class:`~nnunet_tubeconv.blocks.dsconv.DSConv` runs a dozen small operations per
-chunk of positions (``embedding_bag`` gathers, ``scatter_add_``, forward-difference tables of the whole input and
-``K``-times enlarged temporaries); the kernels read each interpolation corner once, sum the cumulative swing in
-registers and need no difference tables. Same maths, same chunking and the same saved tensors as the C CPU kernels
-(``_cpu_kernels.c``), whose interface :func:`forward` / :func:`backward` mirror.
+Why: on CUDA the PyTorch path (:mod:`.torch_backend`) of :class:`~nnunet_tubeconv.blocks.dsconv.DSConv` runs a
+dozen small operations per chunk of positions (``embedding_bag`` gathers, ``scatter_add_``, forward-difference
+tables of the whole input and ``K``-times enlarged temporaries); the kernels read each interpolation corner once,
+sum the cumulative swing in registers and need no difference tables. Same maths, same chunking and the same saved
+tensors as the C CPU kernels (``cpu_kernels.c``, :mod:`.cpu_backend`), whose interface :func:`forward` /
+:func:`backward` mirror.
 
-Used by ``_SnakeConvFunction`` for CUDA tensors (fp32, bf16, fp16 features; float32 swing) when Triton is
+Used by ``function.SnakeConvFunction`` for CUDA tensors (fp32, bf16, fp16 features; float32 swing) when Triton is
 importable, unless ``NNUNET_TUBECONV_TRITON=0``; otherwise the PyTorch path runs (:func:`usable` decides). The same
 functions run on CPU tensors under Triton's interpreter (the kernel source loaded a second time in interpreter mode):
 slow, for tests and ``nnunet-tubeconv gpu-check --device cpu``, never chosen by the dispatch.
@@ -29,12 +30,13 @@ from types import ModuleType
 
 import torch
 
-from nnunet_tubeconv.blocks._utils import numel
+from nnunet_tubeconv.blocks.dsconv.maths import merge_weight_grad, split_range, split_weight, to_rows
+from nnunet_tubeconv.blocks.utils import numel
 
 __all__ = ["DTYPES", "NoCudaBackend", "available", "backward", "compile_for_gpu", "forward", "status", "usable"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # feature dtypes the kernels take
-_KERNELS_SOURCE = Path(__file__).with_name("_triton_kernels.py")
+_KERNELS_SOURCE = Path(__file__).with_name("triton_kernels.py")
 # Elements of the (B * n, (K - 1) * C) sample buffer per chunk: larger than the CPU path's (1 << 20) since a GPU
 # launch costs more than a cache miss; 2^24 elements are 32 MiB in bf16, small beside any 3D training step.
 _CHUNK_ELEMENTS = 1 << 24
@@ -73,7 +75,7 @@ def status() -> str:
 
 
 def usable(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> bool:
-    """Whether :class:`~nnunet_tubeconv.blocks.dsconv._SnakeConvFunction` runs this call on the Triton kernels:
+    """Whether :class:`~nnunet_tubeconv.blocks.dsconv.function.SnakeConvFunction` runs this call on the Triton kernels:
     a CUDA tensor of a dtype in :data:`DTYPES`, weights of the same dtype, a floating swing, and :func:`available`."""
     if x.device.type != "cuda" or x.dtype not in DTYPES or weight.dtype != x.dtype:
         return False
@@ -91,7 +93,7 @@ def kernels(interpret: bool) -> ModuleType:
     if interpret not in _modules:
         with _lock:
             if interpret not in _modules:
-                name = f"nnunet_tubeconv.blocks._triton_kernels_{'interpreted' if interpret else 'compiled'}"
+                name = f"nnunet_tubeconv.blocks.dsconv.triton_kernels_{'interpreted' if interpret else 'compiled'}"
                 spec = importlib.util.spec_from_file_location(name, _KERNELS_SOURCE)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module  # inspect.getsource (used by triton.jit) finds the file through it
@@ -113,7 +115,7 @@ def _interpreting(interpret: bool):
 
 
 class _Launcher:
-    """The three kernels for one (shape, axis, swing axes, K, C, device); tensors as in ``_triton_kernels.py``."""
+    """The three kernels for one (shape, axis, swing axes, K, C, device); tensors as in ``triton_kernels.py``."""
 
     def __init__(self, x: torch.Tensor, axis: int, swing_axes: tuple[int, ...], kernel_size: int):
         batch, channels, *spatial = x.shape
@@ -160,7 +162,8 @@ class _Launcher:
         positions in the full-size ``(B, n_swing * (K - 1), N)`` float32 tensor."""
         d = x_rows if delta is None else delta
         self._launch(
-            self.mod.gather_backward_kernel, self._grid(n0, n1, False), x_rows, d, gt if gt is not None else s_out, s_out if s_out is not None else x_rows,
+            self.mod.gather_backward_kernel, self._grid(n0, n1, False), x_rows, d,
+            gt if gt is not None else s_out, s_out if s_out is not None else x_rows,
             grad_delta if grad_delta is not None else x_rows, *self._common(scope, n0, n1),
             STORE_S=s_out is not None, GRAD_DELTA=grad_delta is not None and self.nsw > 0, BLOCK_C=self.block_c,
             **self._constexprs())
@@ -173,25 +176,21 @@ class _Launcher:
 
 
 def _chunks(n: int, per_position: int) -> list[tuple[int, int]]:
-    count = -(-n * max(per_position, 1) // _CHUNK_ELEMENTS)
-    step = -(-n // count)
-    return [(n0, min(n, n0 + step)) for n0 in range(0, n, step)]
+    return split_range(n, per_position, _CHUNK_ELEMENTS)
 
 
 def forward(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], extend_scope: float) -> torch.Tensor:
-    """``y = sum_j W_j . interp(x, point_j) + b`` (``_SnakeConvFunction.forward``'s maths) with the Triton sample
+    """``y = sum_j W_j . interp(x, point_j) + b`` (``SnakeConvFunction.forward``'s maths) with the Triton sample
     kernel. x: ``(B, C_in, *S)``; delta: ``(B, n_swing * (K - 1), *S)`` or None; weight: ``(C_out, C_in, K)``."""
-    from nnunet_tubeconv.blocks.dsconv import _split_weight, _to_rows
-
     with torch.autocast(x.device.type, enabled=False):
         batch, c_in, *spatial = x.shape
         c_out, _, kernel_size = weight.shape
         n_all = numel(spatial)
         swing_axes = tuple(swing_axes) if delta is not None else ()
-        x_rows = _to_rows(x).contiguous()
+        x_rows = to_rows(x).contiguous()
         x_pos = x_rows.view(batch, n_all, c_in)
         delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
-        w_outer, w_centre, _ = _split_weight(weight)
+        w_outer, w_centre, _ = split_weight(weight)
         w_outer_t, w_centre_t = w_outer.t(), w_centre.t()
         y = torch.empty(batch, c_out, n_all, device=x.device, dtype=x.dtype)
         chunks = _chunks(n_all, batch * kernel_size * c_in)
@@ -216,8 +215,6 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
     """Gradients ``(grad_x, grad_delta, grad_weight, grad_bias)`` of :func:`forward` (None where ``needs`` says so):
     per chunk, ``W^T g`` of every sample by a GEMM, then one kernel reads the samples (weight gradient) and the swing
     gradient, another scatters ``W^T g`` onto the interpolation corners (input gradient, float32 atomics)."""
-    from nnunet_tubeconv.blocks.dsconv import _merge_weight_grad, _split_weight, _to_rows
-
     need_x, need_delta, need_w, need_b = needs
     need_delta = need_delta and delta is not None
     with torch.autocast(x.device.type, enabled=False):
@@ -226,11 +223,11 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
         n_all = numel(spatial)
         dev = x.device
         swing_axes = tuple(swing_axes) if delta is not None else ()
-        x_rows = _to_rows(x).contiguous()
+        x_rows = to_rows(x).contiguous()
         x_pos = x_rows.view(batch, n_all, c_in)
         delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
         g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
-        w_outer, w_centre, _ = _split_weight(weight)
+        w_outer, w_centre, _ = split_weight(weight)
         grad_rows = torch.zeros(batch, n_all, c_in, device=dev, dtype=torch.float32) if need_x else None
         grad_delta = torch.zeros(delta_f.shape, device=dev, dtype=torch.float32) if need_delta else None
         grad_w_outer = torch.zeros(c_out, (kernel_size - 1) * c_in, device=dev, dtype=torch.float32)
@@ -263,7 +260,7 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
             grad_x = grad_rows.view(batch, *spatial, c_in).movedim(-1, 1).to(x.dtype).contiguous()
         grad_w = None
         if need_w:
-            grad_w = _merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
+            grad_w = merge_weight_grad(grad_w_outer, grad_w_centre, weight.dtype)
         grad_d = grad_delta.view(delta.shape).to(delta.dtype) if need_delta else None
         grad_b = g.float().sum((0, 2)).to(weight.dtype) if (need_b and has_bias) else None
     return grad_x, grad_d, grad_w, grad_b
@@ -279,7 +276,8 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "
 def compile_for_gpu(capability: int = 90, dtype: torch.dtype = torch.bfloat16, n_swing: int = 2) -> dict[str, int]:
     """Compile the three kernels ahead of time for an NVIDIA GPU of compute ``capability`` (90: H100/H200), with no
     GPU present: ``n_swing`` swing axes (2: a 3D DSConv), features of ``dtype`` (the axes, K and the sizes are
-    runtime arguments, so this is every kernel a 3D network of that dtype runs). Returns the size in bytes of each kernel's cubin.
+    runtime arguments, so this is every kernel a 3D network of that dtype runs). Returns the size in bytes of each
+    kernel's cubin.
     Proves that the real compiler (not only the interpreter) accepts the kernels; raises :class:`NoCudaBackend`
     where this Triton cannot target CUDA, and ``ValueError`` for a dtype the kernels do not take."""
     if dtype not in _TRITON_TYPES:

@@ -2,11 +2,11 @@
 K - 1 outer kernel points, the swing gradient (with the samples again for the weight gradient) and the adjoint
 scatter onto the interpolation corners. The GEMMs with the weights stay in PyTorch (cuBLAS).
 
-Loaded by :mod:`nnunet_tubeconv.blocks._triton` twice at most, under two module names: compiled (``triton.jit``, CUDA
-tensors) and interpreted (the same source under Triton's interpreter, CPU tensors; what the tests run). No
-``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` annotations.
+Loaded by :mod:`nnunet_tubeconv.blocks.dsconv.triton_backend` twice at most, under two module names: compiled
+(``triton.jit``, CUDA tensors) and interpreted (the same source under Triton's interpreter, CPU tensors; what the
+tests run). No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` annotations.
 
-Geometry and clamping are those of ``_Geometry.plan`` in dsconv.py and of ``_cpu_kernels.c``:
+Geometry and clamping are those of ``_Geometry.plan`` in torch_backend.py and of ``cpu_kernels.c``:
   morph axis a: coordinate clamp(p_a + j, 0, size_a - 1) (an exact integer, replicate padding);
   swing axis s: raw = p_s + scope * Delta_s; pos = clamp(raw, 0, size_s - 1);
                 low = min(floor(pos), max(size_s - 2, 0)); frac = pos - low;
