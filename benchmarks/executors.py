@@ -42,6 +42,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -288,26 +290,17 @@ def validation_keys(preprocessed_dataset: Path, fold: int) -> list[str]:
     return list(splits[fold]["val"])
 
 
-def evaluate_validation(ctx: UnitContext) -> dict[str, Any]:
-    """evaluate_folders on the fold's validation predictions against nnU-Net's copy of the references.
-
-    The reference side holds exactly the fold's validation cases of ``splits_final.json`` (linked into a temporary
-    folder), so a validation folder missing a case is an error, not a smaller sample.
-    """
-    from nnunet_tubeconv.evaluation import evaluate_folders
-    from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
-
-    u = ctx.unit
-    pre = Path(ctx.env["nnUNet_preprocessed"]) / u.dataset
+@contextmanager
+def _reference_folder(env: dict[str, str], dataset: str, keys: list[str]) -> Iterator[tuple[Path, Path | None, str]]:
+    """A temporary folder holding exactly ``keys`` of nnU-Net's reference copy (``gt_segmentations``, linked), and
+    one with their field-of-view masks where the raw data set has ``masksTr``: ``(refs, masks or None, ending)``.
+    A missing reference is an error, not a smaller sample."""
+    pre = Path(env["nnUNet_preprocessed"]) / dataset
     gt = pre / "gt_segmentations"
-    dataset_json = _load_json(pre / "dataset.json") or {}
-    ending = dataset_json.get("file_ending", ".nii.gz")
-    # labels (regions where the data set defines them) and their names from dataset.json: one test family each
-    labels, names = labels_from_dataset_json(dataset_json) if dataset_json.get("labels") else (None, None)
+    ending = (_load_json(pre / "dataset.json") or {}).get("file_ending", ".nii.gz")
     # field-of-view masks (convert drive writes raw masksTr): every metric is restricted to them
-    masks = Path(ctx.env.get("nnUNet_raw", "")) / u.dataset / "masksTr" if ctx.env.get("nnUNet_raw") else None
+    masks = Path(env["nnUNet_raw"]) / dataset / "masksTr" if env.get("nnUNet_raw") else None
     masks = masks if masks is not None and masks.is_dir() else None
-    keys = validation_keys(pre, u.fold)
     with tempfile.TemporaryDirectory(prefix="tubeconv_ref_") as tmp:
         for k in keys:
             src = gt / f"{k}{ending}"
@@ -325,14 +318,49 @@ def evaluate_validation(ctx: UnitContext) -> dict[str, Any]:
                 src = masks / f"{k}{ending}"
                 if src.is_file():
                     shutil.copyfile(src, mask_tmp / src.name)
-        results = evaluate_folders(
-            ctx.nnunet_fold_dir / "validation", tmp, labels=labels, num_processes=1, progress=False,
-            file_ending=ending, mask_dir=mask_tmp, label_names=names, **ctx.evaluation,
-        )
+        yield Path(tmp), mask_tmp, ending
+
+
+def evaluate_against_references(pred_dir: Path, env: dict[str, str], dataset: str, keys: list[str],
+                                evaluation: dict[str, Any]) -> dict[str, Any]:
+    """evaluate_folders of ``pred_dir`` against nnU-Net's references of ``keys`` (restricted to the field of view
+    where the data set has one), with the data set's labels and the suite's evaluation settings."""
+    from nnunet_tubeconv.evaluation import evaluate_folders
+    from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
+
+    dataset_json = _load_json(Path(env["nnUNet_preprocessed"]) / dataset / "dataset.json") or {}
+    # labels (regions where the data set defines them) and their names from dataset.json: one test family each
+    labels, names = labels_from_dataset_json(dataset_json) if dataset_json.get("labels") else (None, None)
+    with _reference_folder(env, dataset, keys) as (refs, masks, ending):
+        results = evaluate_folders(pred_dir, refs, labels=labels, num_processes=1, progress=False,
+                                   file_ending=ending, mask_dir=masks, label_names=names, **evaluation)
         if masks is not None:
-            results["mask_dir"] = str(masks)
-    results["ref_dir"] = str(gt)
+            results["mask_dir"] = str(Path(env["nnUNet_raw"]) / dataset / "masksTr")
+    results["ref_dir"] = str(Path(env["nnUNet_preprocessed"]) / dataset / "gt_segmentations")
     return results
+
+
+def evaluate_validation(ctx: UnitContext) -> dict[str, Any]:
+    """The unit's validation predictions (nnU-Net's ``fold_X/validation``) against the fold's validation cases of
+    ``splits_final.json``."""
+    u = ctx.unit
+    keys = validation_keys(Path(ctx.env["nnUNet_preprocessed"]) / u.dataset, u.fold)
+    return evaluate_against_references(ctx.nnunet_fold_dir / "validation", ctx.env, u.dataset, keys, ctx.evaluation)
+
+
+def reevaluate_unit(ctx: UnitContext, record: dict[str, Any]) -> dict[str, Any]:
+    """Score a finished unit's kept validation predictions again (current metrics, the suite's evaluation settings)
+    and rewrite its record atomically with the new metrics; training facts (curves, times, memory) are kept and
+    ``reevaluated`` says when and with which code. ``RuntimeError`` when the predictions are gone."""
+    pred = ctx.nnunet_fold_dir / "validation"
+    if not pred.is_dir():
+        raise RuntimeError(f"cannot re-evaluate {ctx.unit.label()}: its validation predictions {pred} are gone")
+    metrics = evaluate_validation(ctx)
+    new = {**record, "metrics": metrics,
+           "validation_cases": sorted({r["case"] for r in metrics.get("per_case", [])}),
+           "reevaluated": {"at": utc_now(), "git_commit": ctx.git_commit, "versions": ctx.versions}}
+    write_json_atomic(ctx.unit_dir / RECORD_FILE, json_safe(new))
+    return new
 
 
 BUDGET_STAMP = "harness_budget.json"

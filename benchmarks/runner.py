@@ -338,11 +338,12 @@ class BenchmarkOutcome:
 
 
 def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = False, report: bool = True,
-                  dry_run: bool = False, stream: bool = True) -> BenchmarkOutcome:
-    """Run every unfinished unit of ``suite`` into ``results_dir``; see the module docstring."""
+                  dry_run: bool = False, stream: bool = True, reevaluate: bool = False) -> BenchmarkOutcome:
+    """Run every unfinished unit of ``suite`` into ``results_dir``; see the module docstring. ``reevaluate``: score
+    every finished unit's kept validation predictions again (new metrics or evaluation settings) without training."""
     from nnunet_tubeconv.benchmarks import arms as arms_mod
-    from nnunet_tubeconv.benchmarks.executors import UnitContext, make_executor
-    from nnunet_tubeconv.benchmarks.records import git_commit, read_record, versions
+    from nnunet_tubeconv.benchmarks.executors import make_executor, reevaluate_unit
+    from nnunet_tubeconv.benchmarks.records import read_record
     from nnunet_tubeconv.trainers import trainer_folder
 
     results_dir = Path(results_dir).resolve()
@@ -399,27 +400,24 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
                 prepare_dataset(ds, suite, paths, {**os.environ, **env}, logs)
                 ensure_splits(ds, suite, paths)
             arms_mod.write_arm_trainers(gen_dir, sources, seeds_per_trainer, b)
-            commit, vers = git_commit(), versions()
-            contexts = []
-            for i, u in enumerate(todo, 1):
-                a = suite.arms[u.arm]
-                contexts.append(UnitContext(
-                    unit=u, results_dir=str(results_dir), trainer=a.trainer,
-                    generated_trainer=arms_mod.generated_class_name(a.trainer, b.name, u.seed), plans=a.plans,
-                    budget=b.to_json(), device=suite.device, npz=suite.npz, env=env,
-                    evaluation=dict(suite.evaluation), git_commit=commit, versions=vers, index=i, total=len(todo),
-                    stream=stream,
-                ))
+            print(f"  {eta_line(todo, states)}", flush=True)
+            contexts = unit_contexts(suite, todo, results_dir, env, stream)
             make_executor(suite.executor, results_dir, suite.name).run(contexts)
 
+        if reevaluate:
+            done_units = [u for u in units if states[u] is not None and states[u]["status"] == "done"]
+            print(f"  re-evaluating {len(done_units)} finished units' validation predictions", flush=True)
+            for ctx in unit_contexts(suite, done_units, results_dir, env, stream):
+                reevaluate_unit(ctx, states[ctx.unit])
         records = {u: read_record(results_dir / u.rel_dir) for u in units}
+        annotators = evaluate_annotators(suite, datasets, results_dir, env, reevaluate)
         from nnunet_tubeconv.benchmarks.heldout import run_heldout
 
         n_test = run_heldout(suite, datasets, results_dir, env, records,
                              lambda trainer, seed: arms_mod.generated_class_name(trainer, b.name, seed), stream)
         done = sum(1 for r in records.values() if r and r["status"] == "done")
         failed = sum(1 for r in records.values() if r and r["status"] == "failed")
-        table = comparison_table(suite, datasets, records)
+        table = comparison_table(suite, datasets, records, annotators)
         print("\n" + table, flush=True)
         for u, r in records.items():
             if r and r["status"] == "failed":
@@ -434,6 +432,70 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
             else:
                 print(f"report: {html} (up to date)", flush=True)
         return BenchmarkOutcome(results_dir, units, done, failed, table, html)
+
+
+def unit_contexts(suite: Suite, units: list[Unit], results_dir: Path, env: dict[str, str], stream: bool = True
+                  ) -> list:
+    """What each unit's run needs (picklable, for SLURM too), numbered in run order."""
+    from nnunet_tubeconv.benchmarks.arms import generated_class_name
+    from nnunet_tubeconv.benchmarks.executors import UnitContext
+    from nnunet_tubeconv.benchmarks.records import git_commit, versions
+
+    b = suite.budget
+    commit, vers = git_commit(), versions()
+    return [UnitContext(unit=u, results_dir=str(results_dir), trainer=suite.arms[u.arm].trainer,
+                        generated_trainer=generated_class_name(suite.arms[u.arm].trainer, b.name, u.seed),
+                        plans=suite.arms[u.arm].plans, budget=b.to_json(), device=suite.device, npz=suite.npz, env=env,
+                        evaluation=dict(suite.evaluation), git_commit=commit, versions=vers, index=i,
+                        total=len(units), stream=stream)
+            for i, u in enumerate(units, 1)]
+
+
+def eta_line(todo: list[Unit], states: dict[Unit, dict | None]) -> str:
+    """The expected time of ``todo`` from the measured wall times of finished units: per unit the median of its
+    arm's finished units, else the median of all finished units; none finished yet says so."""
+    import statistics
+
+    walls: dict[str, list[float]] = {}
+    for u, r in states.items():
+        if r and r["status"] == "done" and r.get("wall_time_s"):
+            walls.setdefault(u.arm, []).append(float(r["wall_time_s"]))
+    if not walls:
+        return f"ETA: {len(todo)} units; no unit has finished yet, so no measured time to estimate from"
+    overall = statistics.median([w for ws in walls.values() for w in ws])
+    guessed = sorted({u.arm for u in todo if u.arm not in walls})
+    total = sum(statistics.median(walls[u.arm]) if u.arm in walls else overall for u in todo)
+    note = f"; arms without a finished unit ({', '.join(guessed)}) counted at the overall median" if guessed else ""
+    return (f"ETA: {len(todo)} units, about {total / 3600:.1f} h (median wall time of the finished units per arm, "
+            f"overall {overall / 60:.1f} min{note})")
+
+
+def evaluate_annotators(suite: Suite, datasets: list[str], results_dir: Path, env: dict[str, str],
+                        again: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every ``[annotators]`` label folder scored against ``labelsTr`` on the validation cases of the suite's folds
+    (once; ``again`` redoes it), written to ``RESULTS_DIR/annotators/<data set>/<row>.json``:
+    ``{(data set, row): results}``."""
+    from nnunet_tubeconv.benchmarks.executors import evaluate_against_references
+
+    from nnunet_tubeconv.evaluation.serialise import write_json_atomic
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for ds in datasets:
+        for name, folder in suite.annotators.items():
+            path = results_dir / "annotators" / ds / f"{name}.json"
+            if path.is_file() and not again:
+                out[ds, name] = json.loads(path.read_text())
+                continue
+            pred = Path(env["nnUNet_raw"]) / ds / folder
+            if not pred.is_dir():
+                raise SuiteError(f"annotator {name!r}: {pred} does not exist (a label folder of the raw data set, "
+                                 f"e.g. labelsTr_observer2 written by `nnunet-tubeconv convert stare`)")
+            splits = ensure_splits(ds, suite, {k: env[k] for k in PATH_VARIABLES})
+            keys = sorted({k for f in suite.folds for k in splits[f]["val"]})
+            print(f"[annotators] {ds}: {name} ({folder}) against labelsTr on {len(keys)} cases", flush=True)
+            out[ds, name] = evaluate_against_references(pred, env, ds, keys, dict(suite.evaluation))
+            write_json_atomic(path, out[ds, name])
+    return out
 
 
 def _check_records_match_suite(suite: Suite, states: dict[Unit, dict | None]) -> None:
@@ -472,7 +534,7 @@ def _write_report(results_dir: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ the table
 _TABLE_METRICS = (("dice", "Dice"), ("cldice", "clDice"), ("hd95", "HD95"), ("nsd", "NSD"),
-                  ("betti0_error", "B0 err"), ("betti1_error", "B1 err"))
+                  ("betti0_error", "B0 err"), ("betti1_error", "B1 err"), ("recall_thin", "thin rec"))
 
 
 def _mean(values: list) -> float | None:
@@ -480,9 +542,15 @@ def _mean(values: list) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict | None]) -> str:
+def _format_mean(key: str, m: float | None) -> str:
+    return "-" if m is None else (f"{m:.2f}" if key in ("hd95",) or "betti" in key else f"{m:.3f}")
+
+
+def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict | None],
+                     annotators: dict[tuple[str, str], dict[str, Any]] | None = None) -> str:
     """Plain-text table: per (data set, configuration, arm) the mean of each metric over all validation
-    (case, label) pairs of its done units, and the costs. Statistics (paired tests, CIs) are in the report."""
+    (case, label) pairs of its done units, and the costs; then one row per ``[annotators]`` entry (another human
+    against the reference). Statistics (paired tests, CIs) are in the report."""
     # the host column only when an arm is not on nnU-Net's default plans (keeps the usual table as it was)
     show_host = any(a.plans != DEFAULT_PLANS for a in suite.arms.values())
     header = ["arm", "trainer", *(["host"] if show_host else []), "units", *[h for _, h in _TABLE_METRICS],
@@ -497,10 +565,7 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
                 per_case = [row for r in done for row in (r.get("metrics") or {}).get("per_case", [])]
                 cells = [arm, suite.arms[arm].trainer, *([host_label(suite.arms[arm].plans)] if show_host else []),
                          f"{len(done)}/{len(recs)}"]
-                for key, _ in _TABLE_METRICS:
-                    m = _mean([row.get(key) for row in per_case])
-                    cells.append("-" if m is None else (f"{m:.2f}" if key in ("hd95",) or "betti" in key
-                                                        else f"{m:.3f}"))
+                cells += [_format_mean(key, _mean([row.get(key) for row in per_case])) for key, _ in _TABLE_METRICS]
                 it = _mean([r.get("iteration_time_s") for r in done])
                 mem = max([r["peak_memory_bytes"] for r in done if r.get("peak_memory_bytes")], default=None)
                 par = max([r["parameters"] for r in done if r.get("parameters")], default=None)
@@ -508,6 +573,13 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
                 cells += ["-" if it is None else f"{it:.3f}", "-" if mem is None else f"{mem / 2 ** 30:.2f} GiB",
                           "-" if par is None else f"{par / 1e6:.2f} M", "-" if tr is None else f"{tr:.0f}"]
                 rows.append(cells)
+            for (a_ds, name), res in (annotators or {}).items():
+                if a_ds == ds:
+                    per_case = res.get("per_case", [])
+                    rows.append([name, f"annotator {suite.annotators.get(name, '')}",
+                                 *(["-"] if show_host else []), "-"]
+                                + [_format_mean(key, _mean([row.get(key) for row in per_case]))
+                                   for key, _ in _TABLE_METRICS] + ["-"] * 4)
             widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
             fmt = "  ".join(f"{{:<{w}}}" for w in widths)
             lines.append(f"{ds} / {cfg} (budget {suite.budget.name}; means over validation cases of the folds run)")
@@ -560,6 +632,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-splits", type=int, default=None, help="folds when splits_final.json is created")
     parser.add_argument("--npz", action="store_true", default=None, help="export validation probabilities")
     parser.add_argument("--retry-failed", action="store_true", help="rerun units recorded as failed")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="score every finished unit's kept validation predictions again (new metrics or "
+                             "[evaluation] settings; training facts kept), and the [annotators] rows")
     parser.add_argument("--no-report", action="store_true", help="do not write report.md/report.html")
     parser.add_argument("--dry-run", action="store_true", help="list the units that would run, run nothing")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
@@ -624,7 +699,7 @@ def run(args: argparse.Namespace) -> int:
     suite = suite_from_args(args)
     results_dir = Path(args.results_dir) if args.results_dir else Path("benchmark_results") / suite.name
     out = run_benchmark(suite, results_dir, retry_failed=args.retry_failed, report=not args.no_report,
-                        dry_run=args.dry_run, stream=not args.quiet)
+                        dry_run=args.dry_run, stream=not args.quiet, reevaluate=args.reevaluate)
     if args.dry_run:
         return 0
     print(f"{out.done}/{len(out.units)} units done, {out.failed} failed; results in {out.results_dir}", flush=True)

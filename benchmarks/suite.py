@@ -135,6 +135,7 @@ class Suite:
     env: dict[str, str] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    annotators: dict[str, str] = field(default_factory=dict)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     source: str | None = None
 
@@ -166,6 +167,7 @@ class Suite:
             "num_processes": self.num_processes,
             "env": dict(self.env),
             "evaluation": copy.deepcopy(self.evaluation),
+            "annotators": dict(self.annotators),
             "executor": self.executor.to_json(),
             "source": self.source,
         }
@@ -194,7 +196,9 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "planning": "table: planner, planners (plans name -> planner), gpu_memory_target_gb, num_processes",
     "env": "table of extra environment variables for the nnU-Net subprocesses (strings)",
     "paths": "table: nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: the environment)",
-    "evaluation": "table of evaluate_folders settings, e.g. nsd_tolerance_mm",
+    "evaluation": "table of evaluate_folders settings, e.g. nsd_tolerance_mm, calibre_edges",
+    "annotators": "table row-name -> label folder of the raw data set (e.g. second_human = \"labelsTr_observer2\"): "
+                  "another annotator scored against labelsTr on the suite's validation cases, shown as a row",
     "executor": f"table: kind (one of {list(EXECUTORS)}), slurm_partition, gpus_per_node, timeout_min, ...",
 }
 _ARM_KEYS = ("trainer", "plans", "seeds")
@@ -424,6 +428,38 @@ def _parse_paths(value: Any, source: str | None) -> dict[str, str]:
     return {k: str((base / str(v)).resolve()) for k, v in value.items()}
 
 
+def _parse_evaluation(value: Any, source: str | None) -> dict[str, Any]:
+    """``[evaluation]``: settings of the metrics, checked now so that a typo fails before hours of training."""
+    from nnunet_tubeconv.evaluation.metrics import MetricSettings
+
+    if not isinstance(value, Mapping):
+        raise SuiteError(f"[evaluation]{_where(source)} must be a table of evaluate_folders settings")
+    allowed = list(MetricSettings.__dataclass_fields__)
+    _unknown(list(value), allowed, "key(s) of [evaluation]", source)
+    try:
+        MetricSettings(**value)
+    except (TypeError, ValueError) as e:
+        raise SuiteError(f"[evaluation]{_where(source)}: {e}") from None
+    return dict(value)
+
+
+def _parse_annotators(value: Any, arms: Mapping[str, Arm], source: str | None) -> dict[str, str]:
+    """``[annotators]``: row name -> a label folder of the raw data set, scored against ``labelsTr``."""
+    if not isinstance(value, Mapping):
+        raise SuiteError(f"[annotators]{_where(source)} must be a table row-name -> label folder of the raw data set, "
+                         'e.g. second_human = "labelsTr_observer2"')
+    out = {}
+    for name, folder in value.items():
+        if not _SAFE_NAME.match(str(name)) or name in arms:
+            raise SuiteError(f"annotator row {name!r}{_where(source)} must be a name (letters, digits, '_.-') that is "
+                             f"not an arm's ({list(arms)})")
+        if not isinstance(folder, str) or not _SAFE_NAME.match(folder) or folder == "labelsTr":
+            raise SuiteError(f"annotator {name!r}{_where(source)} must name a label folder of the raw data set other "
+                             f"than labelsTr (e.g. \"labelsTr_observer2\"), got {folder!r}")
+        out[str(name)] = folder
+    return out
+
+
 def _check_top_level(data: Any, source: str | None, default_name: str) -> str:
     """The suite's name, once its top level has only known keys and all the required ones."""
     if not isinstance(data, Mapping):
@@ -482,9 +518,8 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
     if not isinstance(env, Mapping) or not all(isinstance(v, (str, int, float)) for v in env.values()):
         raise SuiteError(f"[env]{_where(source)} must be a table of strings (environment variables)")
     resolved_paths = _parse_paths(data.get("paths", {}), source)
-    evaluation = data.get("evaluation", {})
-    if not isinstance(evaluation, Mapping):
-        raise SuiteError(f"[evaluation]{_where(source)} must be a table of evaluate_folders settings")
+    evaluation = _parse_evaluation(data.get("evaluation", {}), source)
+    annotators = _parse_annotators(data.get("annotators", {}), arms, source)
 
     return Suite(
         name=name,
@@ -503,7 +538,8 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
         num_processes=num_processes,
         env={str(k): str(v) for k, v in env.items()},
         paths=resolved_paths,
-        evaluation=dict(evaluation),
+        evaluation=evaluation,
+        annotators=annotators,
         executor=_parse_executor(data.get("executor"), source),
         source=source,
     )
