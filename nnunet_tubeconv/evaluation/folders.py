@@ -59,7 +59,8 @@ import numpy as np
 from nnunet_tubeconv.evaluation.metrics import METRICS, MetricSettings
 
 SCHEMA = "nnunet-tubeconv/results/1"
-FLOAT_METRICS = ("dice", "iou", "hd95", "nsd", "cldice", "recall_thin", "recall_medium", "recall_thick")  # NaN-able; written as null in JSON
+#: the NaN-able metrics, written as null in JSON
+FLOAT_METRICS = ("dice", "iou", "hd95", "nsd", "cldice", "recall_thin", "recall_medium", "recall_thick")
 SPACING_RTOL = 1e-4
 
 Label = int | tuple[int, ...]
@@ -408,6 +409,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--connectivity", choices=("full", "face"), default="full",
                         help="foreground connectivity for topology: full = 8 (2D) / 26 (3D), face = 4 / 6; "
                              "background takes the dual (default: full)")
+    parser.add_argument("--calibre-edges", type=float, nargs=2, default=MetricSettings.calibre_edges,
+                        metavar=("THIN", "THICK"),
+                        help="radii in the spacing's unit splitting the reference centreline into thin (< THIN), "
+                             "medium and thick (>= THICK) for the recall_* columns (default: %(default)s)")
     parser.add_argument("--pred-cases-only", action="store_true",
                         help="evaluate only the cases found in --pred (e.g. one fold's validation folder against "
                              "gt_segmentations); by default both folders must hold the same cases")
@@ -432,7 +437,7 @@ def run(args) -> int:
                                progress=not args.no_progress, file_ending=args.file_ending,
                                cases="pred" if args.pred_cases_only else None, mask_dir=args.mask_dir,
                                label_names=names, nsd_tolerance_mm=args.nsd_tolerance,
-                               connectivity=args.connectivity)
+                               connectivity=args.connectivity, calibre_edges=tuple(args.calibre_edges))
     save_results(results, args.output)
     print(f"wrote {args.output}: {len(results['per_case'])} rows ({results['settings']['num_cases']} cases x "
           f"{len(results['labels'])} labels)")
