@@ -44,8 +44,9 @@ test: $(STAMP) browser
 	$(VENV)/bin/ruff check nnunet_tubeconv architectures trainers benchmarks tests
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# the unit tests (tests/unit/); tests/integration/ holds the slow ones (real nnU-Net runs)
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/nnunet-tubeconv demo

@@ -1,6 +1,6 @@
 """Memory of a TubeUNet's training step: what autograd keeps for backward, counted and measured.
 
-Two halves that check each other (tests/test_architectures.py, tests/test_arch_contract.py):
+Two halves that check each other (tests/unit/test_architectures.py, tests/unit/test_arch_contract.py):
 
 * **Counting** (:func:`network_saved_elements`, behind every ``compute_conv_feature_map_size`` of
   :mod:`nnunet_tubeconv.architectures.unet`): tensor *elements* that a training-mode forward saves for backward, per

@@ -215,8 +215,3 @@ def resolve_block_options(
     _check_int("scse_reduction", out["scse_reduction"], 1)
     _check_choice("scse_mode", out["scse_mode"], SCSE_MODES)
     return out
-
-
-def is_neutral(options: Mapping[str, Any]) -> bool:
-    """True if resolved ``options`` place no block at all (the network is then a PlainConvUNet)."""
-    return not any(options[k] for k in ENCODER_SELECTORS + DECODER_SELECTORS)

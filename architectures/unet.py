@@ -43,11 +43,11 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
-from nnunet_tubeconv.architectures import memory
-from nnunet_tubeconv.architectures.options import CONVS_PER_RESIDUAL_BLOCK, resolve_block_options
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from nnunet_tubeconv.architectures import memory
+from nnunet_tubeconv.architectures.options import CONVS_PER_RESIDUAL_BLOCK, resolve_block_options
 from nnunet_tubeconv.blocks import DFF, SCSE, DeformConv, DLKBlock, DSCBlock
 from nnunet_tubeconv.blocks.utils import conv_op_to_dim
 
@@ -58,6 +58,28 @@ def _per_stage(name: str, value: Any, count: int) -> list:
     if not isinstance(value, (list, tuple)) or len(value) != count:
         raise ValueError(f"{name} must be an int or have {count} entries (one per stage), got {value!r}")
     return list(value)
+
+
+def _host_geometry(conv_op: type[nn.Module], input_channels: int, num_classes: int, n_stages: int,
+                   features_per_stage: Any, kernel_sizes: Any, strides: Any) -> tuple[list, list, list]:
+    """The checks both hosts make on the arguments they share with nnU-Net's networks; returns
+    ``(features_per_stage, kernel_sizes, strides)`` with one entry per stage."""
+    conv_op_to_dim(conv_op)
+    for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if n_stages < 2:
+        raise ValueError(f"n_stages must be >= 2 (an encoder stage and a bottleneck), got {n_stages}")
+    return (_per_stage("features_per_stage", features_per_stage, n_stages),
+            _per_stage("kernel_sizes", kernel_sizes, n_stages), _per_stage("strides", strides, n_stages))
+
+
+def _layer_kwargs(conv_bias: bool, norm_op: type[nn.Module] | None, norm_op_kwargs: dict | None,
+                  dropout_op: type[_DropoutNd] | None, dropout_op_kwargs: dict | None,
+                  nonlin: type[nn.Module] | None, nonlin_kwargs: dict | None) -> dict[str, Any]:
+    """The per-layer settings of nnU-Net's conv blocks, as the encoders and the decoder take them."""
+    return {"conv_bias": conv_bias, "norm_op": norm_op, "norm_op_kwargs": norm_op_kwargs, "dropout_op": dropout_op,
+            "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin, "nonlin_kwargs": nonlin_kwargs}
 
 
 class _SkipConcat(nn.Module):
@@ -208,15 +230,8 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         block_options: dict | None = None,
     ) -> None:
         super().__init__()
-        conv_op_to_dim(conv_op)
-        for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if n_stages < 2:
-            raise ValueError(f"n_stages must be >= 2 (an encoder stage and a bottleneck), got {n_stages}")
-        features_per_stage = _per_stage("features_per_stage", features_per_stage, n_stages)
-        kernel_sizes = _per_stage("kernel_sizes", kernel_sizes, n_stages)
-        strides = _per_stage("strides", strides, n_stages)
+        features_per_stage, kernel_sizes, strides = _host_geometry(
+            conv_op, input_channels, num_classes, n_stages, features_per_stage, kernel_sizes, strides)
         n_conv_per_stage = _per_stage("n_conv_per_stage", n_conv_per_stage, n_stages)
         n_conv_per_stage_decoder = _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
         opts = resolve_block_options(block_options, n_stages, n_conv_per_stage, n_conv_per_stage_decoder)
@@ -233,9 +248,8 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
             "encoder.stages.0.0.convs.0.all_modules.0",
             "encoder.stages.0.0.convs.0.conv",
         )
-        layer_kwargs = {"conv_bias": conv_bias, "norm_op": norm_op, "norm_op_kwargs": norm_op_kwargs,
-                        "dropout_op": dropout_op, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
-                        "nonlin_kwargs": nonlin_kwargs}
+        layer_kwargs = _layer_kwargs(conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
+                                     nonlin_kwargs)
         self.encoder = TubeEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
                                    n_conv_per_stage, layer_kwargs, nonlin_first, opts)
         self.decoder = TubeDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision, nonlin_first,
@@ -253,7 +267,7 @@ class TubeUNet(AbstractDynamicNetworkArchitectures):
         dynamic_network_architectures' count), the transposed convolutions, the concatenated skips, the blocks and
         the segmentation heads' logits (returned to the loss, which keeps them). Counted by
         :func:`nnunet_tubeconv.architectures.memory.network_saved_elements`, within 0.1% of what
-        :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` measures (tests/test_arch_contract.py), so it
+        :class:`~nnunet_tubeconv.architectures.memory.SavedTensors` measures (tests/unit/test_arch_contract.py), so it
         is *not* on the scale of ``PlainConvUNet.compute_conv_feature_map_size`` that nnU-Net's planner reference
         values were tuned for.
         """
@@ -378,16 +392,9 @@ class TubeResEncUNet(AbstractDynamicNetworkArchitectures):
         block_options: dict | None = None,
     ) -> None:
         super().__init__()
-        conv_op_to_dim(conv_op)
         _check_basic_block(block)
-        for name, value in (("input_channels", input_channels), ("num_classes", num_classes), ("n_stages", n_stages)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if n_stages < 2:
-            raise ValueError(f"n_stages must be >= 2 (an encoder stage and a bottleneck), got {n_stages}")
-        features_per_stage = _per_stage("features_per_stage", features_per_stage, n_stages)
-        kernel_sizes = _per_stage("kernel_sizes", kernel_sizes, n_stages)
-        strides = _per_stage("strides", strides, n_stages)
+        features_per_stage, kernel_sizes, strides = _host_geometry(
+            conv_op, input_channels, num_classes, n_stages, features_per_stage, kernel_sizes, strides)
         n_blocks_per_stage = _per_stage("n_blocks_per_stage", n_blocks_per_stage, n_stages)
         if any(not isinstance(b, (int, np.integer)) or b < 1 for b in n_blocks_per_stage):
             raise ValueError(f"n_blocks_per_stage must be positive integers, got {n_blocks_per_stage!r}")
@@ -400,9 +407,8 @@ class TubeResEncUNet(AbstractDynamicNetworkArchitectures):
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stem"
         self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
-        layer_kwargs = {"conv_bias": conv_bias, "norm_op": norm_op, "norm_op_kwargs": norm_op_kwargs,
-                        "dropout_op": dropout_op, "dropout_op_kwargs": dropout_op_kwargs, "nonlin": nonlin,
-                        "nonlin_kwargs": nonlin_kwargs}
+        layer_kwargs = _layer_kwargs(conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
+                                     nonlin_kwargs)
         self.encoder = TubeResidualEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes,
                                            strides, n_blocks_per_stage, layer_kwargs, bottleneck_channels,
                                            stem_channels, opts)

@@ -9,14 +9,14 @@ block where its paper puts it, within the cost budget measured by ``nnunet-tubec
     costs several times vanilla nnU-Net, so by default one block replaces the last convolution of encoder stage 2
     and of the decoder stage at the same resolution (the third-highest resolution: 1/4 in-plane for nnU-Net's
     usual plans): the highest-resolution placement with the paper's K that stays within the 2x budget with a
-    margin; placements at higher resolution cost 2-5x. See :mod:`nnunet_tubeconv.benchmarks.perf.bench_train` for the
-    measurements.
+    margin; placements at higher resolution cost 2-5x. The placements measured, with their commands:
+    ``benchmarks/perf/results/bench_train_cpu.md``.
 ``dlkdff``
     D-Net (Yang et al., arXiv 2403.10674): DLK blocks appended to the encoder stages from the third one down to
     the bottleneck, and dynamic feature fusion at every skip. D-Net itself has no DLK block at full resolution (a
     plain conv block there, DLK stages after a stride-2 stem, two blocks each, bottleneck included); one block per
-    stage from stage 2 keeps the variant within 1.5x vanilla (``bench-train``, small 3D plan, CPU: stages 1..4 x 1
-    block 2.4x time / 1.6x memory, 2..4 x 2 blocks 1.6x / 1.4x, 2..4 x 1 block 1.2x / 1.2x; DFF alone 1.0x).
+    stage from stage 2 keeps the variant within 1.5x vanilla (``bench-train`` on its small 3D plan, CPU; the
+    counts of blocks measured: ``benchmarks/perf/results/bench_train_cpu.md``).
 ``scse``
     scSE (Roy et al., MICCAI 2018) after every encoder and decoder stage, as in the paper.
 ``deform``
@@ -70,7 +70,8 @@ _REQUIRED_KWARGS: dict[str, tuple[str, ...]] = {
     TUBE_RESENC_UNET_CLASS: ("n_stages", "n_blocks_per_stage", "n_conv_per_stage_decoder"),
 }
 
-# measured with `nnunet-tubeconv bench-train` (see nnunet_tubeconv.benchmarks.perf.bench_train's docstring)
+# where the snake blocks go: chosen with `nnunet-tubeconv bench-train` (the placements measured, with their commands:
+# benchmarks/perf/results/bench_train_cpu.md)
 _SNAKE_PLACEMENT: dict[str, Any] = {
     "conv_block_encoder_stages": [2],
     "conv_block_decoder_stages": [2],
@@ -78,10 +79,11 @@ _SNAKE_PLACEMENT: dict[str, Any] = {
     "snake_kernel_size": 9,
 }
 
-# The snakes' swing branch under nnU-Net's SGD (issue 11), chosen on nnU-Net's cross-validation of the 20 DRIVE
-# training images with `python -m nnunet_tubeconv.benchmarks.studies.snakes.ablation` (benchmarks/results/
-# snakes_ablation_drive.md): no norm in the swing branch (the zero init then starts straight) and a tenth of the
-# learning rate for it. {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0} is the earlier network.
+# The snakes' swing branch under nnU-Net's SGD (the snakes study, docs/studies/snakes.md), chosen on nnU-Net's
+# cross-validation of the 20 DRIVE training images with `python -m nnunet_tubeconv.benchmarks.studies.snakes.ablation`
+# (benchmarks/studies/snakes/results/snakes_ablation_drive.md): no norm in the swing branch (the zero init then starts
+# straight) and a tenth of the learning rate for it. {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0} is the
+# earlier network.
 _SNAKE_SWING: dict[str, Any] = {
     "snake_swing_norm": "none",
     "snake_swing_lr_scale": 0.1,
@@ -324,7 +326,7 @@ def plain_conv_unet_entry(
 
 #: blocks per encoder stage of nnU-Net's ResEnc planners (nnUNetPlannerResEncM/L/XL), cut to ``n_stages``: nnU-Net
 #: owns this (``ResEncUNetPlanner.UNet_blocks_per_stage_encoder``, set in its constructor, which needs a data set);
-#: tests/test_e2e_resenc.py checks this copy against plans the planner wrote
+#: tests/integration/test_e2e_resenc.py checks this copy against plans the planner wrote
 RESENC_BLOCKS_PER_STAGE: tuple[int, ...] = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from nnunet_tubeconv.architectures.variants import (
@@ -59,17 +59,8 @@ class WidthMatch:
     vanilla: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "measure": self.measure,
-            "multiple": self.multiple,
-            "factor": self.factor,
-            "base_features_per_stage": list(self.base_features_per_stage),
-            "features_per_stage": list(self.features_per_stage),
-            "target": self.target,
-            "achieved": self.achieved,
-            "vanilla": self.vanilla,
-        }
+        """The fields by name, the widths as lists (as the plans' JSON holds them)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def _is_vanilla(name: Any) -> bool:

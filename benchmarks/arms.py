@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnunet_tubeconv.trainers import TRAINER_MODULES, trainer_folder
-
 from nnunet_tubeconv.evaluation.serialise import atomic_write_text
+from nnunet_tubeconv.trainers import TRAINER_MODULES, trainer_folder
 
 GENERATED_MODULE = "tubeconv_arm_trainers"
 SEED_NOTE = (

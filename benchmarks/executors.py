@@ -59,7 +59,6 @@ from nnunet_tubeconv.benchmarks.records import (
 )
 from nnunet_tubeconv.benchmarks.suite import Unit
 from nnunet_tubeconv.benchmarks.telemetry import TELEMETRY_FILE
-
 from nnunet_tubeconv.evaluation.serialise import json_safe, write_json_atomic
 
 ERROR_TAIL_CHARS = 4000

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from nnunet_tubeconv.benchmarks.records import read_record, utc_now
-
 from nnunet_tubeconv.evaluation.layout import RECORD_FILE, RECORD_SCHEMA, TEST_SPLIT, test_rel_dir
 from nnunet_tubeconv.evaluation.serialise import write_json_atomic
 
@@ -45,7 +44,6 @@ def predict_and_score(suite, ds: str, cfg: str, arm: str, seed: int, results_dir
     import os
 
     from nnunet_tubeconv.benchmarks.executors import EpochPrinter, nnunet_command, resolve_device, run_streaming
-
     from nnunet_tubeconv.evaluation import evaluate_folders
     from nnunet_tubeconv.evaluation.folders import labels_from_dataset_json
 

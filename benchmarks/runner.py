@@ -47,7 +47,6 @@ from nnunet_tubeconv.benchmarks.suite import (
     merge_overrides,
     parse_suite,
 )
-
 from nnunet_tubeconv.evaluation.layout import PLANS_SEPARATOR, RECORD_FILE, SUITE_FILE, split_arm_spec
 from nnunet_tubeconv.planning.hosts import DEFAULT_PLANS, close_plans_names, host_label, parse_preset_plans_name
 
@@ -476,7 +475,6 @@ def evaluate_annotators(suite: Suite, datasets: list[str], results_dir: Path, en
     (once; ``again`` redoes it), written to ``RESULTS_DIR/annotators/<data set>/<row>.json``:
     ``{(data set, row): results}``."""
     from nnunet_tubeconv.benchmarks.executors import evaluate_against_references
-
     from nnunet_tubeconv.evaluation.serialise import write_json_atomic
 
     out: dict[tuple[str, str], dict[str, Any]] = {}

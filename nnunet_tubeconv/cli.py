@@ -36,23 +36,40 @@ def _register(name: str, module: str, help_text: str) -> None:
     COMMANDS[name] = (module, help_text)
 
 
-_register("synth", "nnunet_tubeconv.data.synthetic", "write a synthetic 2D/3D vessel-tree data set (nnU-Net raw)")
-_register("convert", "nnunet_tubeconv.data.convert", "convert DRIVE, STARE, vesselNN, a folder of images or an MSD task to an nnU-Net raw data set")
-_register("evaluate", "nnunet_tubeconv.evaluation.folders", "clDice, Betti, HD95, NSD, Dice: predictions vs references")
-_register("report", "nnunet_tubeconv.evaluation.report", "write report.md and report.html for a benchmark RESULTS_DIR")
-_register("bench-train", "nnunet_tubeconv.benchmarks.perf.bench_train", "one training iteration per variant vs vanilla nnU-Net")
-_register("benchmark", "nnunet_tubeconv.benchmarks.runner", "train vanilla nnU-Net and variants on the same splits; records + report")
-_register("demo", "nnunet_tubeconv.benchmarks.demo", "synthetic 2D tubes: vanilla vs snake on CPU at the smoke budget (make demo)")
-_register("bench-blocks", "nnunet_tubeconv.benchmarks.perf.bench_blocks", "time and backward memory of every block vs a plain conv block")
-_register("env", "nnunet_tubeconv.doctor", "print the `export nnUNet_extTrainer=...` line for this installation")
-_register("doctor", "nnunet_tubeconv.doctor", "check nnU-Net version, paths, trainer discovery, device (and plans)")
-_register("export-onnx", "nnunet_tubeconv.deploy.onnx_export", "export a trained model folder to ONNX (dynamic spatial axes, metadata)")
-_register("package", "nnunet_tubeconv.deploy.package", "challenge bundle: nnU-Net model zip, pinned requirements, predict.py, Dockerfile")
-_register("show-snakes", "nnunet_tubeconv.deploy.snakes", "draw a trained model's DSConv sample points over an image (PNG)")
-_register("snake-stats", "nnunet_tubeconv.deploy.snake_stats", "do a model's DSConv snakes follow the vessels? saturation, tilt, adherence")
-_register("plan", "nnunet_tubeconv.planning.plan", "memory-aware nnU-Net plans for a variant, host preset and GPU memory target")
-_register("calibrate-memory", "nnunet_tubeconv.benchmarks.perf.calibrate_memory", "memory estimates vs measured bytes; planned patch/batch per variant")
-_register("gpu-check", "nnunet_tubeconv.benchmarks.perf.gpu_check", "one GPU run: Triton kernels, bench-blocks, bench-train, calibrate-memory; md+json report vs targets")
+_register("synth", "nnunet_tubeconv.data.synthetic",
+          "write a synthetic 2D/3D vessel-tree data set (nnU-Net raw)")
+_register("convert", "nnunet_tubeconv.data.convert",
+          "convert DRIVE, STARE, vesselNN, a folder of images or an MSD task to an nnU-Net raw data set")
+_register("evaluate", "nnunet_tubeconv.evaluation.folders",
+          "clDice, Betti, HD95, NSD, Dice: predictions vs references")
+_register("report", "nnunet_tubeconv.evaluation.report",
+          "write report.md and report.html for a benchmark RESULTS_DIR")
+_register("bench-train", "nnunet_tubeconv.benchmarks.perf.bench_train",
+          "one training iteration per variant vs vanilla nnU-Net")
+_register("benchmark", "nnunet_tubeconv.benchmarks.runner",
+          "train vanilla nnU-Net and variants on the same splits; records + report")
+_register("demo", "nnunet_tubeconv.benchmarks.demo",
+          "synthetic 2D tubes: vanilla vs snake on CPU at the smoke budget (make demo)")
+_register("bench-blocks", "nnunet_tubeconv.benchmarks.perf.bench_blocks",
+          "time and backward memory of every block vs a plain conv block")
+_register("env", "nnunet_tubeconv.doctor",
+          "print the `export nnUNet_extTrainer=...` line for this installation")
+_register("doctor", "nnunet_tubeconv.doctor",
+          "check nnU-Net version, paths, trainer discovery, device (and plans)")
+_register("export-onnx", "nnunet_tubeconv.deploy.onnx_export",
+          "export a trained model folder to ONNX (dynamic spatial axes, metadata)")
+_register("package", "nnunet_tubeconv.deploy.package",
+          "challenge bundle: nnU-Net model zip, pinned requirements, predict.py, Dockerfile")
+_register("show-snakes", "nnunet_tubeconv.deploy.snakes",
+          "draw a trained model's DSConv sample points over an image (PNG)")
+_register("snake-stats", "nnunet_tubeconv.deploy.snake_stats",
+          "do a model's DSConv snakes follow the vessels? saturation, tilt, adherence")
+_register("plan", "nnunet_tubeconv.planning.plan",
+          "memory-aware nnU-Net plans for a variant, host preset and GPU memory target")
+_register("calibrate-memory", "nnunet_tubeconv.benchmarks.perf.calibrate_memory",
+          "memory estimates vs measured bytes; planned patch/batch per variant")
+_register("gpu-check", "nnunet_tubeconv.benchmarks.perf.gpu_check",
+          "one GPU run: Triton kernels, bench-blocks, bench-train, calibrate-memory; md+json report vs targets")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

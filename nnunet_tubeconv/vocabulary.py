@@ -14,5 +14,5 @@ DLK_MODES: tuple[str, ...] = ("paper", "authors2025")
 SCSE_MODES: tuple[str, ...] = ("add", "max")
 #: DSConv's swing branch: "stage" = tanh(norm(conv3(x))) with the stage's norm (GroupNorm for none / BatchNorm), the
 #: DSCNet authors' form; "none" = tanh(conv3(x)), so that the zero-initialised swing starts straight and grows
-#: (issue 11; docs/explanation/maths.md section 1).
+#: (the snakes study, docs/studies/snakes.md; docs/explanation/maths.md section 1).
 SWING_NORMS: tuple[str, ...] = ("stage", "none")

@@ -6,8 +6,8 @@ Make stock nnU-Net find them (``nnunet-tubeconv env`` prints this line for the i
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerDSConv
 
 :data:`TRAINER_MODULES` is the registry of every trainer this package ships: adding a trainer is defining its class
-in a module of this folder and adding one line ``"ClassName": "module"`` there (``tests/test_trainers.py`` fails for
-a trainer class defined here but not registered, and for a registered name its module does not define).
+in a module of this folder and adding one line ``"ClassName": "module"`` there (``tests/unit/test_trainers.py`` fails
+for a trainer class defined here but not registered, and for a registered name its module does not define).
 
 The trainer classes are loaded on first access, so ``import nnunet_tubeconv.trainers`` (e.g. to find
 :func:`trainer_folder` or the names in :data:`TRAINER_MODULES`) does not import torch or nnU-Net. nnU-Net's lookup

@@ -27,20 +27,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from nnunet_tubeconv.trainers.tubeconv_variants import nnUNetTrainerDSConv, nnUNetTrainerTubeConv
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
-from nnunet_tubeconv.losses import (
-    CLDICE_ITERATIONS,
-    CLDICE_WEIGHT,
-    SKELETON_DILATION_ITERATIONS,
-    SKELETON_RECALL_WEIGHT,
-    ClDiceCompound,
-    SkeletonRecallCompound,
-    SkeletonTargetTransform,
-)
+from nnunet_tubeconv import losses
+from nnunet_tubeconv.trainers.tubeconv_variants import nnUNetTrainerDSConv, nnUNetTrainerTubeConv
 
 
 def _wrap_loss(loss: nn.Module, wrap) -> nn.Module:
@@ -74,9 +66,9 @@ class SkeletonRecallMixin:
     """
 
     #: weight of the recall term next to nnU-Net's Dice + CE (the paper's default: 1)
-    skeleton_recall_weight: ClassVar[float] = SKELETON_RECALL_WEIGHT
+    skeleton_recall_weight: ClassVar[float] = losses.SKELETON_RECALL_WEIGHT
     #: tube thickness: dilation iterations of the skeleton by the face-connected cross (the paper's: 1)
-    skeleton_dilation_iterations: ClassVar[int] = SKELETON_DILATION_ITERATIONS
+    skeleton_dilation_iterations: ClassVar[int] = losses.SKELETON_DILATION_ITERATIONS
 
     @classmethod
     def get_training_transforms(
@@ -98,11 +90,11 @@ class SkeletonRecallMixin:
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label,
         )
         if regions is not None:
-            transform = SkeletonTargetTransform(num_regions=len(regions),
-                                                dilation_iterations=cls.skeleton_dilation_iterations)
+            transform = losses.SkeletonTargetTransform(num_regions=len(regions),
+                                                       dilation_iterations=cls.skeleton_dilation_iterations)
         else:
-            transform = SkeletonTargetTransform(labels=foreground_labels,
-                                                dilation_iterations=cls.skeleton_dilation_iterations)
+            transform = losses.SkeletonTargetTransform(labels=foreground_labels,
+                                                       dilation_iterations=cls.skeleton_dilation_iterations)
         return insert_before_deep_supervision(pipeline, transform)
 
     @classmethod
@@ -126,7 +118,7 @@ class SkeletonRecallMixin:
             n_seg = 1
         return _wrap_loss(
             super()._build_loss(),
-            lambda base: SkeletonRecallCompound(base, n_seg, lm.has_regions, self.skeleton_recall_weight),
+            lambda base: losses.SkeletonRecallCompound(base, n_seg, lm.has_regions, self.skeleton_recall_weight),
         )
 
 
@@ -134,9 +126,9 @@ class ClDiceMixin:
     """Adds the soft clDice term to the trainer's loss. Put it first among the bases."""
 
     #: soft-skeleton iterations (should reach the largest radius to be skeletonised)
-    cldice_iterations: ClassVar[int] = CLDICE_ITERATIONS
+    cldice_iterations: ClassVar[int] = losses.CLDICE_ITERATIONS
     #: weight of the clDice term next to nnU-Net's Dice (1) + CE (1)
-    cldice_weight: ClassVar[float] = CLDICE_WEIGHT
+    cldice_weight: ClassVar[float] = losses.CLDICE_WEIGHT
 
     @classmethod
     def loss_problem(cls, label_manager) -> str | None:
@@ -160,7 +152,7 @@ class ClDiceMixin:
         lm = self.label_manager
         return _wrap_loss(
             super()._build_loss(),
-            lambda base: ClDiceCompound(base, lm.has_regions, self.cldice_iterations, self.cldice_weight),
+            lambda base: losses.ClDiceCompound(base, lm.has_regions, self.cldice_iterations, self.cldice_weight),
         )
 
 

@@ -28,11 +28,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from nnunet_tubeconv.architectures import ARCHITECTURE_KEYS
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+
+from nnunet_tubeconv.architectures import ARCHITECTURE_KEYS
 
 # nnUNetTrainer's default device, shared rather than rebuilt per call
 _CUDA = torch.device("cuda")
@@ -40,6 +41,30 @@ _CUDA = torch.device("cuda")
 
 def _block_options(entry: Mapping[str, Any] | None) -> Any:
     return None if entry is None else (entry.get("arch_kwargs") or {}).get("block_options")
+
+
+def plans_copy(plans: Mapping[str, Any], configuration: str, owner: str) -> dict:
+    """A deep copy of nnU-Net ``plans``, which must hold ``configuration``; else a ``ValueError`` from ``owner``
+    (the trainer's name) naming the configurations there are."""
+    plans = copy.deepcopy(dict(plans))
+    configurations = plans.get("configurations")
+    if not isinstance(configurations, Mapping) or configuration not in configurations:
+        available = sorted(configurations) if isinstance(configurations, Mapping) else []
+        raise ValueError(
+            f"{owner}: configuration {configuration!r} is not in the plans "
+            f"{plans.get('plans_name', '?')!r}; available are {available}"
+        )
+    return plans
+
+
+def with_architecture(configuration_manager: ConfigurationManager, entry: dict,
+                      **extra: Any) -> ConfigurationManager:
+    """A ConfigurationManager of a copy of the configuration whose ``architecture`` is ``entry`` (and ``extra``
+    keys added): what a trainer hands to nnUNetTrainer's builder."""
+    configuration = copy.deepcopy(configuration_manager.configuration)
+    configuration["architecture"] = entry
+    configuration.update(extra)
+    return ConfigurationManager(configuration)
 
 
 def architecture_entry(configuration_manager: ConfigurationManager) -> dict:
@@ -229,14 +254,7 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
         The entry is written into the configuration itself (not into the one it inherits from), so that
         ``3d_cascade_fullres`` gets it without touching ``3d_fullres``.
         """
-        plans = copy.deepcopy(dict(plans))
-        configurations = plans.get("configurations")
-        if not isinstance(configurations, Mapping) or configuration not in configurations:
-            available = sorted(configurations) if isinstance(configurations, Mapping) else []
-            raise ValueError(
-                f"{cls.__name__}: configuration {configuration!r} is not in the plans "
-                f"{plans.get('plans_name', '?')!r}; available are {available}"
-            )
+        plans = plans_copy(plans, configuration, cls.__name__)
         resolved = PlansManager(plans).get_configuration(configuration)
         plans["configurations"][configuration]["architecture"] = cls.resolve_architecture(architecture_entry(resolved))
         return plans
@@ -257,14 +275,9 @@ class nnUNetTrainerTubeBase(nnUNetTrainer):
         ``(B, num_output_channels, *patch_size)`` (a list, finest first, with deep supervision).
         """
         entry = cls.resolve_architecture(architecture_entry(configuration_manager))
-        configuration = copy.deepcopy(configuration_manager.configuration)
-        configuration["architecture"] = entry
         # nnUNetTrainer's builder turns the entry into a module (pydoc.locate + He init): reuse it, so that any
         # other override further down a user's MRO still applies.
         return super().build_network_architecture(
-            plans_manager,
-            ConfigurationManager(configuration),
-            num_input_channels,
-            num_output_channels,
+            plans_manager, with_architecture(configuration_manager, entry), num_input_channels, num_output_channels,
             enable_deep_supervision,
         )

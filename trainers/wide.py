@@ -28,12 +28,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from nnunet_tubeconv.architectures.wide import match_width, widened_entry
-from nnunet_tubeconv.trainers.tubeconv_base import architecture_entry
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
+
+from nnunet_tubeconv.architectures.wide import match_width, widened_entry
+from nnunet_tubeconv.trainers.tubeconv_base import architecture_entry, plans_copy, with_architecture
 
 #: the configuration key that records a resolved width match (and marks the entry as already widened)
 WIDE_KEY = "tubeconv_wide"
@@ -61,9 +62,9 @@ class nnUNetTrainerWide(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         record = self.plans_manager.plans["configurations"][configuration][WIDE_KEY]
         self.print_to_log_file(
-            f"Wide: widths {record['base_features_per_stage']} -> {record['features_per_stage']} (x{record['factor']:.3f}"
-            f"), {record['measure']} {record['achieved']} vs {record['variant']}'s {record['target']} "
-            f"(vanilla {record['vanilla']})"
+            f"Wide: widths {record['base_features_per_stage']} -> {record['features_per_stage']} "
+            f"(x{record['factor']:.3f}), {record['measure']} {record['achieved']} "
+            f"vs {record['variant']}'s {record['target']} (vanilla {record['vanilla']})"
         )
 
     @classmethod
@@ -82,11 +83,7 @@ class nnUNetTrainerWide(nnUNetTrainer):
     @classmethod
     def plans_with_wide_architecture(cls, plans: Mapping[str, Any], configuration: str, dataset_json: dict) -> dict:
         """A deep copy of ``plans`` whose ``configuration`` holds the widened entry and the match record."""
-        plans = copy.deepcopy(dict(plans))
-        configurations = plans.get("configurations") or {}
-        if configuration not in configurations:
-            raise ValueError(f"{cls.__name__}: configuration {configuration!r} is not in the plans; available are "
-                             f"{sorted(configurations)}")
+        plans = plans_copy(plans, configuration, cls.__name__)
         pm = PlansManager(plans)
         cm = pm.get_configuration(configuration)
         n_in = determine_num_input_channels(pm, cm, dataset_json)
@@ -107,10 +104,7 @@ class nnUNetTrainerWide(nnUNetTrainer):
     ) -> nn.Module:
         """The widened network; a model folder's plans (already widened) are built as they stand."""
         entry, record = cls.resolve_wide(configuration_manager, num_input_channels, num_output_channels)
-        configuration = copy.deepcopy(configuration_manager.configuration)
-        configuration["architecture"] = entry
-        configuration[WIDE_KEY] = record
         return super().build_network_architecture(
-            plans_manager, ConfigurationManager(configuration), num_input_channels, num_output_channels,
-            enable_deep_supervision,
+            plans_manager, with_architecture(configuration_manager, entry, **{WIDE_KEY: record}), num_input_channels,
+            num_output_channels, enable_deep_supervision,
         )

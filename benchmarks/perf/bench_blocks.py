@@ -321,7 +321,8 @@ def measure(case: Case, runner: _Runner, repeats: int, warmup: int, check_compil
         "peak_baseline_bytes": peak_base,
         "peak_ratio": _ratio(peak_block, peak_base),
         "compile": runner.compile_works(block, inputs, grad) if check_compile else None,
-        # which DLK selection ran, read from the module itself (docs/explanation/maths.md section 3: every benchmark records it)
+        # which DLK selection ran, read from the module itself (docs/explanation/maths.md section 3: every
+        # benchmark records it)
         "dlk_mode": next((m.mode for m in block.modules() if isinstance(m, DLK)), None),
         "targets": {},
         "pass": None,

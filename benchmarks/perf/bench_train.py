@@ -236,9 +236,9 @@ def _on_host(entry: dict, run: dict, host: str, from_plans: bool) -> tuple[dict,
 
 def _extra_arm(name: str, entry: dict, run: dict, strides: list, device, overrides: dict) -> dict:
     """Network entry, loss and targets of one of EXTRA_ARMS."""
-    from nnunet_tubeconv.architectures import variant_architecture
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
+    from nnunet_tubeconv.architectures import variant_architecture
     from nnunet_tubeconv.losses import ClDiceCompound, SkeletonRecallCompound
 
     _, weights = _ds_weights_and_scales(strides)

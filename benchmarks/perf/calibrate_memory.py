@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nnunet_tubeconv.environ import set_environ
+
 GIB = float(1 << 30)
 
 #: The Task08-like fingerprint. Stated, not copied from the real data set: MSD Task08 HepaticVessel has 303
@@ -103,20 +105,11 @@ def hepatic_vessel_like_fingerprint(spec: dict[str, Any] = HEPATIC_VESSEL_LIKE) 
 @contextlib.contextmanager
 def nnunet_paths(base: str | os.PathLike) -> Iterator[dict[str, str]]:
     """Point nnUNet_raw / nnUNet_preprocessed / nnUNet_results into ``base`` (created) for the ``with`` block."""
-    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-    old = {k: os.environ.get(k) for k in names}
-    paths = {k: str(Path(base) / k) for k in names}
-    try:
-        for k, v in paths.items():
-            Path(v).mkdir(parents=True, exist_ok=True)
-            os.environ[k] = v
+    paths = {k: str(Path(base) / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for v in paths.values():
+        Path(v).mkdir(parents=True, exist_ok=True)
+    with set_environ(**paths):
         yield paths
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def write_fingerprint_dataset(raw_root: str | os.PathLike, preprocessed_root: str | os.PathLike, name: str,
@@ -654,7 +647,8 @@ def _fmt_patch(p: Sequence[int]) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The README tables from a :func:`calibrate` result."""
+    """The calibration tables (benchmarks/perf/results/calibration_cpu.md, summarised in
+    docs/how-to/memory-aware-plans.md) from a :func:`calibrate` result."""
     meta = result["meta"]
     presets = result.get("presets", ["plain"])
     hosts_shown = presets != ["plain"]

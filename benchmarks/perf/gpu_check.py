@@ -1,11 +1,12 @@
-"""``nnunet-tubeconv gpu-check -o benchmarks/results/``: everything a GPU should prove, in one command and one report.
+"""``nnunet-tubeconv gpu-check -o benchmarks/perf/results/``: everything a GPU should prove, in one command and one
+report.
 
 On one CUDA GPU (sized to finish in under 8 minutes on an H100/H200-class device), in this order:
 
-1. **Kernel check**: DSConv's Triton kernels (:mod:`nnunet_tubeconv.blocks.dsconv.triton_backend`) against the PyTorch path on the
-   device, forward and every gradient, 2D and 3D, every morph axis, odd sizes, batch > 1, clamped borders,
-   fp32/bf16/fp16 features; which path the dispatch picks; and the forward+backward time of a 3D DSConv (K = 9, the
-   ``bench-blocks`` size) on the Triton kernels vs the PyTorch path.
+1. **Kernel check**: DSConv's Triton kernels (:mod:`nnunet_tubeconv.blocks.dsconv.triton_backend`) against the
+   PyTorch path on the device, forward and every gradient, 2D and 3D, every morph axis, odd sizes, batch > 1,
+   clamped borders, fp32/bf16/fp16 features; which path the dispatch picks; and the forward+backward time of a 3D
+   DSConv (K = 9, the ``bench-blocks`` size) on the Triton kernels vs the PyTorch path.
 2. ``bench-blocks`` in fp32 and bf16 autocast with its ``torch.compile`` check (its own options
    ``--precision fp32,bf16 --compile yes``).
 3. ``bench-train`` on its default 3D plan, vanilla vs the snake variant (``dsconv``), as nnU-Net trains on GPU
@@ -14,8 +15,8 @@ On one CUDA GPU (sized to finish in under 8 minutes on an H100/H200-class device
 4. ``calibrate-memory --device cuda`` for vanilla and the snake variant: the planner's predicted peak vs
    ``torch.cuda.max_memory_allocated`` of a real AMP training step at the planned patch and batch.
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` (device name, versions, each step's time and status, the targets of
-issue 15 marked met / not met from the measured numbers) plus each command's own output (``gpu_check_*.json``)
+Writes ``gpu_check.json`` and ``gpu_check.md`` (device name, versions, each step's time and status, the GPU cost
+targets below marked met / not met from the measured numbers) plus each command's own output (``gpu_check_*.json``)
 into ``-o``. A step that fails is recorded with its error and the others still run; the exit status is then 1.
 
 Targets (measured on CUDA only; ``--device cpu`` or ``--quick`` marks every target "does not count"):
@@ -45,18 +46,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nnunet_tubeconv.environ import set_environ
+
 #: the variant whose training iteration the snake target is about (bench-train's name for the DSCNet blocks)
 SNAKE_VARIANT = "dsconv"
-#: issue 15's GPU targets: key -> (description, limit)
+#: the GPU cost targets, what the snake blocks may cost next to nnU-Net's plain convolutions on a GPU:
+#: key -> (description, limit)
 TARGETS: dict[str, tuple[str, float]] = {
     "dsconv3d_time": ("3D DSConv K=9 forward+backward / same-width cuDNN Conv3d 3x3x3, bf16", 3.0),
     "dsconv3d_saved": ("3D DSConv K=9 bytes kept for backward / its input's bytes, bf16", 2.0),
     "snake_iteration": (f"snake nnU-Net ({SNAKE_VARIANT}) training iteration / vanilla", 1.3),
-    "planner_memory": ("planner's predicted peak vs torch.cuda.max_memory_allocated, worst abs(predicted / measured - 1)", 0.10),
+    "planner_memory": (("planner's predicted peak vs torch.cuda.max_memory_allocated, "
+                        "worst abs(predicted / measured - 1)"), 0.10),
 }
 #: kernel-check tolerance per feature dtype: max |Triton - reference| / max |reference| per output and gradient
 TOLERANCES = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
-#: what one GPU run of the whole command may take (issue 15), seconds
+#: what one GPU run of the whole command may take, seconds (the report says whether the run stayed within it)
 BUDGET_S = 8 * 60
 #: the steps, in the order they run
 STEPS = ("kernels", "blocks", "train", "memory")
@@ -224,8 +229,8 @@ def kernel_check(device, quick: bool, log: Callable[[str], None] = print) -> dic
 def _speed(device, log) -> list[dict]:
     """Forward+backward of bench-blocks' 3D DSConv (K = 9) on the Triton kernels vs the PyTorch path."""
     import torch
-    from nnunet_tubeconv.benchmarks.perf.bench_blocks import SIZES, SNAKE_K
 
+    from nnunet_tubeconv.benchmarks.perf.bench_blocks import SIZES, SNAKE_K
     from nnunet_tubeconv.blocks import DSConv
 
     batch, ch, side = SIZES[3]
@@ -238,9 +243,7 @@ def _speed(device, log) -> list[dict]:
     for precision in ("fp32", "bf16"):
         times = {}
         for path in ("triton", "pytorch"):
-            previous = os.environ.get("NNUNET_TUBECONV_TRITON")
-            os.environ["NNUNET_TUBECONV_TRITON"] = "1" if path == "triton" else "0"
-            try:
+            with set_environ(NNUNET_TUBECONV_TRITON="1" if path == "triton" else "0"):
                 for _ in range(3):
                     _train_step(torch, m, x, precision)
                 torch.cuda.synchronize(device)
@@ -249,11 +252,6 @@ def _speed(device, log) -> list[dict]:
                     _train_step(torch, m, x, precision)
                 torch.cuda.synchronize(device)
                 times[path] = (time.perf_counter() - t0) / 10
-            finally:
-                if previous is None:
-                    os.environ.pop("NNUNET_TUBECONV_TRITON", None)
-                else:
-                    os.environ["NNUNET_TUBECONV_TRITON"] = previous
         rows.append({"precision": precision, "shape": [batch, ch, side, side, side], "kernel_size": SNAKE_K,
                      "triton_ms": round(1000 * times["triton"], 3), "pytorch_ms": round(1000 * times["pytorch"], 3),
                      "speedup": round(times["pytorch"] / times["triton"], 3)})
@@ -339,7 +337,7 @@ def calibration_step(device, quick: bool, out: Path, log) -> dict:
 
 
 def evaluate_targets(steps: dict, counts: bool) -> list[dict]:
-    """Each issue-15 target with the measured value and met / not met / not measured."""
+    """Each GPU cost target with the measured value and met / not met / not measured."""
 
     def target(key: str, value: float | None, source: str, met: Callable[[float, float], bool]) -> dict:
         text, limit = TARGETS[key]
@@ -386,7 +384,7 @@ def markdown(report: dict) -> str:
                f"{BUDGET_S // 60}-minute budget of a GPU run); status: "
                f"{'all steps ran' if report['ok'] else 'a step FAILED (see below)'}."), "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in env.items()]
-    lines += ["", "## Targets (issue 15)", "", "| target | limit | measured | status | counts | source |",
+    lines += ["", "## GPU cost targets", "", "| target | limit | measured | status | counts | source |",
               "|---|---|---|---|---|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['limit']:g} | {_fmt(t['measured'])} | **{t['status']}** | "

@@ -5,7 +5,7 @@
   label). These are the shape numbers of the real data set: ``nnunet-tubeconv convert drive`` of the 20 images
   followed by ``nnUNetv2_extract_fingerprint`` and ``nnUNetv2_plan_experiment`` gives the same fingerprint
   (20 x ``[1, 584, 565]``, spacing ``[999, 1, 1]``) and the same 2d plan: patch 640 x 640, batch 2, 8 stages of
-  widths 32-512 (``tests/test_bench_train.py`` compares both when ``../shared/data/DRIVE`` is present).
+  widths 32-512 (``tests/unit/test_bench_train.py`` compares both when ``../shared/data/DRIVE`` is present).
 * ``hepaticvessel3d``: the Task08 HepaticVessel-like fingerprint of ``calibrate-memory``
   (:data:`nnunet_tubeconv.benchmarks.perf.calibrate_memory.HEPATIC_VESSEL_LIKE`), planned ``3d_fullres`` at nnU-Net's
   default 8 GB target: patch 64 x 192 x 192, batch 2, 6 stages of widths 32-320.
@@ -59,13 +59,14 @@ def _spec(name: str) -> dict[str, Any]:
 
 def nnunet_default_plans(name: str) -> dict:
     """nnU-Net's default plans (``ExperimentPlanner``, 8 GB) of the data set behind ``--plan name``."""
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
     from nnunet_tubeconv.benchmarks.perf.calibrate_memory import (
         hepatic_vessel_like_fingerprint,
         nnunet_paths,
         plan_quietly,
         write_fingerprint_dataset,
     )
-    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     spec = _spec(name)
     fingerprint, dataset_json = (drive_like_fingerprint() if name == "drive2d" else hepatic_vessel_like_fingerprint())

@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib
 
 import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
 from nnunet_tubeconv.architectures import variant_architecture
 from nnunet_tubeconv.architectures.variants import plain_conv_unet_entry
 from nnunet_tubeconv.trainers import TRAINER_MODULES
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 #: input channels, classes and spatial size of the tiny networks
 IN_CHANNELS, NUM_CLASSES, PATCH = 1, 3, (16, 16)

@@ -252,12 +252,7 @@ class DeformConv(nn.Module):
         nonlin_kwargs: dict | None = None,
     ):
         super().__init__()
-        dim, kernel, strides = drop_in_geometry(conv_op, input_channels, output_channels, kernel_size, stride)
-        self.dim = dim
-        self.input_channels = input_channels
-        self.output_channels = output_channels
-        self.kernel_size = kernel
-        self.stride = strides
+        dim, kernel, strides = drop_in_geometry(self, conv_op, input_channels, output_channels, kernel_size, stride)
         self.padding = tuple((k - 1) // 2 for k in kernel)
         self.n_points = numel(kernel)
         self.conv = conv_op(

@@ -74,12 +74,7 @@ class DSCBlock(nn.Module):
         swing_lr_scale: float = 1.0,
     ):
         super().__init__()
-        dim, kernel, strides = drop_in_geometry(conv_op, input_channels, output_channels, kernel_size, stride)
-        self.dim = dim
-        self.input_channels = input_channels
-        self.output_channels = output_channels
-        self.kernel_size = kernel
-        self.stride = strides
+        dim, kernel, strides = drop_in_geometry(self, conv_op, input_channels, output_channels, kernel_size, stride)
         self.snake_axes = tuple(i for i in range(dim) if kernel[i] > 1)
         self.strided_snakes_follow_plain = any(s > 1 for s in strides)
         padding = [(k - 1) // 2 for k in kernel]

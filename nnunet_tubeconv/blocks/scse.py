@@ -72,7 +72,8 @@ class _ScseAddFunction(torch.autograd.Function):
 # _ScseAddFunction as torch.library custom ops, for torch.compile (why, and how: nnunet_tubeconv/blocks/dsconv/
 # custom_ops.py, which does the same for DSConv). Coupling to keep: the backward op rebuilds the ctx the Function's
 # backward reads from what its forward saves (the flattened input, the gates, pooled, hidden, w1, w2, ws and the
-# kernels); a change there must be mirrored here, tests/test_compile.py (opcheck, op against Function) fails otherwise.
+# kernels); a change there must be mirrored here, tests/unit/test_compile.py (opcheck, op against Function) fails
+# otherwise.
 # ----------------------------------------------------------------------------------------------------------------
 def _scse_kernels(x: Tensor, params: Sequence[Tensor]):
     kernels = cpu_backend.scse_add_kernels(x, *params)

@@ -107,16 +107,22 @@ def check_odd_kernel(name: str, kernel_size: Sequence[int]) -> None:
         )
 
 
-def drop_in_geometry(conv_op: type, input_channels: int, output_channels: int, kernel_size: int | Sequence[int],
+def drop_in_geometry(block: nn.Module, conv_op: type, input_channels: int, output_channels: int,
+                     kernel_size: int | Sequence[int],
                      stride: int | Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Check the arguments of a drop-in for dynamic-network-architectures' ``ConvDropoutNormReLU`` (DSCBlock,
-    DeformConv) and return ``(dim, kernel, stride)``, kernel and stride as one odd / positive entry per axis."""
+    DeformConv), set them on ``block`` as its attributes ``dim``, ``input_channels``, ``output_channels``,
+    ``kernel_size`` and ``stride`` (kernel and stride one odd / positive entry per axis) and return
+    ``(dim, kernel, stride)``."""
     dim = conv_op_to_dim(conv_op)
     check_channels("input_channels", input_channels)
     check_channels("output_channels", output_channels)
     kernel = as_tuple("kernel_size", kernel_size, dim)
     check_odd_kernel("kernel_size", kernel)
-    return dim, kernel, as_tuple("stride", stride, dim)
+    strides = as_tuple("stride", stride, dim)
+    block.dim, block.input_channels, block.output_channels = dim, input_channels, output_channels
+    block.kernel_size, block.stride = kernel, strides
+    return dim, kernel, strides
 
 
 def build_norm(norm_op: type | None, channels: int, norm_op_kwargs: dict | None) -> nn.Module:

@@ -14,6 +14,7 @@ order and reversed only where SimpleITK (x, y, z) needs it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -25,6 +26,22 @@ from pathlib import Path
 import numpy as np
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")
+#: help of every writer's ``-o/--output`` (read by :func:`resolve_raw_root`)
+OUTPUT_HELP = "nnU-Net raw root (default: $nnUNet_raw)"
+#: help of every writer's ``--force`` (what :func:`prepare_dataset_folder` does with ``force``)
+FORCE_HELP = "delete a different data set that uses the same id"
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, dataset_id: int, name: str) -> None:
+    """``-o/--output``, ``--dataset-id`` and ``--name`` of a converter whose data set has a default id and name."""
+    parser.add_argument("-o", "--output", default=None, help=OUTPUT_HELP)
+    parser.add_argument("--dataset-id", type=int, default=dataset_id, help=f"default {dataset_id}")
+    parser.add_argument("--name", default=name, help=f"data-set name (default {name})")
+
+
+def training_cases(dataset_folder: Path) -> int:
+    """How many training cases a written data set holds (its labels in labelsTr)."""
+    return len(list((dataset_folder / "labelsTr").glob("*.nii.gz")))
 
 
 def resolve_raw_root(raw_root: str | os.PathLike | None) -> Path:

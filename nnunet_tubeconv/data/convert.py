@@ -1,10 +1,10 @@
-"""``nnunet-tubeconv convert drive|stare|vesselnn|images|msd``: bring public tubular data sets into nnU-Net v2 raw format.
+"""``nnunet-tubeconv convert drive|stare|vesselnn|images|msd``: public tubular data sets into nnU-Net v2 raw format.
 
 ``drive`` (:mod:`nnunet_tubeconv.data.drive`) converts DRIVE retinal vessels from the original archive layout or the
 NIfTI layout; ``stare`` (:mod:`nnunet_tubeconv.data.stare`) STARE with both observers; ``vesselnn``
 (:mod:`nnunet_tubeconv.data.vesselnn`) the 3D two-photon stacks; ``images`` (:mod:`nnunet_tubeconv.data.images`) any
-folder of image files with a folder of label files; ``msd`` (:mod:`nnunet_tubeconv.data.msd`) checks a Medical Segmentation Decathlon task folder and runs
-nnU-Net's own MSD conversion.
+folder of image files with a folder of label files; ``msd`` (:mod:`nnunet_tubeconv.data.msd`) checks a Medical
+Segmentation Decathlon task folder and runs nnU-Net's own MSD conversion.
 """
 
 from __future__ import annotations

@@ -34,7 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_tubeconv.data.common import prepare_dataset_folder, resolve_raw_root, write_dataset_json, write_nifti
+from nnunet_tubeconv.data.common import (
+    FORCE_HELP,
+    add_output_arguments,
+    prepare_dataset_folder,
+    resolve_raw_root,
+    training_cases,
+    write_dataset_json,
+    write_nifti,
+)
 
 DEFAULT_DATASET_ID = 902
 DEFAULT_NAME = "DRIVE"
@@ -227,19 +235,16 @@ def convert_drive(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="DRIVE folder: original layout (training/, test/) or NIfTI (Image_Tr/, Label_Tr/)")
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
-    parser.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID, help=f"default {DEFAULT_DATASET_ID}")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"data-set name (default {DEFAULT_NAME})")
+    add_output_arguments(parser, DEFAULT_DATASET_ID, DEFAULT_NAME)
     parser.add_argument(
         "--channels", choices=CHANNEL_CHOICES, default="green",
         help="RGB input: keep the green channel (default) or write three channels",
     )
-    parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     find_drive_source(args.src)  # a wrong source is the likelier mistake: report it before the output folder
     out = convert_drive(args.src, resolve_raw_root(args.output), args.dataset_id, args.name, args.channels, args.force)
-    n = len(list((out / "labelsTr").glob("*.nii.gz")))
-    print(f"wrote {n} training cases to {out}")
+    print(f"wrote {training_cases(out)} training cases to {out}")
     return 0

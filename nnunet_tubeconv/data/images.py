@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_tubeconv.data.common import (
+    FORCE_HELP,
+    OUTPUT_HELP,
     dataset_folder_name,
     resolve_raw_root,
-     staged_dataset_folder,
+    staged_dataset_folder,
     write_dataset_json,
     write_nifti,
 )
@@ -281,7 +283,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("labels", help="folder of label files, paired with the images by name")
     parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net data set id (1..999)")
     parser.add_argument("--name", required=True, help="data-set name (letters, digits, '-')")
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
+    parser.add_argument("-o", "--output", default=None, help=OUTPUT_HELP)
     parser.add_argument("--channels", choices=CHANNEL_CHOICES, default="all", help="colour images: all channels "
                         "(default), grey, or one of red/green/blue")
     parser.add_argument("--threshold", type=float, default=None, help="label = pixel value > T (default 0)")
@@ -291,7 +293,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-suffix", default="", help="ending stripped from image names to get case names")
     parser.add_argument("--extra-labels", action="append", default=[], metavar="NAME=DIR",
                         help="another annotator's labels, written to labelsTr_NAME (repeatable)")
-    parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

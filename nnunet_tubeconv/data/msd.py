@@ -31,7 +31,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_tubeconv.data.common import dataset_folder_name, resolve_raw_root
+from nnunet_tubeconv.data.common import OUTPUT_HELP, dataset_folder_name, resolve_raw_root, training_cases
+from nnunet_tubeconv.environ import set_environ
 
 _TASK_RE = re.compile(r"^Task(\d+)_([A-Za-z0-9\-]+)$")
 REQUIRED_JSON_KEYS = ("modality", "labels", "numTraining", "training", "test")
@@ -67,6 +68,12 @@ def _short(items: list[str], limit: int = 10) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def _missing(problems: list[str], what: str, cases: set[str]) -> None:
+    """Append ``what: case, case ...`` (sorted, shortened) to ``problems`` when there are ``cases``."""
+    if cases:
+        problems.append(f"{what}: {_short(sorted(cases))}")
+
+
 def check_msd_task_folder(folder: str | os.PathLike) -> MsdTask:
     """Check that ``folder`` is a complete MSD task; ``ValueError`` lists every problem found."""
     import SimpleITK as sitk
@@ -98,37 +105,27 @@ def check_msd_task_folder(folder: str | os.PathLike) -> MsdTask:
             problems.append(f"dataset.json is not valid JSON: {e}")
         missing_keys = [k for k in REQUIRED_JSON_KEYS if k not in meta]
         if meta and missing_keys:
-            problems.append(f"dataset.json lacks the keys {missing_keys} (an MSD dataset.json has {list(REQUIRED_JSON_KEYS)})")
+            problems.append(f"dataset.json lacks the keys {missing_keys} "
+                            f"(an MSD dataset.json has {list(REQUIRED_JSON_KEYS)})")
 
     images, labels, tests = (_case_files(folder / s) for s in ("imagesTr", "labelsTr", "imagesTs"))
     if (folder / "imagesTr").is_dir() and not images:
         problems.append("imagesTr/ holds no .nii.gz images")
-    no_label = sorted(set(images) - set(labels))
-    no_image = sorted(set(labels) - set(images))
-    if no_label:
-        problems.append(f"images without a label in labelsTr/: {_short(no_label)}")
-    if no_image:
-        problems.append(f"labels without an image in imagesTr/: {_short(no_image)}")
+    _missing(problems, "images without a label in labelsTr/", set(images) - set(labels))
+    _missing(problems, "labels without an image in imagesTr/", set(labels) - set(images))
 
     training = meta.get("training", []) if isinstance(meta.get("training"), list) else []
     listed = [_entry_case(e.get("image", "")) for e in training if isinstance(e, dict)]
     listed_labels = [_entry_case(e.get("label", "")) for e in training if isinstance(e, dict)]
     if "training" in meta:
-        absent = sorted(set(listed) - set(images))
-        absent_labels = sorted(set(listed_labels) - set(labels))
-        unlisted = sorted(set(images) - set(listed))
-        if absent:
-            problems.append(f"dataset.json lists training images missing from imagesTr/: {_short(absent)}")
-        if absent_labels:
-            problems.append(f"dataset.json lists labels missing from labelsTr/: {_short(absent_labels)}")
-        if unlisted:
-            problems.append(f"imagesTr/ holds images not listed in dataset.json 'training': {_short(unlisted)}")
+        _missing(problems, "dataset.json lists training images missing from imagesTr/", set(listed) - set(images))
+        _missing(problems, "dataset.json lists labels missing from labelsTr/", set(listed_labels) - set(labels))
+        _missing(problems, "imagesTr/ holds images not listed in dataset.json 'training'", set(images) - set(listed))
         if "numTraining" in meta and meta["numTraining"] != len(training):
             problems.append(f"dataset.json numTraining is {meta['numTraining']} but 'training' lists {len(training)}")
     if isinstance(meta.get("test"), list):
-        absent_test = sorted({_entry_case(e) for e in meta["test"] if isinstance(e, str)} - set(tests))
-        if absent_test:
-            problems.append(f"dataset.json lists test images missing from imagesTs/: {_short(absent_test)}")
+        _missing(problems, "dataset.json lists test images missing from imagesTs/",
+                 {_entry_case(e) for e in meta["test"] if isinstance(e, str)} - set(tests))
 
     modalities = meta.get("modality", {}) if isinstance(meta.get("modality"), dict) else {}
     if modalities:
@@ -183,9 +180,7 @@ def convert_msd(
     from nnunetv2.dataset_conversion.convert_MSD_dataset import convert_msd_dataset
     from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 
-    previous = os.environ.get("nnUNet_raw")
-    os.environ["nnUNet_raw"] = str(raw_root)
-    try:
+    with set_environ(nnUNet_raw=str(raw_root)):
         taken = list(find_candidate_datasets(target_id))
         if taken:
             raise ValueError(
@@ -194,11 +189,6 @@ def convert_msd(
             )
         raw_root.mkdir(parents=True, exist_ok=True)
         convert_msd_dataset(str(task.folder), overwrite_target_id=target_id, num_processes=num_processes)
-    finally:
-        if previous is None:
-            os.environ.pop("nnUNet_raw", None)
-        else:
-            os.environ["nnUNet_raw"] = previous
     return target
 
 
@@ -208,13 +198,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-overwrite_id", "--overwrite-id", dest="overwrite_id", type=int, default=None,
         help="data-set id to write (default: the task number, e.g. 8 -> Dataset008_HepaticVessel)",
     )
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
+    parser.add_argument("-o", "--output", default=None, help=OUTPUT_HELP)
     parser.add_argument("-np", "--num-processes", dest="num_processes", type=int, default=None,
                         help="worker processes for splitting 4D images (default: min(4, CPUs))")
 
 
 def run(args: argparse.Namespace) -> int:
     out = convert_msd(args.task_folder, args.output, args.overwrite_id, args.num_processes)
-    n = len(list((out / "labelsTr").glob("*.nii.gz")))
-    print(f"wrote {n} training cases to {out}")
+    print(f"wrote {training_cases(out)} training cases to {out}")
     return 0

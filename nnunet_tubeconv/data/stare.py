@@ -19,7 +19,7 @@ import argparse
 import os
 from pathlib import Path
 
-from nnunet_tubeconv.data.common import resolve_raw_root
+from nnunet_tubeconv.data.common import FORCE_HELP, add_output_arguments, resolve_raw_root, training_cases
 from nnunet_tubeconv.data.images import convert_pairs, pair_folders
 
 DEFAULT_DATASET_ID = 903
@@ -60,17 +60,15 @@ def convert_stare(src: str | os.PathLike, raw_root: str | os.PathLike, dataset_i
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="STARE folder with images/, labels-ah/ and labels-vk/")
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
-    parser.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID, help=f"default {DEFAULT_DATASET_ID}")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"data-set name (default {DEFAULT_NAME})")
+    add_output_arguments(parser, DEFAULT_DATASET_ID, DEFAULT_NAME)
     parser.add_argument("--channels", choices=CHANNEL_CHOICES, default="green",
                         help="the green channel (default) or all three")
-    parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     stare_folders(args.src)  # a wrong source is the likelier mistake: report it before the output folder
     out = convert_stare(args.src, resolve_raw_root(args.output), args.dataset_id, args.name, args.channels, args.force)
-    n = len(list((out / "labelsTr").glob("*.nii.gz")))
-    print(f"wrote {n} training cases to {out} (first observer in labelsTr, second in labelsTr_{SECOND_OBSERVER})")
+    print(f"wrote {training_cases(out)} training cases to {out} "
+          f"(first observer in labelsTr, second in labelsTr_{SECOND_OBSERVER})")
     return 0

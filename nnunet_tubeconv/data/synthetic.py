@@ -47,6 +47,8 @@ import numpy as np
 from scipy import ndimage
 
 from nnunet_tubeconv.data.common import (
+    FORCE_HELP,
+    OUTPUT_HELP,
     dataset_folder_name,
     prepare_dataset_folder,
     resolve_raw_root,
@@ -483,9 +485,10 @@ def _shape_arg(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, choices=(2, 3), default=2, help="2D or 3D vessel trees (default 2)")
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
+    parser.add_argument("-o", "--output", default=None, help=OUTPUT_HELP)
     parser.add_argument(
-        "--dataset-id", type=int, default=None, help=f"default {DEFAULT_DATASET_ID[2]} (2D) / {DEFAULT_DATASET_ID[3]} (3D)"
+        "--dataset-id", type=int, default=None,
+        help=f"default {DEFAULT_DATASET_ID[2]} (2D) / {DEFAULT_DATASET_ID[3]} (3D)",
     )
     parser.add_argument("--name", default=None, help=f"data-set name (default {DEFAULT_NAME[2]} / {DEFAULT_NAME[3]})")
     parser.add_argument(
@@ -495,7 +498,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shape", type=_shape_arg, default=None, help="e.g. 160x160 or 96x96x96 (default 160x160 / 96x96x96)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed gives identical arrays")
-    parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--label-noise", action="store_true",
                         help="label only voxel centres inside the tube radius, so sub-voxel twigs break into fragments "
                              "(for studying label noise; default: every tree one connected component)")

@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nnunet_tubeconv.data.common import resolve_raw_root
+from nnunet_tubeconv.data.common import FORCE_HELP, add_output_arguments, resolve_raw_root, training_cases
 from nnunet_tubeconv.data.images import convert_pairs, pair_folders, parse_spacing
 
 DEFAULT_DATASET_ID = 904
@@ -104,17 +104,14 @@ def convert_vesselnn(src: str | os.PathLike, raw_root: str | os.PathLike, datase
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="vesselNN folder with images/, labels/ and metadata/")
-    parser.add_argument("-o", "--output", default=None, help="nnU-Net raw root (default: $nnUNet_raw)")
-    parser.add_argument("--dataset-id", type=int, default=DEFAULT_DATASET_ID, help=f"default {DEFAULT_DATASET_ID}")
-    parser.add_argument("--name", default=DEFAULT_NAME, help=f"data-set name (default {DEFAULT_NAME})")
+    add_output_arguments(parser, DEFAULT_DATASET_ID, DEFAULT_NAME)
     parser.add_argument("--spacing", action="append", default=None, metavar="[STACK=]Z,Y,X",
                         help="spacing in micrometres for a stack (or, without STACK=, every stack) without metadata")
-    parser.add_argument("--force", action="store_true", help="delete a different data set that uses the same id")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     out = convert_vesselnn(args.src, resolve_raw_root(args.output), args.dataset_id, args.name, args.spacing,
                            args.force)
-    n = len(list((out / "labelsTr").glob("*.nii.gz")))
-    print(f"wrote {n} training cases to {out}")
+    print(f"wrote {training_cases(out)} training cases to {out}")
     return 0

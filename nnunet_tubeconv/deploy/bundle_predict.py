@@ -3,6 +3,7 @@
 Usage (inside the bundle folder or its Docker image)::
 
     python predict.py [INPUT_DIR] [OUTPUT_DIR] [--device auto|cpu|cuda] [--disable-tta] [--step-size 0.5]
+                      [--no-postprocessing]
 
 ``INPUT_DIR`` (default ``/input``, the Grand-Challenge convention) is searched recursively for images in a format
 the model's reader understands (``.nii.gz``, ``.mha``, ``.nrrd``, ... as nnU-Net's reader/writer class allows).
@@ -10,6 +11,11 @@ Files named ``CASE_0000.ext, CASE_0001.ext, ...`` are the channels of one case (
 a single-channel case of its own (e.g. Grand Challenge's ``/input/images/<slug>/<uuid>.mha``). One segmentation per
 case is written to ``OUTPUT_DIR`` (default ``/output``) as ``CASE.ext``, in the input's own format, with the input's
 geometry (spacing, origin, direction), by nnU-Net's reader/writer.
+
+When the bundle holds ``postprocessing.pkl`` (``nnunet-tubeconv package`` copies the one ``nnunet-tubeconv
+postprocess determine`` chose on the model's cross-validation, ``MODEL_FOLDER/postprocessing_tubes/``), its steps
+are applied to each segmentation before it is written, as ``nnUNetv2_apply_postprocessing`` would;
+``--no-postprocessing`` writes the raw segmentations.
 
 The model comes from ``model.zip`` next to this file (nnU-Net's ``export_pretrained_model`` format), unpacked into a
 private results folder (``nnUNet_results/`` next to this file; ``--prepare`` does it at image build time). Inference
@@ -34,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 BUNDLE_JSON = "bundle.json"
 MODEL_ZIP = "model.zip"
 TRAINERS_DIR = "trainers"  # a user's trainer subclass, copied by `nnunet-tubeconv package` when there is one
+POSTPROCESSING_PKL = "postprocessing.pkl"  # nnU-Net's (pp_fns, pp_fn_kwargs), when the model folder had one
 DEFAULT_INPUT = "/input"
 DEFAULT_OUTPUT = "/output"
 
@@ -129,9 +136,25 @@ def group_cases(input_dir: Path, endings: list[str], n_channels: int) -> list[tu
     return cases
 
 
+def postprocessing_steps(bundle: Path = HERE) -> tuple[list, list[dict]]:
+    """The bundle's postprocessing ``(pp_fns, pp_fn_kwargs)``; two empty lists when it has none."""
+    path = bundle / POSTPROCESSING_PKL
+    if not path.is_file():
+        return [], []
+    from nnunet_tubeconv.postprocessing.apply import load_postprocessing
+
+    return load_postprocessing(path)
+
+
 def predict(input_dir: Path, output_dir: Path, device: str = "auto", tta: bool = True, step_size: float = 0.5,
-            bundle: Path = HERE) -> list[Path]:
-    """Segment every case under ``input_dir`` into ``output_dir``; return the written files."""
+            bundle: Path = HERE, postprocessing: bool = True) -> list[Path]:
+    """Segment every case under ``input_dir`` into ``output_dir``; return the written files. ``postprocessing``:
+    apply the bundle's ``postprocessing.pkl`` (when it has one) to each segmentation."""
+    pp_fns, pp_kwargs = postprocessing_steps(bundle) if postprocessing else ([], [])
+    if pp_fns:
+        print(f"postprocessing: {len(pp_fns)} step(s) from {POSTPROCESSING_PKL} "
+              f"({', '.join(getattr(f, '__name__', '?') for f in pp_fns)}); --no-postprocessing to turn it off",
+              flush=True)
     model_folder = prepare(bundle)
     set_environment(model_folder.parent.parent, bundle)
     import torch
@@ -155,6 +178,8 @@ def predict(input_dir: Path, output_dir: Path, device: str = "auto", tta: bool =
         rw = rw_class()
         image, properties = rw.read_images([str(f) for f in files])
         seg = predictor.predict_single_npy_array(image, properties, None, None, False)
+        for fn, kwargs in zip(pp_fns, pp_kwargs):  # as nnU-Net's apply_postprocessing
+            seg = fn(seg, **kwargs)
         out = output_dir / f"{case}{ending}"
         rw.write_seg(seg, str(out), properties)
         written.append(out)
@@ -169,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (faster)")
     parser.add_argument("--step-size", type=float, default=0.5, help="sliding-window step as a fraction of the patch")
+    parser.add_argument("--no-postprocessing", action="store_true",
+                        help=f"do not apply the bundle's {POSTPROCESSING_PKL} (write the raw segmentations)")
     parser.add_argument("--prepare", action="store_true", help="only unpack the model (Docker build step) and exit")
     args = parser.parse_args(argv)
     if args.prepare:
@@ -179,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.input).is_dir():
         parser.error(f"input folder {args.input} does not exist")
     try:
-        written = predict(Path(args.input), Path(args.output), args.device, not args.disable_tta, args.step_size)
+        written = predict(Path(args.input), Path(args.output), args.device, not args.disable_tta, args.step_size,
+                          postprocessing=not args.no_postprocessing)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_tubeconv.environ import set_environ
+
 CHECKPOINT = "checkpoint_final.pth"
 EXT_TRAINER = "nnUNet_extTrainer"
 
@@ -198,17 +200,9 @@ def ext_trainer_with_ours(existing: str | None) -> str:
 @contextlib.contextmanager
 def with_our_trainers() -> Iterator[None]:
     """Temporarily extend ``nnUNet_extTrainer`` with our trainer folder and switch ``nnUNet_compile`` off."""
-    saved = {k: os.environ.get(k) for k in (EXT_TRAINER, "nnUNet_compile")}
-    os.environ[EXT_TRAINER] = ext_trainer_with_ours(saved[EXT_TRAINER])
-    os.environ["nnUNet_compile"] = "0"  # a compiled module can neither be traced nor hooked
-    try:
+    # nnUNet_compile off: a compiled module can neither be traced nor hooked
+    with set_environ(**{EXT_TRAINER: ext_trainer_with_ours(os.environ.get(EXT_TRAINER)), "nnUNet_compile": "0"}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass

@@ -5,13 +5,13 @@ exported with dynamic batch and spatial axes, so one file serves every patch siz
 
     nnunet-tubeconv export-onnx $nnUNet_results/Dataset900_X/nnUNetTrainerDSConv__nnUNetPlans__2d -f 0 -o model.onnx
 
-Choices (measured with torch 2.14 and onnxruntime 1.32; tests/test_deploy_onnx.py pins them):
+Choices (measured with torch 2.14 and onnxruntime 1.32; tests/unit/test_deploy_onnx.py pins them):
 
 * **TorchScript exporter** (``dynamo=False``). The dynamo exporter (torch.export) specialises the spatial sizes of
   DSConv's custom ``autograd.Function`` to the example input, and it needs the extra ``onnxscript`` package. The
   TorchScript exporter keeps sizes symbolic for every variant: while a graph is captured the blocks leave DSConv's
   Function, DeformConv's torchvision op / Function and the compiled CPU kernels for the same maths in plain tensor
-  operations by themselves (``nnunet_tubeconv.blocks._utils._tracing``; DSConv's Function would crash the
+  operations by themselves (``nnunet_tubeconv.blocks.utils.tracing``; DSConv's Function would crash the
   exporter's peephole pass, torchvision's ``deform_conv2d`` has no ONNX symbolic), so nothing is patched here.
 * **Opset 17** by default. DSConv's sampling exports as ``GatherElements`` with int64 indices rather than
   ``GridSample`` (the coordinate along a snake is an integer, so only the corners across the swing axes are read),
@@ -24,7 +24,10 @@ The graph: input ``image`` ``(B, C, *S)`` float32, *preprocessed* as nnU-Net doe
 configuration's spacing, the configured normalisation); output ``logits`` ``(B, num_heads, *S)`` (no softmax /
 sigmoid, like nnU-Net's networks). ``S`` must be divisible per axis by the product of the configuration's pooling
 strides (``input_divisible_by`` in the metadata); nnU-Net's sliding window feeds ``patch_size``, which always is.
-Everything a challenge user needs to reproduce nnU-Net's preprocessing is written into ``metadata_props``.
+Everything a challenge user needs to reproduce nnU-Net's preprocessing is written into ``metadata_props``, and so is
+the postprocessing the model expects (``postprocessing``: ``null``, or the steps of the model folder's
+``postprocessing_tubes/postprocessing.pkl`` that ``nnunet-tubeconv postprocess determine`` chose on its
+cross-validation).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
     "input_divisor",
     "max_relative_error",
     "onnx_metadata",
+    "postprocessing_metadata",
     "read_metadata",
     "run_onnx",
 ]
@@ -133,7 +137,7 @@ def export_network(
                 f"ONNX export (TorchScript exporter, opset {opset}) of {type(network).__name__} failed: "
                 f"{type(e).__name__}: {str(e)[:600]}\nModules of this network: {sorted(_module_types(network))}. "
                 "A block whose forward uses a custom torch.autograd.Function or an op without an ONNX symbolic must "
-                "take plain tensor operations while nnunet_tubeconv.blocks._utils._tracing() is True."
+                "take plain tensor operations while nnunet_tubeconv.blocks.utils.tracing() is True."
             ) from e
     model = onnx.load(str(path))
     fix_negative_transpose_perms(model)
@@ -260,10 +264,29 @@ def onnx_metadata(model: Any) -> dict[str, str]:
         "inference_allowed_mirroring_axes": js(
             None if model.predictor.allowed_mirroring_axes is None else list(model.predictor.allowed_mirroring_axes)
         ),
+        "postprocessing": js(postprocessing_metadata(model.folder.path)),
         "preprocessing": "nnU-Net v2 DefaultPreprocessor: transpose_forward, crop to nonzero, normalise per channel "
         "(normalization_schemes; CTNormalization clips to foreground percentile_00_5..percentile_99_5 then uses "
         "the foreground mean/std; ZScoreNormalization uses the image's own mean/std), resample to spacing",
     }
+
+
+def postprocessing_metadata(model_folder: str | Path) -> dict[str, Any] | None:
+    """What the ``postprocessing`` metadata entry says: None when the model folder has no
+    ``postprocessing_tubes/postprocessing.pkl`` (``nnunet-tubeconv postprocess determine``), else the pkl's steps,
+    to be applied in order to the final segmentation (argmax, back in the input's geometry), as nnU-Net's
+    ``apply_postprocessing`` does."""
+    from nnunet_tubeconv.postprocessing.apply import load_postprocessing, model_postprocessing
+    from nnunet_tubeconv.postprocessing.determine import describe_postprocessing
+
+    source = model_postprocessing(model_folder)
+    if source is None:
+        return None
+    fns, kwargs = load_postprocessing(source)
+    return {"file": str(source.relative_to(Path(model_folder))),
+            "applies_to": "the final segmentation in the input's geometry (after argmax and resampling back), "
+                          "steps in order as fn(segmentation, **kwargs): nnUNetv2_apply_postprocessing -pp_pkl_file",
+            "steps": describe_postprocessing(fns, kwargs)}
 
 
 def _dist_version(name: str) -> str:
@@ -334,7 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opset", type=int, default=None,
         help=f"ONNX opset (default {DEFAULT_OPSET}; {GRID_SAMPLE_3D_OPSET} if the network uses 3D grid_sample)",
     )
-    parser.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 (spatial axes stay dynamic)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="fix the batch size to 1 (spatial axes stay dynamic)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch comparison")
 
 

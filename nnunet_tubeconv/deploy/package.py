@@ -10,8 +10,8 @@ The bundle (``DIR``):
 
 ``model.zip``
     nnU-Net's own export (``nnunetv2.model_sharing.model_export.export_pretrained_model``) of the chosen folds:
-    checkpoints, plans.json, dataset.json, fingerprint, validation summaries. ``nnUNetv2_install_pretrained_model_from_zip``
-    reads it too.
+    checkpoints, plans.json, dataset.json, fingerprint, validation summaries.
+    ``nnUNetv2_install_pretrained_model_from_zip`` reads it too.
 ``predict.py``
     the entry point (:mod:`nnunet_tubeconv.deploy.bundle_predict`): ``python predict.py INPUT_DIR OUTPUT_DIR``,
     defaults ``/input`` and ``/output`` (Grand Challenge's convention); nnU-Net's ``nnUNetPredictor`` with the
@@ -26,6 +26,10 @@ The bundle (``DIR``):
 ``trainers/``
     only when the model was trained with a user's own trainer subclass (not nnU-Net's, not ours): the ``.py`` file
     that defines it, which ``predict.py`` puts on ``nnUNet_extTrainer``.
+``postprocessing.pkl``, ``postprocessing.json``
+    only when the model folder has them (``MODEL_FOLDER/postprocessing_tubes/``, written by ``nnunet-tubeconv
+    postprocess determine`` on the model's cross-validation): ``predict.py`` applies the pkl's steps to every
+    segmentation (``--no-postprocessing`` turns it off); ``bundle.json`` lists them.
 ``Dockerfile``, ``README.md``, ``bundle.json``
     the container recipe (``ENTRYPOINT python predict.py``, default arguments ``/input /output``), how to run it,
     and what the bundle holds (data set, trainer, plans, configuration, folds, versions).
@@ -44,7 +48,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_wheel", "make_bundle", "pinned_requirements", "trainer_source"]
+from nnunet_tubeconv.environ import set_environ
+
+__all__ = ["build_wheel", "copy_postprocessing", "make_bundle", "pinned_requirements", "trainer_source"]
 
 _SKIP = {"pip", "setuptools", "wheel"}
 
@@ -177,19 +183,13 @@ def _export_zip(model_path: Path, folds: list[str], checkpoint: str, output: Pat
             "nnU-Net's export_pretrained_model needs these files, which are missing (is training, with its final "
             "validation, finished?): " + ", ".join(missing)
         )
-    saved = os.environ.get("nnUNet_results")
-    os.environ["nnUNet_results"] = str(model_path.parent.parent)  # nnU-Net reads it at call time (paths._EnvPath)
-    try:
+    # nnU-Net reads nnUNet_results at call time (paths._EnvPath)
+    with set_environ(nnUNet_results=str(model_path.parent.parent)):
         export_pretrained_model(
             model_path.parent.name, str(output), configurations=(configuration,), trainer=trainer,
             plans_identifier=plans, folds=tuple(f if f == "all" else int(f) for f in folds), strict=True,
             save_checkpoints=(checkpoint,),
         )
-    finally:
-        if saved is None:
-            os.environ.pop("nnUNet_results", None)
-        else:
-            os.environ["nnUNet_results"] = saved
 
 
 DOCKERFILE = """\
@@ -210,7 +210,7 @@ COPY wheels/ ./wheels/
 RUN pip install --find-links ./wheels -r requirements.txt
 
 COPY bundle.json model.zip predict.py ./
-{copy_trainers}
+{copy_trainers}{copy_postprocessing}
 # unpack the model at build time: nothing is written at run time except the predictions
 RUN python predict.py --prepare && chmod -R a+rX /opt/algorithm
 
@@ -251,7 +251,29 @@ output folder (pass e.g. `/input /output/images/<output-slug>` to follow an inte
 
 Inference is stock nnU-Net (`nnUNetPredictor`): the same preprocessing, sliding window and test-time mirroring as
 `nnUNetv2_predict`. `model.zip` is nnU-Net's own export format (`nnUNetv2_install_pretrained_model_from_zip`).
-"""
+{postprocessing_note}"""
+
+
+def copy_postprocessing(model_path: Path, output: Path) -> dict[str, Any] | None:
+    """Copy the model folder's ``postprocessing_tubes/postprocessing.pkl`` (and its ``postprocessing.json``) into
+    the bundle; return what ``bundle.json`` says about it, or None when the model folder has none."""
+    from nnunet_tubeconv.deploy import bundle_predict
+    from nnunet_tubeconv.postprocessing.apply import load_postprocessing, model_postprocessing
+    from nnunet_tubeconv.postprocessing.determine import JSON_FILE, describe_postprocessing
+
+    source = model_postprocessing(model_path)
+    if source is None:
+        return None
+    fns, kwargs = load_postprocessing(source)  # refuse a broken pkl before it ships
+    shutil.copy2(source, Path(output) / bundle_predict.POSTPROCESSING_PKL)
+    scan = source.with_name(JSON_FILE)
+    if scan.is_file():
+        shutil.copy2(scan, Path(output) / JSON_FILE)
+    else:  # the Dockerfile copies both: a minimal table when the scan was not kept
+        (Path(output) / JSON_FILE).write_text(json.dumps({"postprocessing_kwargs": describe_postprocessing(
+            fns, kwargs)}, indent=1) + "\n")
+    return {"file": bundle_predict.POSTPROCESSING_PKL, "source": str(source),
+            "steps": describe_postprocessing(fns, kwargs)}
 
 
 def make_bundle(
@@ -290,6 +312,7 @@ def make_bundle(
 
     _export_zip(model_path, folds, checkpoint, output / "model.zip")
     shutil.copy2(bundle_predict.__file__, output / "predict.py")
+    postprocessing = copy_postprocessing(model_path, output)
     user_trainer = trainer_source(model.trainer_name)
     if user_trainer is not None:
         # a user's trainer subclass travels with the bundle (predict.py adds trainers/ to nnUNet_extTrainer)
@@ -326,6 +349,7 @@ def make_bundle(
         "python": python,
         "wheel": wheel_file,
         "user_trainer_file": None if user_trainer is None else f"{bundle_predict.TRAINERS_DIR}/{user_trainer.name}",
+        "postprocessing": postprocessing,
     }
     (output / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
     tag = re.sub(r"[^a-z0-9_.-]+", "-", f"{info['dataset_name']}-{info['configuration']}".lower())
@@ -337,6 +361,12 @@ def make_bundle(
         "file_ending": info["file_ending"], "n_channels": len(info["channel_names"] or {}),
         "channels": json.dumps(info["channel_names"]), "labels": json.dumps(info["labels"]),
         "copy_trainers": "COPY trainers/ ./trainers/\n" if user_trainer is not None else "",
+        "copy_postprocessing": "COPY postprocessing.pkl postprocessing.json ./\n" if postprocessing else "",
+        "postprocessing_note": (
+            "\nPostprocessing: `postprocessing.pkl`, chosen on the model's cross-validation by `nnunet-tubeconv "
+            "postprocess determine` (scan table in `postprocessing.json`), is applied to every segmentation; "
+            "`--no-postprocessing` writes the raw ones.\n" if postprocessing else
+            "\nNo postprocessing (the model folder had no postprocessing_tubes/postprocessing.pkl).\n"),
     }
     (output / "Dockerfile").write_text(DOCKERFILE.format(**fields))
     (output / "README.md").write_text(README.format(**fields))

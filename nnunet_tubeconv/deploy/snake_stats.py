@@ -172,8 +172,8 @@ def layer_case_stats(
 
 
 def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """Means over cases of every statistic, and for adherence / direction / near-vessel the paired difference snake - straight
-    with its 95% bootstrap CI over cases (None with fewer than 2 cases)."""
+    """Means over cases of every statistic, and for adherence / direction / near-vessel the paired difference
+    snake - straight with its 95% bootstrap CI over cases (None with fewer than 2 cases)."""
     from nnunet_tubeconv.evaluation.stats import bootstrap_ci
 
     keys = sorted({k for v in per_case.values() for k, x in v.items() if isinstance(x, (int, float))})
@@ -243,6 +243,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
         block_of,
         cumulative_strides,
         dsconv_layers,
+        forward_capturing_inputs,
         pad_to,
         stage_of,
     )
@@ -282,15 +283,7 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
             lab_full = None if pre_seg is None else pre_seg[0] > 0
         valid_shape = list(x.shape[2:])
         x = pad_to(x, divisor)
-        captured: dict[str, Any] = {}
-        handles = [m.register_forward_pre_hook(lambda mod, a, name=name, store=captured: store.__setitem__(
-            name, a[0].detach())) for name, m in layers]
-        try:
-            with torch.no_grad():
-                network(x)
-        finally:
-            for h in handles:
-                h.remove()
+        _, captured = forward_capturing_inputs(network, x, layers)
         for name, layer in layers:
             xin = captured[name]
             stage = stage_of(xin.shape[2:], x.shape[2:], cumulative)

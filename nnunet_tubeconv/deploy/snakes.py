@@ -45,6 +45,7 @@ __all__ = [
     "SnakeLayer",
     "SnakePlot",
     "dsconv_layers",
+    "forward_capturing_inputs",
     "preprocessed_to_original",
     "show_snakes",
     "spread_points",
@@ -145,6 +146,23 @@ def dsconv_layers(network) -> list[tuple[str, Any]]:
     return [(name, m) for name, m in network.named_modules() if isinstance(m, DSConv)]
 
 
+def forward_capturing_inputs(network, x, layers: Sequence[tuple[str, Any]]) -> tuple[Any, dict[str, Any]]:
+    """``network(x)`` without gradients, and the input each of ``layers`` (``(name, module)`` pairs, e.g. from
+    :func:`dsconv_layers`) received in it, detached, by name."""
+    import torch
+
+    captured: dict[str, Any] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: captured.__setitem__(name, args[0].detach()))
+               for name, m in layers]
+    try:
+        with torch.no_grad():
+            out = network(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, captured
+
+
 def block_of(network, name: str) -> str:
     """The nearest ancestor of ``name`` that is not a container: the block a DSConv belongs to."""
     from torch import nn
@@ -235,8 +253,9 @@ def show_snakes(
     ``stage``: resolution stage (0 = full resolution, ``s`` = the grid after ``s`` poolings); default: the
     highest-resolution stage that has DSConv layers.
     ``model``: a :class:`~nnunet_tubeconv.deploy.model_folder.TrainedModel`. ``slice_index``: slice along the first
-    (transposed) axis of a 3D image; default: its middle slice (a 2D image has only one). ``window``: ``(row, col, height, width)`` in displayed pixels: snakes are picked inside it and
-    the view is zoomed to it. Raises :class:`NoSnakesError` (a ``ValueError``) when there is nothing to draw.
+    (transposed) axis of a 3D image; default: its middle slice (a 2D image has only one). ``window``:
+    ``(row, col, height, width)`` in displayed pixels: snakes are picked inside it and the view is zoomed to it.
+    Raises :class:`NoSnakesError` (a ``ValueError``) when there is nothing to draw.
     """
     import matplotlib
 
@@ -288,17 +307,7 @@ def show_snakes(
     valid_shape = list(x.shape[2:])
     x = pad_to(x, divisor)
 
-    captured: dict[str, Any] = {}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args, name=name: captured.__setitem__(name, args[0].detach()))
-        for name, m in layers
-    ]
-    try:
-        with torch.no_grad():
-            logits = network(x)
-    finally:
-        for h in handles:
-            h.remove()
+    logits, captured = forward_capturing_inputs(network, x, layers)
     if isinstance(logits, (list, tuple)):
         logits = logits[0]
     mask, prob = _foreground(logits, model.plans_manager.get_label_manager(dj))

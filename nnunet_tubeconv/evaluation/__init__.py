@@ -7,6 +7,8 @@
 * :mod:`~nnunet_tubeconv.evaluation.stats`: paired sign-flip permutation test, bootstrap CI, rank-biserial, Holm,
   power, noise floor, verdicts.
 * :mod:`~nnunet_tubeconv.evaluation.layout`: the benchmark results layout and record schema (one definition).
+* :mod:`~nnunet_tubeconv.evaluation.serialise`: strict JSON and crash-safe writing of records and reports (the one
+  owner, below the harness, so that the core never imports it).
 * :mod:`~nnunet_tubeconv.evaluation.report`: ``nnunet-tubeconv report RESULTS_DIR``.
 * ``python -m nnunet_tubeconv.evaluation.bench``: metric timings on a 512 x 512 x 128 vessel tree.
 """

@@ -179,7 +179,7 @@ def _evaluate_pair(job: tuple) -> list[dict[str, Any]]:
     return rows
 
 
-def _map(fn, jobs: list, pool, progress: bool, desc: str) -> list:
+def map_cases(fn, jobs: list, pool, progress: bool, desc: str) -> list:
     """``[fn(j) for j in jobs]`` in order, in ``pool`` when there is one, with a tqdm bar on stderr."""
     from tqdm import tqdm
 
@@ -191,7 +191,7 @@ def _map(fn, jobs: list, pool, progress: bool, desc: str) -> list:
     return out
 
 
-def _pool(num_processes: int, n_jobs: int):
+def worker_pool(num_processes: int, n_jobs: int):
     """A spawn pool (as nnU-Net uses: forking a parent that holds threads is unsafe), or a null context."""
     import contextlib
     import multiprocessing
@@ -304,9 +304,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     except RuntimeError as e:
         raise EvaluationInputError(f"no nnU-Net reader can open {refs[case_ids[0]]}: {e}") from None
 
-    with _pool(int(num_processes), len(case_ids)) as pool:
-        checks = _map(_check_pair, [(c, refs[c], preds[c], reader_cls, wanted is None, masks[c]) for c in case_ids],
-                      pool, progress, "checking")
+    with worker_pool(int(num_processes), len(case_ids)) as pool:
+        checks = map_cases(_check_pair, [(c, refs[c], preds[c], reader_cls, wanted is None, masks[c])
+                                         for c in case_ids], pool, progress, "checking")
         bad = [f"{c['case']}: {c['error']}" for c in checks if c["error"]]
         if bad:
             raise EvaluationInputError(f"{len(bad)} case(s) cannot be evaluated:\n  " + "\n  ".join(bad))
@@ -316,7 +316,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
                 raise EvaluationInputError("no foreground label in any file; pass labels to score empty masks")
             wanted = found
         jobs = [(c, refs[c], preds[c], reader_cls, wanted, metric_settings, masks[c]) for c in case_ids]
-        per_case = [row for rows in _map(_evaluate_pair, jobs, pool, progress, "evaluating") for row in rows]
+        per_case = [row for rows in map_cases(_evaluate_pair, jobs, pool, progress, "evaluating") for row in rows]
 
     settings_json = metric_settings.to_json()
     settings_json.update(file_ending=ending, reader=reader_cls.__name__, num_cases=len(case_ids),

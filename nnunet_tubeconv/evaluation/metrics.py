@@ -3,7 +3,7 @@
 All functions take boolean masks of shape ``(X, Y)`` or ``(X, Y, Z)`` (2D or 3D; axis order as nnU-Net's readers
 return it) and, where distances matter, a ``spacing`` tuple with one physical voxel size per axis (same order).
 
-Definitions (each one is tested on hand-built cases in ``tests/test_metrics*.py``):
+Definitions (each one is tested on hand-built cases in ``tests/unit/test_metrics*.py``):
 
 * **Dice, IoU** from voxel counts exactly as nnU-Net's ``compute_tp_fp_fn_tn``: ``2TP / (2TP + FP + FN)`` and
   ``TP / (TP + FP + FN)``; both masks empty -> ``NaN`` (nnU-Net's convention, so means skip the case).
@@ -13,8 +13,9 @@ Definitions (each one is tested on hand-built cases in ``tests/test_metrics*.py`
   units (a KD-tree over physical surface coordinates, or equivalently ``distance_transform_edt(..., sampling=
   spacing)``), the definition of MONAI's ``compute_hausdorff_distance(percentile=95)`` and DeepMind's
   ``compute_robust_hausdorff`` (per voxel, not per surfel area). The key stays ``hd95`` whatever
-  ``MetricSettings.hd_percentile`` says; results.json records the percentile. Both empty -> ``NaN``; exactly one empty -> the physical diagonal of the whole image, the largest
-  distance possible in it (BraTS convention), so the worst case stays finite, JSON-safe and rankable.
+  ``MetricSettings.hd_percentile`` says; results.json records the percentile. Both empty -> ``NaN``; exactly one
+  empty -> the physical diagonal of the whole image, the largest distance possible in it (BraTS convention), so the
+  worst case stays finite, JSON-safe and rankable.
 * **NSD** (normalised surface distance, a.k.a. surface Dice; Nikolov et al., JMIR 2021) at tolerance ``tau``:
   ``(|{s in S_ref : d(s, S_pred) <= tau}| + |{s in S_pred : d(s, S_ref) <= tau}|) / (|S_ref| + |S_pred|)``, counting
   surface voxels. Both empty -> ``NaN``; one empty -> 0.
@@ -194,6 +195,11 @@ def _as_mask_pair(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nda
     return ref, pred
 
 
+def _empty_masks(ref: np.ndarray, pred: np.ndarray) -> int:
+    """How many of the two masks are empty: 0, 1 or 2 (the module docstring's empty-mask rules key on it)."""
+    return int(not ref.any()) + int(not pred.any())
+
+
 def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != ndim or not all(s > 0 and math.isfinite(s) for s in sp):
@@ -287,11 +293,9 @@ def hausdorff_percentile(ref: np.ndarray, pred: np.ndarray, spacing, percentile:
     """
     ref, pred = _as_mask_pair(ref, pred)
     sp = _check_spacing(spacing, ref.ndim)
-    has_ref, has_pred = bool(ref.any()), bool(pred.any())
-    if not has_ref and not has_pred:
-        return math.nan
-    if has_ref != has_pred:
-        return image_diagonal(ref.shape if full_shape is None else full_shape, sp)
+    empty = _empty_masks(ref, pred)
+    if empty:
+        return math.nan if empty == 2 else image_diagonal(ref.shape if full_shape is None else full_shape, sp)
     d_ref, d_pred = surface_distances(ref, pred, sp, method)
     return float(max(np.percentile(d_ref, percentile), np.percentile(d_pred, percentile)))
 
@@ -301,11 +305,9 @@ def normalised_surface_distance(ref: np.ndarray, pred: np.ndarray, spacing, tole
     """NSD / surface Dice at ``tolerance`` (physical units), counting surface voxels."""
     ref, pred = _as_mask_pair(ref, pred)
     sp = _check_spacing(spacing, ref.ndim)
-    has_ref, has_pred = bool(ref.any()), bool(pred.any())
-    if not has_ref and not has_pred:
-        return math.nan
-    if has_ref != has_pred:
-        return 0.0
+    empty = _empty_masks(ref, pred)
+    if empty:
+        return math.nan if empty == 2 else 0.0
     d_ref, d_pred = surface_distances(ref, pred, sp, method)
     return float((np.count_nonzero(d_ref <= tolerance) + np.count_nonzero(d_pred <= tolerance))
                  / (d_ref.size + d_pred.size))
@@ -318,6 +320,17 @@ def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     labels, n = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=connectivity,
                                           return_N=True)
     return labels, int(n)
+
+
+def component_sizes(mask: np.ndarray, connectivity: str = "full") -> tuple[np.ndarray, np.ndarray]:
+    """The foreground components of ``mask`` at the foreground connectivity of ``connectivity`` (8/26 for
+    ``"full"``, 4/6 for ``"face"``): ``(labels, sizes)``, ``labels`` an integer array of ``mask``'s shape (0 =
+    background, 1..n = the components) and ``sizes[k]`` the voxel count of component ``k`` (``sizes[0]``: the
+    background's). ``b0`` of the module docstring is ``len(sizes) - 1``."""
+    mask = np.asarray(mask, dtype=bool)
+    _check_ndim(mask.ndim)
+    labels, n = _components(mask, foreground_connectivity(mask.ndim, connectivity))
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)
 
 
 def skeleton(mask: np.ndarray, connectivity: str = "full") -> np.ndarray:
@@ -342,12 +355,19 @@ def skeleton(mask: np.ndarray, connectivity: str = "full") -> np.ndarray:
 def cldice(ref: np.ndarray, pred: np.ndarray, connectivity: str = "full") -> float:
     """Centreline Dice (Shit et al., CVPR 2021) between two masks; see the module docstring for empty cases."""
     ref, pred = _as_mask_pair(ref, pred)
-    has_ref, has_pred = bool(ref.any()), bool(pred.any())
-    if not has_ref and not has_pred:
-        return math.nan
-    if has_ref != has_pred:
-        return 0.0
-    skel_pred, skel_ref = skeleton(pred, connectivity), skeleton(ref, connectivity)
+    empty = _empty_masks(ref, pred)
+    if empty:
+        return math.nan if empty == 2 else 0.0
+    return cldice_from_skeletons(ref, pred, skeleton(ref, connectivity), skeleton(pred, connectivity))
+
+
+def cldice_from_skeletons(ref: np.ndarray, pred: np.ndarray, skel_ref: np.ndarray, skel_pred: np.ndarray) -> float:
+    """:func:`cldice` with the two skeletons given (``skeleton(ref)``, ``skeleton(pred)``), for callers that score
+    many predictions against one reference or derive one skeleton from another."""
+    ref, pred = _as_mask_pair(ref, pred)
+    empty = _empty_masks(ref, pred)
+    if empty:
+        return math.nan if empty == 2 else 0.0
     t_prec = np.count_nonzero(skel_pred & ref) / np.count_nonzero(skel_pred)
     t_sens = np.count_nonzero(skel_ref & pred) / np.count_nonzero(skel_ref)
     if t_prec + t_sens == 0:
@@ -392,8 +412,7 @@ def remove_small_components(mask: np.ndarray, min_size: int, connectivity: str =
     mask = np.asarray(mask, dtype=bool)
     if not mask.any() or min_size <= 1:
         return mask.copy()
-    labels, _ = _components(mask, foreground_connectivity(mask.ndim, connectivity))
-    sizes = np.bincount(labels.ravel())
+    labels, sizes = component_sizes(mask, connectivity)
     keep = sizes >= min_size
     keep[0] = False
     return keep[labels]
@@ -466,9 +485,9 @@ def evaluate_masks(ref: np.ndarray, pred: np.ndarray, spacing, settings: MetricS
 
     Returns ``{"dice", "iou", "hd95", "nsd", "cldice", "betti0_error", "betti1_error", "betti2_error",
     "betti0_error_filtered", "betti1_error_filtered", "betti2_error_filtered", "betti_error_patch",
-    "recall_thin", "recall_medium", "recall_thick", "n_ref", "n_pred"}`` (floats, NaN for undefined; Betti errors ints, the ``betti2`` ones None in 2D; the patch error a
-    float). ``timings``, when
-    given, receives seconds per metric (used by ``python -m nnunet_tubeconv.evaluation.bench``).
+    "recall_thin", "recall_medium", "recall_thick", "n_ref", "n_pred"}`` (floats, NaN for undefined; Betti errors
+    ints, the ``betti2`` ones None in 2D; the patch error a float). ``timings``, when given, receives seconds per
+    metric (used by ``python -m nnunet_tubeconv.evaluation.bench``).
     """
     import time
 

@@ -105,7 +105,10 @@ def load_results_dir(results_dir: str | Path) -> tuple[dict[str, Any], list[Unit
         dataset, configuration, arm, unit_dir = path.parts[-5:-1]
         parsed = layout.parse_unit_dir(unit_dir)
         test_seed = layout.parse_test_dir(unit_dir)
-        fold, seed = parsed if parsed else ((layout.TEST_SPLIT, test_seed) if test_seed is not None else (unit_dir, None))
+        if parsed:
+            fold, seed = parsed
+        else:
+            fold, seed = (layout.TEST_SPLIT, test_seed) if test_seed is not None else (unit_dir, None)
         split = layout.TEST_SPLIT if test_seed is not None else "validation"
         try:
             rec = json.loads(path.read_text())
@@ -565,20 +568,21 @@ def build_document(suite: dict[str, Any], units: list[Unit], groups: list[GroupA
     baseline = str(suite.get("baseline"))
     done = [u for u in units if u.status == "done"]
     failed = [u for u in units if u.status != "done"]
-    found = {(u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed)) for u in units if u.split != layout.TEST_SPLIT}
+    found = {(u.dataset, u.configuration, u.arm, str(u.fold), str(u.seed))
+             for u in units if u.split != layout.TEST_SPLIT}
     missing = sorted(expected_units(suite) - found)
-    blocks = [Block("p", text=(f"Baseline arm: {baseline}. Arms: "
-                               + "; ".join(f"{a} ({s.get('trainer', '?')}, {s.get('plans', '?')})"
-                                           if isinstance(s, dict) else a for a, s in suite.get("arms", {}).items())
-                               + f". Budget: {suite.get('budget', '?')}. Units: {len(done)} done, {len(failed)} failed, "
-                               f"{len(missing)} without a record"
+    arms = "; ".join(f"{a} ({s.get('trainer', '?')}, {s.get('plans', '?')})" if isinstance(s, dict) else a
+                     for a, s in suite.get("arms", {}).items())
+    blocks = [Block("p", text=(f"Baseline arm: {baseline}. Arms: {arms}. Budget: {suite.get('budget', '?')}. "
+                               f"Units: {len(done)} done, {len(failed)} failed, {len(missing)} without a record"
                                + (" (listed with their errors at the end)." if failed or missing else ".")
                                + _host_note(suite, baseline)))]
     settings_items = [(f"Statistics: paired by (case, label), one family per (data set, configuration, label); "
-                       f"{st.TEST_NAME}, exact up to {st.EXACT_MAX_N} pairs, else {st.N_PERMUTATIONS} seeded random "
-                       f"sign patterns; Holm over every tested variant × metric of a family, alpha = {alpha}; "
-                       f"percentile bootstrap of the mean difference, {n_resamples} resamples, seed {seed}; at least "
-                       f"{min_pairs} complete pairs per test; Wilcoxon signed-rank p and rank-biserial r shown beside."),
+                       f"{st.TEST_NAME}, exact up to {st.EXACT_MAX_N} pairs, else {st.N_PERMUTATIONS} seeded "
+                       f"random sign patterns; Holm over every tested variant × metric of a family, alpha = {alpha}; "
+                       f"percentile bootstrap of the mean difference, {n_resamples} resamples, seed {seed}; at "
+                       f"least {min_pairs} complete pairs per test; Wilcoxon signed-rank p and rank-biserial r shown "
+                       "beside."),
                       f"Verdict rule: {st.DIRECTION_RULE}"]
     for g in groups:
         for s in g.settings:

@@ -57,7 +57,6 @@ TOO_FEW = "too few cases to decide"
 MIXED = "mean and typical case disagree"
 WITHHELD = "withheld: cases missing"
 NOT_TESTED_VERDICT = "not tested"
-VERDICTS = (BETTER, WORSE, NO_EVIDENCE, TOO_FEW, MIXED, WITHHELD, NOT_TESTED_VERDICT)
 MIN_PAIRS = 6
 N_RESAMPLES = 10_000
 N_PERMUTATIONS = 20_000

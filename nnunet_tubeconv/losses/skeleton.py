@@ -10,7 +10,7 @@ Here a batchgeneratorsv2 transform (:class:`SkeletonTargetTransform`) appends th
 ``segmentation`` as extra channel(s). That is the only field nnU-Net's data loader carries from the transforms to
 the batch, and nnU-Net's own ``DownsampleSegForDSTransform`` then downsamples the skeleton with the segmentation
 (nearest neighbour) for every deep-supervision output. The loss side splits the channels again
-(:mod:`nnunet_tubeconv.losses.compound`).
+(:class:`~nnunet_tubeconv.losses.topology.SkeletonRecallCompound`).
 
 Layout of the segmentation after the transform, ``(C, *spatial)``:
 

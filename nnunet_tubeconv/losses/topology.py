@@ -38,7 +38,8 @@ CLDICE_WEIGHT = 1.0
 def _pool_dims(x: torch.Tensor) -> int:
     dim = x.ndim - 2
     if dim not in (2, 3):
-        raise ValueError(f"expected a (B, C, *spatial) tensor with 2 or 3 spatial dimensions, got shape {tuple(x.shape)}")
+        raise ValueError(f"expected a (B, C, *spatial) tensor with 2 or 3 spatial dimensions, "
+                         f"got shape {tuple(x.shape)}")
     return dim
 
 

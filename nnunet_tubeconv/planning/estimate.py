@@ -12,10 +12,11 @@ within a fraction of a percent of :class:`~nnunet_tubeconv.architectures.memory.
 
 ``ours_vanilla`` is a TubeUNet with no block options, i.e. exactly the PlainConvUNet of the plans, counted
 honestly (on nnU-Net's ResEnc presets: a TubeResEncUNet with no block options, exactly their ResidualEncoderUNet,
-and DNA's count is ResidualEncoderUNet's, the scale of the ResEnc planners' reference values). The ratio is what the variant adds on top of the very network the reference was tuned for, measured in
-the unit where it is true; multiplying by DNA's vanilla count maps it back onto the reference's scale. For the
-vanilla network the ratio is exactly 1, so plans for it are nnU-Net's own. Both honest counts are taken with deep
-supervision on (as in training); DNA's is taken exactly as nnU-Net's planner takes it.
+and DNA's count is ResidualEncoderUNet's, the scale of the ResEnc planners' reference values). The ratio is what
+the variant adds on top of the very network the reference was tuned for, measured in the unit where it is true;
+multiplying by DNA's vanilla count maps it back onto the reference's scale. For the vanilla network the ratio is
+exactly 1, so plans for it are nnU-Net's own. Both honest counts are taken with deep supervision on (as in
+training); DNA's is taken exactly as nnU-Net's planner takes it.
 
 Known limits (shown by the calibration table): the count is in tensor elements, not bytes, so a block that keeps
 float32 tensors under mixed precision (e.g. LayerNorm under CUDA autocast) costs more bytes than its element share;

@@ -40,7 +40,8 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-d", "--dataset", required=True, help="data set id or name (e.g. 8 or Dataset008_HepaticVessel)")
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="data set id or name (e.g. 8 or Dataset008_HepaticVessel)")
     parser.add_argument("--variant", required=True,
                         help="network variant: vanilla, dsconv, dlkdff, scse, deform, tubeconv (see VARIANTS)")
     parser.add_argument("--preset", default="plain", metavar="PRESET",

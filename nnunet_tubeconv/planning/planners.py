@@ -71,8 +71,8 @@ class TubePlanner(ExperimentPlanner):
 
     variant: ClassVar[str] = VANILLA
     block_options: ClassVar[Mapping[str, Any] | None] = None
-    #: the host network (:data:`~nnunet_tubeconv.planning.hosts.HOST_PRESETS`); a ResEnc preset also subclasses nnU-Net's
-    #: planner of that host, whose plans (network, reference values) it then starts from
+    #: the host network (:data:`~nnunet_tubeconv.planning.hosts.HOST_PRESETS`); a ResEnc preset also subclasses
+    #: nnU-Net's planner of that host, whose plans (network, reference values) it then starts from
     host: ClassVar[str] = PLAIN
 
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float | None = None,
@@ -200,11 +200,13 @@ def planner_class(variant: str, block_options: Mapping[str, Any] | None = None, 
     if not block_options:
         return base
     if variant == VANILLA:
-        raise ValueError(f"variant {VANILLA!r} places no blocks, so it takes no block options; got {dict(block_options)}")
+        raise ValueError(f"variant {VANILLA!r} places no blocks, so it takes no block options; "
+                         f"got {dict(block_options)}")
     from nnunet_tubeconv.architectures.options import check_option_names
 
     check_option_names(block_options)
-    return type(f"{base.__name__}Custom", (base,), {"block_options": MappingProxyType(copy.deepcopy(dict(block_options)))})
+    frozen = MappingProxyType(copy.deepcopy(dict(block_options)))
+    return type(f"{base.__name__}Custom", (base,), {"block_options": frozen})
 
 
 def preset_class_path(host: str, variant: str) -> str:

@@ -2,8 +2,8 @@
 
 Command: ``python -m nnunet_tubeconv.benchmarks.studies.compile_check.compile_check -o DIR``.
 
-``tests/test_compile.py`` compiles every trainer's network through AOTAutograd (the graphs inductor receives, no code
-generation) and runs inductor itself on one small network of every block type. This command runs the full inductor
+``tests/unit/test_compile.py`` compiles every trainer's network through AOTAutograd (the graphs inductor receives, no
+code generation) and runs inductor itself on one small network of every block type. This command runs the full inductor
 CPU backend (``torch.compile(net, fullgraph=True, dynamic=False)``, as nnU-Net compiles its network) on every
 trainer's tiny network (:mod:`nnunet_tubeconv.benchmarks.perf.variant_nets`: vanilla and every variant trainer, 2D, 3
 stages), one training step each, and compares the compiled step with eager: outputs, loss and every parameter's
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-#: tolerances of tests/test_compile.py's AOTAutograd check, kept for inductor
+#: tolerances of tests/unit/test_compile.py's AOTAutograd check, kept for inductor
 RTOL, ATOL = 1e-4, 1e-5
 
 

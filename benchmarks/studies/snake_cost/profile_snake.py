@@ -1,4 +1,6 @@
-"""Where the snake network's training time goes: ``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``.
+"""Where the snake network's training time goes.
+
+Run as ``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``.
 
 Two views of one nnU-Net training iteration (bench-train's ``train_step``: forward with deep supervision, nnU-Net's
 loss, backward, clipping, SGD) of the default snake network (``nnUNetTrainerDSConv``'s) on a realistic plan
@@ -12,8 +14,8 @@ loss, backward, clipping, SGD) of the default snake network (``nnUNetTrainerDSCo
    GEMMs and layout changes (the autograd function's time minus its C kernels), the snake's norm + nonlin, the
    multi-view fusion (concatenation + fuse conv) and the block's tail (norm + nonlin).
 
-The C kernels are timed by wrapping :class:`nnunet_tubeconv.blocks.cpu_backend.SnakeKernels`' three methods in this
-process only (the library itself is untouched). ``-o FILE.md`` writes the tables as markdown with the command.
+The C kernels are timed by wrapping :class:`nnunet_tubeconv.blocks.dsconv.cpu_backend.SnakeKernels`' three methods
+in this process only (the library itself is untouched). ``-o FILE.md`` writes the tables as markdown with the command.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import time
 from collections import defaultdict
 
+PROG = "python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake"
 #: the clock of every measurement: wall time (default) or this process's CPU time (``--timer cpu``: with one thread
 #: it is the work done, nearly independent of other processes' load on a shared machine)
 _CLOCK = {"now": time.perf_counter}
@@ -124,16 +127,17 @@ def block_breakdown(torch, block, x, repeats: int, clock: _KernelClock) -> list[
     rows.append(("fusion: concatenation + fuse conv", fb(lambda *b: block.fuse(torch.cat(b, 1)), *branches)))
     with torch.no_grad():
         fused = block.fuse(torch.cat(branches, 1))
-    rows.append(("block tail: dropout + norm + nonlin", fb(lambda f: block.nonlin(block.norm(block.dropout(f))), fused)))
+    rows.append(("block tail: dropout + norm + nonlin",
+                 fb(lambda f: block.nonlin(block.norm(block.dropout(f))), fused)))
     return rows
 
 
 def profile(args: argparse.Namespace) -> dict:
     import torch
+
     from nnunet_tubeconv.architectures import variant_architecture
     from nnunet_tubeconv.benchmarks.perf import bench_train
     from nnunet_tubeconv.benchmarks.perf.realistic_plans import realistic_plan
-
     from nnunet_tubeconv.blocks import DSConv
     from nnunet_tubeconv.blocks.dsconv import cpu_backend
 
@@ -145,7 +149,7 @@ def profile(args: argparse.Namespace) -> dict:
     vanilla = bench_train.BenchModel("vanilla", entry, run, torch, 0)
     snake = bench_train.BenchModel("dsconv", variant_architecture(entry, "dsconv"), run, torch, 0)
     load_before = os.getloadavg()
-    # arms: (model, oneDNN linear for DSConv's GEMMs or None = torch.mm, the implementation before issue 15)
+    # arms: (model, oneDNN linear for DSConv's GEMMs or None = torch.mm, the implementation before this study)
     onednn = cpu_backend.onednn_linear()
     arms = [("vanilla", vanilla, onednn), ("snake", snake, onednn)]
     if args.compare_gemm:
@@ -176,7 +180,8 @@ def profile(args: argparse.Namespace) -> dict:
     macs = {"vanilla": forward_macs(torch, vanilla.net, one), "snake": forward_macs(torch, snake.net, one)}
     return {"plan": run["plan"], "patch_size": run["patch_size"], "batch_size": run["batch_size"],
             "threads": torch.get_num_threads(), "native": cpu_backend.status(), "vanilla_s": t_van, "snake_s": t_snake,
-            "macs_per_sample": macs, "gemm_gflops": gemm, "arms": medians, "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
+            "macs_per_sample": macs, "gemm_gflops": gemm, "arms": medians,
+            "gemm": "oneDNN" if onednn is not None else "torch.mm", "timer": args.timer,
             "steps": args.steps, "repeats": args.repeats, "blocks": blocks,
             "load_average": {"before": list(load_before), "after": list(os.getloadavg())}}
 
@@ -184,18 +189,15 @@ def profile(args: argparse.Namespace) -> dict:
 def _blocks(torch, net, data, repeats: int) -> list[dict]:
     """The breakdown of every DSCBlock of ``net``, each on the input it receives from ``data``."""
     from nnunet_tubeconv.blocks.dscblock import DSCBlock
+    from nnunet_tubeconv.deploy.snakes import forward_capturing_inputs
 
-    inputs: dict[str, tuple] = {}
-    hooks = [mod.register_forward_hook(lambda mod, inp, out, name=name: inputs.__setitem__(name, (mod, inp[0].detach())))
-             for name, mod in net.named_modules() if isinstance(mod, DSCBlock)]
-    with torch.no_grad():
-        net(data)
-    for h in hooks:
-        h.remove()
+    layers = [(name, mod) for name, mod in net.named_modules() if isinstance(mod, DSCBlock)]
+    _, inputs = forward_capturing_inputs(net, data, layers)
     clock = _KernelClock()
     blocks = []
     try:
-        for name, (mod, x) in inputs.items():
+        for name, mod in layers:
+            x = inputs[name]
             blocks.append({"name": name, "input": list(x.shape),
                            "parts": block_breakdown(torch, mod, x, repeats, clock)})
     finally:
@@ -296,7 +298,7 @@ def markdown(result: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", choices=("drive2d", "hepaticvessel3d", "toy"), default="drive2d")
     parser.add_argument("--threads", type=int, default=2)
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed whole-network iterations per arm")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per block part")
     parser.add_argument("--compare-gemm", action="store_true",
-                        help="also time the snake network with DSConv's GEMMs on torch.mm (before issue 15), in turn "
+                        help="also time the snake network with DSConv's GEMMs on torch.mm (before this study), in turn "
                              "with the others in the same run")
     parser.add_argument("--no-blocks", action="store_true", help="whole-network times only")
     parser.add_argument("--quick", action="store_true", help="with --plan toy: bench-train's tiny plan (a check of "
@@ -315,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.steps < 1 or args.repeats < 1:
         parser.error("--threads, --steps and --repeats must be >= 1")
     result = profile(args)
-    text = markdown(result, "python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake " + " ".join(sys.argv[1:] if argv is
-                                                                                            None else argv))
+    text = markdown(result, PROG + " " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if args.output:
         with open(args.output, "w") as f:

@@ -1,9 +1,10 @@
 """Why DSConv's snakes do not follow vessels under nnU-Net's training: an ablation of the swing branch on DRIVE.
 
-Issue 11. Arms (all ``nnUNetTrainerDSConv`` with explicit swing-branch block options, plus vanilla nnU-Net for the
-Dice reference), trained through the resumable harness (``nnunet-tubeconv benchmark``) on nnU-Net's own
-cross-validation folds of the 20 annotated DRIVE images (ids 21-40; the DRIVE test images are not used), then
-measured with ``nnunet-tubeconv snake-stats`` on each fold's validation images::
+Part of the snakes study (docs/studies/snakes.md). Arms (all ``nnUNetTrainerDSConv`` with explicit swing-branch
+block options, plus vanilla nnU-Net for the Dice reference), trained through the resumable harness
+(``nnunet-tubeconv benchmark``) on nnU-Net's own cross-validation folds of the 20 annotated DRIVE images (ids 21-40;
+the DRIVE test images are not used), then measured with ``nnunet-tubeconv snake-stats`` on each fold's validation
+images::
 
     python -m nnunet_tubeconv.benchmarks.studies.snakes.ablation --work /tmp/snakes_ablation \\
         -o benchmarks/studies/snakes/results/snakes_ablation_drive.md
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nnunet_tubeconv.benchmarks.studies.snakes.drive import DATASET_ID, DEFAULT_DRIVE, nnunet_work_env, run_logged
 
+from nnunet_tubeconv.benchmarks.studies.snakes.drive import DATASET_ID, DEFAULT_DRIVE, nnunet_work_env, run_logged
 from nnunet_tubeconv.data.synthetic import DEFAULT_DATASET_ID, DEFAULT_NAME
 
 PLANS = "nnUNetPlansSnakeAblation"
@@ -60,7 +61,7 @@ DATA: dict[str, tuple[str, str, str]] = {
 #: arm name -> (trainer class, swing block options or None for vanilla, what it tests)
 ARMS: dict[str, tuple[str, dict[str, Any] | None, str]] = {
     "stage_norm": ("nnUNetTrainerDSConvSwingStageNorm", {"snake_swing_norm": "stage", "snake_swing_lr_scale": 1.0},
-                   "the default before issue 11: tanh(norm(conv3(x))), network lr"),
+                   "the default before the snakes study: tanh(norm(conv3(x))), network lr"),
     "no_norm": ("nnUNetTrainerDSConvSwingNoNorm", {"snake_swing_norm": "none", "snake_swing_lr_scale": 1.0},
                 "tanh(conv3(x)): the zero init starts straight and grows"),
     "no_norm_lr0.1": ("nnUNetTrainerDSConvSwingNoNormLr01", {"snake_swing_norm": "none", "snake_swing_lr_scale": 0.1},
@@ -399,7 +400,7 @@ def _table_document(suite, data: str, plan: str, floor_arm: str | None, arm_rows
     rest = sorted(set(suite.seeds) - {first_seed})
     others = f" (and seeds {', '.join(map(str, rest))} for the noise floor)" if rest else ""
     return "\n".join([
-        f"# DSConv swing-branch ablation on {title} (issue 11)",
+        f"# DSConv swing-branch ablation on {title} (the snakes study)",
         "",
         (f"{data_what}; plans `{PLANS}` ({plan}), {b.num_epochs} epochs x {b.num_iterations_per_epoch} iterations, "
         f"CPU, seed {first_seed}{others}. "
@@ -482,7 +483,6 @@ def draw_pictures(suite, results: Path | list[Path], arms: dict, raw: Path, fold
     """show-snakes of each finished snake arm on the first fold's first validation case (same window for all)."""
     from nnunet_tubeconv.benchmarks.studies.snakes.drive import best_window
     from nnunet_tubeconv.benchmarks.suite import expand_units
-
     from nnunet_tubeconv.deploy.model_folder import load_trained_model, resolve_model_folder
     from nnunet_tubeconv.deploy.snakes import show_snakes
 
@@ -517,14 +517,14 @@ def suite_arms(arm_names: Sequence[str], seeds: Sequence[int], baseline: str,
 
 
 def first_steps(steps: int = 3, seed: int = 0) -> str:
-    """The unit-level experiment of issue 11: a fresh ``DSConv(nn.Conv2d, 32, 32, K=9, axis=0)`` with InstanceNorm,
+    """The snakes study's unit-level experiment: a fresh ``DSConv(nn.Conv2d, 32, 32, K=9, axis=0)`` with InstanceNorm,
     random input and target, ``steps`` SGD steps at nnU-Net's settings (lr 1e-2, momentum 0.99, Nesterov, weight
     decay 3e-5); mean |delta| and the fraction beyond |tanh| = 0.95 after each step, per swing-branch setting."""
     import torch
-    from nnunet_tubeconv.trainers.tubeconv_base import lr_scaled_param_groups
     from torch import nn
 
     from nnunet_tubeconv.blocks.dsconv import DSConv
+    from nnunet_tubeconv.trainers.tubeconv_base import lr_scaled_param_groups
 
     lines = ["| swing branch | " + " | ".join(f"after step {i}" for i in range(steps + 1)) + " |",
              "|---|" + "---|" * (steps + 1)]
@@ -667,7 +667,7 @@ def ablation_suite(args: argparse.Namespace):
         "budget": f"snakes{args.tag}",
         "budgets": {f"snakes{args.tag}": {"num_epochs": args.epochs, "num_iterations_per_epoch": args.iterations,
                                "num_val_iterations_per_epoch": 2, "save_every": 2,
-                               "description": "issue-11 snake ablation"}},
+                               "description": "the snakes study's swing-branch ablation"}},
         "device": "cpu",
         "arms": suite_arms(args.arms, seeds, baseline, args.baseline_seeds),
         "env": {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "0",

@@ -1,4 +1,4 @@
-"""The README's snakes picture: a short DSConv training on DRIVE, then ``nnunet-tubeconv show-snakes``.
+"""The snakes picture of docs/studies/snakes.md: a short DSConv training on DRIVE, then ``nnunet-tubeconv show-snakes``.
 
 DSCNet (Qi et al., ICCV 2023, arXiv 2307.08388) shows its kernels bending along retinal vessels. This script makes
 the same kind of picture from a model trained with this package through stock nnU-Net, on CPU, in about ten

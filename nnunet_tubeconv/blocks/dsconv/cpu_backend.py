@@ -38,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-from nnunet_tubeconv.blocks.dsconv.maths import chunks, merge_weight_grad, split_weight, to_rows
-from nnunet_tubeconv.blocks.utils import numel
+from nnunet_tubeconv.blocks.dsconv.maths import chunks, merge_weight_grad, rows_of, split_weight
 
 __all__ = [
     "NATIVE_CHUNK_SCALE",
@@ -216,7 +215,7 @@ def onednn_linear():
     ``torch.mm`` / ``addmm`` run them in MKL's sgemm, which on the AMD EPYC development machine reached 74-86
     GFLOP/s per core against 171-181 GFLOP/s for oneDNN's linear, the library nnU-Net's own convolutions run on
     (``python -m nnunet_tubeconv.benchmarks.studies.snake_cost.profile_snake``). Same products, summed in another
-    order: results equal to float32 rounding (``tests/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
+    order: results equal to float32 rounding (``tests/unit/test_snake_network_paths.py``). ``NNUNET_TUBECONV_ONEDNN=0``
     keeps ``torch.mm`` (the GEMMs before oneDNN was used, for before/after measurements).
     """
     if "linear" not in _state:
@@ -391,12 +390,7 @@ def forward(snake: SnakeKernels, x, delta, weight, bias, extend_scope: float) ->
     ``snake`` (:func:`kernels`) for the reads: x: ``(B, C_in, *S)``; delta: ``(B, n_swing * (K - 1), *S)`` or None;
     weight: ``(C_out, C_in, K)``; bias: ``(C_out,)`` or None."""
     with torch.autocast("cpu", enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
-        n_all = numel(spatial)
-        x_rows = to_rows(x).contiguous()
-        x_pos = x_rows.view(batch, n_all, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+        batch, c_in, spatial, c_out, kernel_size, n_all, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         w_outer, w_centre, _ = split_weight(weight)
         w_centre = w_centre.contiguous()
         y = torch.empty(batch, c_out, n_all, dtype=x.dtype)
@@ -421,12 +415,7 @@ def backward(snake: SnakeKernels, grad_out, x, delta, weight, has_bias: bool, ex
     ``W^T g`` onto the interpolation corners (input gradient)."""
     need_x, need_delta, need_w, need_b = needs
     with torch.autocast("cpu", enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
-        n_all = numel(spatial)
-        x_rows = to_rows(x).contiguous()
-        x_pos = x_rows.view(batch, n_all, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
+        batch, c_in, spatial, c_out, kernel_size, n_all, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
         w_outer, w_centre, _ = split_weight(weight)
         # transposed copies as linear weights: g @ W = linear(g, W^T) (the GEMMs on oneDNN where available)

@@ -17,7 +17,7 @@ not needed come back as empty tensors (an op cannot return None) and are turned 
 
 Coupling to keep: the backward op rebuilds the ctx the Function's ``backward`` reads from what its ``forward``
 saves (``x``, ``delta``, ``weight`` and ``has_bias``, ``axis``, ``swing_axes``, ``extend_scope``). A change there
-must be mirrored here; ``tests/test_compile.py`` (opcheck, op against Function bit for bit) fails otherwise.
+must be mirrored here; ``tests/unit/test_compile.py`` (opcheck, op against Function bit for bit) fails otherwise.
 
 Which capture takes which path (``utils.tracing`` / ``utils.compiling``): ONNX export, TorchScript and
 ``torch.export`` take the plain maths (an exported graph must not name our ops); ``torch.compile`` takes this op.

@@ -7,15 +7,20 @@ the swing and cut the positions into chunks the same way. Maths: docs/explanatio
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "Rows",
     "chunks",
     "cumulative_outer",
     "cumulative_outer_backward",
     "cumulative_swing",
     "merge_weight_grad",
+    "rows_of",
     "split_range",
     "split_weight",
     "to_rows",
@@ -62,6 +67,31 @@ def cumulative_swing(delta: torch.Tensor, n_swing: int, kernel_size: int) -> tor
 def to_rows(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, *S)`` -> contiguous channels-last rows ``(B * N, C)``."""
     return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+class Rows(NamedTuple):
+    """The sizes and row layout every back-end's forward and backward start from (:func:`rows_of`)."""
+
+    batch: int
+    c_in: int
+    spatial: list[int]
+    c_out: int
+    kernel_size: int
+    n: int  #: positions per batch element, ``prod(S)``
+    x_rows: torch.Tensor  #: ``(B * N, C_in)``, contiguous channels-last rows
+    x_pos: torch.Tensor  #: ``(B, N, C_in)``, a view of ``x_rows``
+    delta_rows: torch.Tensor | None  #: ``(B, n_swing * (K - 1), N)``, contiguous, or None without swing
+
+
+def rows_of(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor) -> Rows:
+    """x ``(B, C_in, *S)``, delta ``(B, n_swing * (K - 1), *S)`` or None and weight ``(C_out, C_in, K)`` laid out
+    as the back-ends compute on them."""
+    batch, c_in, *spatial = x.shape
+    c_out, _, kernel_size = weight.shape
+    n = int(math.prod(spatial))
+    x_rows = to_rows(x).contiguous()
+    delta_rows = None if delta is None else delta.reshape(batch, -1, n).contiguous()
+    return Rows(batch, c_in, spatial, c_out, kernel_size, n, x_rows, x_rows.view(batch, n, c_in), delta_rows)
 
 
 def split_weight(weight: torch.Tensor):

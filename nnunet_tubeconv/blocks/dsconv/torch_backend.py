@@ -22,8 +22,8 @@ from nnunet_tubeconv.blocks.dsconv.maths import (
     cumulative_outer,
     cumulative_outer_backward,
     merge_weight_grad,
+    rows_of,
     split_weight,
-    to_rows,
 )
 from nnunet_tubeconv.blocks.utils import numel
 
@@ -164,12 +164,8 @@ def forward(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], exte
     """``y = sum_j W_j . interp(x, point_j) + b``. x: ``(B, C_in, *S)``; delta: ``(B, n_swing * (K - 1), *S)`` or
     None; weight: ``(C_out, C_in, K)``; bias: ``(C_out,)`` or None."""
     with torch.autocast(x.device.type, enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
+        batch, c_in, spatial, c_out, kernel_size, _, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         geo = _Geometry(batch, spatial, axis, swing_axes, kernel_size, x.device)
-        x_rows = to_rows(x)
-        x_pos = x_rows.view(batch, geo.n, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, delta.shape[1], geo.n)
         w_outer, w_centre, _ = split_weight(weight)
         w_outer_t, w_centre_t = w_outer.t(), w_centre.t()
         offsets_all = _all_offsets(delta_f, len(swing_axes), kernel_size, extend_scope)
@@ -192,12 +188,8 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
     ``needs[1]`` is False when ``delta`` is None)."""
     need_x, need_delta, need_w, need_b = needs
     with torch.autocast(x.device.type, enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
+        batch, c_in, spatial, c_out, kernel_size, _, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         geo = _Geometry(batch, spatial, axis, swing_axes, kernel_size, x.device)
-        x_rows = to_rows(x)
-        x_pos = x_rows.view(batch, geo.n, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, delta.shape[1], geo.n)
         g = grad_out.to(x.dtype).reshape(batch, c_out, geo.n)
         acc = torch.promote_types(x.dtype, torch.float32)
         w_outer, _, w_perm = split_weight(weight)

@@ -30,7 +30,7 @@ from types import ModuleType
 
 import torch
 
-from nnunet_tubeconv.blocks.dsconv.maths import merge_weight_grad, split_range, split_weight, to_rows
+from nnunet_tubeconv.blocks.dsconv.maths import merge_weight_grad, rows_of, split_range, split_weight
 from nnunet_tubeconv.blocks.utils import numel
 
 __all__ = ["DTYPES", "NoCudaBackend", "available", "backward", "compile_for_gpu", "forward", "status", "usable"]
@@ -183,13 +183,8 @@ def forward(x, delta, weight, bias, axis: int, swing_axes: tuple[int, ...], exte
     """``y = sum_j W_j . interp(x, point_j) + b`` (``SnakeConvFunction.forward``'s maths) with the Triton sample
     kernel. x: ``(B, C_in, *S)``; delta: ``(B, n_swing * (K - 1), *S)`` or None; weight: ``(C_out, C_in, K)``."""
     with torch.autocast(x.device.type, enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
-        n_all = numel(spatial)
+        batch, c_in, spatial, c_out, kernel_size, n_all, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         swing_axes = tuple(swing_axes) if delta is not None else ()
-        x_rows = to_rows(x).contiguous()
-        x_pos = x_rows.view(batch, n_all, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
         w_outer, w_centre, _ = split_weight(weight)
         w_outer_t, w_centre_t = w_outer.t(), w_centre.t()
         y = torch.empty(batch, c_out, n_all, device=x.device, dtype=x.dtype)
@@ -218,14 +213,9 @@ def backward(grad_out, x, delta, weight, has_bias: bool, axis: int, swing_axes: 
     need_x, need_delta, need_w, need_b = needs
     need_delta = need_delta and delta is not None
     with torch.autocast(x.device.type, enabled=False):
-        batch, c_in, *spatial = x.shape
-        c_out, _, kernel_size = weight.shape
-        n_all = numel(spatial)
+        batch, c_in, spatial, c_out, kernel_size, n_all, x_rows, x_pos, delta_f = rows_of(x, delta, weight)
         dev = x.device
         swing_axes = tuple(swing_axes) if delta is not None else ()
-        x_rows = to_rows(x).contiguous()
-        x_pos = x_rows.view(batch, n_all, c_in)
-        delta_f = None if delta is None else delta.reshape(batch, -1, n_all).contiguous()
         g = grad_out.to(x.dtype).reshape(batch, c_out, n_all)
         w_outer, w_centre, _ = split_weight(weight)
         grad_rows = torch.zeros(batch, n_all, c_in, device=dev, dtype=torch.float32) if need_x else None
