@@ -42,6 +42,8 @@ _register("convert", "nnunet_tubeconv.data.convert",
           "convert DRIVE, STARE, vesselNN, a folder of images or an MSD task to an nnU-Net raw data set")
 _register("evaluate", "nnunet_tubeconv.evaluation.folders",
           "clDice, Betti, HD95, NSD, Dice: predictions vs references")
+_register("postprocess", "nnunet_tubeconv.postprocessing.command",
+          "remove small fragments per label, chosen on cross-validation (determine) and applied (apply)")
 _register("report", "nnunet_tubeconv.evaluation.report",
           "write report.md and report.html for a benchmark RESULTS_DIR")
 _register("bench-train", "nnunet_tubeconv.benchmarks.perf.bench_train",
