@@ -410,13 +410,14 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
                 reevaluate_unit(ctx, states[ctx.unit])
         records = {u: read_record(results_dir / u.rel_dir) for u in units}
         annotators = evaluate_annotators(suite, datasets, results_dir, env, reevaluate)
+        postprocessed = postprocess_arms(suite, units, records, results_dir, env) if suite.postprocessing else {}
         from nnunet_tubeconv.benchmarks.heldout import run_heldout
 
         n_test = run_heldout(suite, datasets, results_dir, env, records,
                              lambda trainer, seed: arms_mod.generated_class_name(trainer, b.name, seed), stream)
         done = sum(1 for r in records.values() if r and r["status"] == "done")
         failed = sum(1 for r in records.values() if r and r["status"] == "failed")
-        table = comparison_table(suite, datasets, records, annotators)
+        table = comparison_table(suite, datasets, records, annotators, postprocessed)
         print("\n" + table, flush=True)
         for u, r in records.items():
             if r and r["status"] == "failed":
@@ -496,6 +497,77 @@ def evaluate_annotators(suite: Suite, datasets: list[str], results_dir: Path, en
     return out
 
 
+#: where the harness keeps an arm's postprocessing and its scores: RESULTS_DIR/postprocessing/<ds>/<cfg>/<arm>/seed_S
+POSTPROCESSING_DIR = "postprocessing"
+
+
+def baseline_noise_floors(suite: Suite, units: list[Unit], records: dict[Unit, dict | None], dataset: str,
+                          configuration: str, metrics: tuple[str, ...] = ("dice", "cldice")) -> dict[str, float]:
+    """The baseline's seed-to-seed noise floor per metric (``stats.noise_floor`` of its first two seeds over the
+    cases both have); metrics without two seeds' results are left out (the caller's tolerance is then 0)."""
+    from nnunet_tubeconv.evaluation.stats import noise_floor
+
+    seeds = suite.arm_seeds(suite.baseline)[:2]
+    per_seed: dict[int, dict[str, dict[str, float]]] = {s: {} for s in seeds}
+    for u in units:
+        r = records.get(u)
+        if (u.arm == suite.baseline and u.seed in per_seed and u.dataset == dataset
+                and u.configuration == configuration and r and r["status"] == "done"):
+            for row in r["metrics"]["per_case"]:
+                for m in metrics:
+                    if row.get(m) is not None:
+                        per_seed[u.seed].setdefault(m, {})[(row["case"], str(row["label"]))] = float(row[m])
+    out = {}
+    if len(seeds) == 2:
+        for m in metrics:
+            floor = noise_floor(per_seed[seeds[0]].get(m, {}), per_seed[seeds[1]].get(m, {}))
+            if floor is not None:
+                out[m] = floor
+    return out
+
+
+def postprocess_arms(suite: Suite, units: list[Unit], records: dict[Unit, dict | None], results_dir: Path,
+                     env: dict[str, str]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """For every (data set, configuration, arm, seed) with a finished unit on each of the suite's folds: choose its
+    postprocessing on those cross-validation predictions (once), apply it to each fold's validation predictions and
+    score them against the same references: ``{(ds, cfg, arm, seed): {"per_case", "postprocessing"}}``, kept in
+    ``RESULTS_DIR/postprocessing/<ds>/<cfg>/<arm>/seed_<S>/scores.json``. The choice sees the same cases it is
+    scored on (as nnU-Net's own postprocessing): the held-out table is the unbiased one."""
+    from nnunet_tubeconv.benchmarks.executors import evaluate_against_references, validation_keys
+    from nnunet_tubeconv.evaluation.serialise import write_json_atomic
+    from nnunet_tubeconv.postprocessing.apply import apply_to_folder
+    from nnunet_tubeconv.postprocessing.determine import determine_postprocessing
+
+    out: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    groups: dict[tuple[str, str, str, int], list[Unit]] = {}
+    for u in units:
+        groups.setdefault((u.dataset, u.configuration, u.arm, u.seed), []).append(u)
+    for (ds, cfg, arm, seed), members in groups.items():
+        if not all(records.get(u) and records[u]["status"] == "done" for u in members):
+            continue
+        folder = results_dir / POSTPROCESSING_DIR / ds / cfg / arm / f"seed_{seed}"
+        scores_file = folder / "scores.json"
+        if scores_file.is_file():
+            out[ds, cfg, arm, seed] = json.loads(scores_file.read_text())
+            continue
+        ctxs = unit_contexts(suite, sorted(members, key=lambda u: u.fold), results_dir, env, stream=False)
+        tolerance = baseline_noise_floors(suite, units, records, ds, cfg)
+        print(f"[postprocessing] {ds} {cfg} {arm} seed {seed}: choosing on folds {sorted(u.fold for u in members)} "
+              f"(tolerance {tolerance or 'none: the baseline lacks two seeds; 0'})", flush=True)
+        pre = Path(env["nnUNet_preprocessed"]) / ds
+        chosen = determine_postprocessing(ctxs[0].nnunet_fold_dir.parent, folder, folds=[u.fold for u in members],
+                                          tolerance=tolerance, reference_folder=pre / "gt_segmentations")
+        per_case = []
+        for ctx in ctxs:
+            pred = folder / f"validation_fold_{ctx.unit.fold}"
+            apply_to_folder(ctx.nnunet_fold_dir / "validation", pred, folder / "postprocessing.pkl")
+            keys = validation_keys(pre, ctx.unit.fold)
+            per_case += evaluate_against_references(pred, env, ds, keys, dict(suite.evaluation))["per_case"]
+        out[ds, cfg, arm, seed] = {"per_case": per_case, "postprocessing": chosen}
+        write_json_atomic(scores_file, out[ds, cfg, arm, seed])
+    return out
+
+
 def _check_records_match_suite(suite: Suite, states: dict[Unit, dict | None]) -> None:
     """Refuse a results folder whose records were made by other trainers, plans or budgets under the same names."""
     for u, rec in states.items():
@@ -545,7 +617,8 @@ def _format_mean(key: str, m: float | None) -> str:
 
 
 def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict | None],
-                     annotators: dict[tuple[str, str], dict[str, Any]] | None = None) -> str:
+                     annotators: dict[tuple[str, str], dict[str, Any]] | None = None,
+                     postprocessed: dict[tuple[str, str, str, int], dict[str, Any]] | None = None) -> str:
     """Plain-text table: per (data set, configuration, arm) the mean of each metric over all validation
     (case, label) pairs of its done units, and the costs; then one row per ``[annotators]`` entry (another human
     against the reference). Statistics (paired tests, CIs) are in the report."""
@@ -571,6 +644,12 @@ def comparison_table(suite: Suite, datasets: list[str], records: dict[Unit, dict
                 cells += ["-" if it is None else f"{it:.3f}", "-" if mem is None else f"{mem / 2 ** 30:.2f} GiB",
                           "-" if par is None else f"{par / 1e6:.2f} M", "-" if tr is None else f"{tr:.0f}"]
                 rows.append(cells)
+                pp = [row for (p_ds, p_cfg, p_arm, _), res in (postprocessed or {}).items()
+                      if (p_ds, p_cfg, p_arm) == (ds, cfg, arm) for row in res["per_case"]]
+                if pp:
+                    rows.append([f"{arm} +pp", "postprocessed", *([""] if show_host else []), ""]
+                                + [_format_mean(key, _mean([row.get(key) for row in pp])) for key, _ in _TABLE_METRICS]
+                                + [""] * 4)
             for (a_ds, name), res in (annotators or {}).items():
                 if a_ds == ds:
                     per_case = res.get("per_case", [])

@@ -136,6 +136,7 @@ class Suite:
     paths: dict[str, str] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
     annotators: dict[str, str] = field(default_factory=dict)
+    postprocessing: bool = False
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     source: str | None = None
 
@@ -168,6 +169,7 @@ class Suite:
             "env": dict(self.env),
             "evaluation": copy.deepcopy(self.evaluation),
             "annotators": dict(self.annotators),
+            "postprocessing": self.postprocessing,
             "executor": self.executor.to_json(),
             "source": self.source,
         }
@@ -197,6 +199,10 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "env": "table of extra environment variables for the nnU-Net subprocesses (strings)",
     "paths": "table: nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: the environment)",
     "evaluation": "table of evaluate_folders settings, e.g. nsd_tolerance_mm, calibre_edges",
+    "postprocessing": "true: once an arm's seed has every fold, choose its tube postprocessing on those "
+                      "cross-validation predictions (nnunet-tubeconv postprocess determine, tolerance = the "
+                      "baseline's seed-to-seed noise floor) and score the postprocessed predictions as a row "
+                      "'<arm> +pp' beside the raw one",
     "annotators": "table row-name -> label folder of the raw data set (e.g. second_human = \"labelsTr_observer2\"): "
                   "another annotator scored against labelsTr on the suite's validation cases, shown as a row",
     "executor": f"table: kind (one of {list(EXECUTORS)}), slurm_partition, gpus_per_node, timeout_min, ...",
@@ -520,6 +526,9 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
     resolved_paths = _parse_paths(data.get("paths", {}), source)
     evaluation = _parse_evaluation(data.get("evaluation", {}), source)
     annotators = _parse_annotators(data.get("annotators", {}), arms, source)
+    postprocessing = data.get("postprocessing", False)
+    if not isinstance(postprocessing, bool):
+        raise SuiteError(f"postprocessing{_where(source)} must be true or false, got {postprocessing!r}")
 
     return Suite(
         name=name,
@@ -540,6 +549,7 @@ def parse_suite(data: Mapping[str, Any], source: str | None = None, default_name
         paths=resolved_paths,
         evaluation=evaluation,
         annotators=annotators,
+        postprocessing=postprocessing,
         executor=_parse_executor(data.get("executor"), source),
         source=source,
     )

@@ -142,3 +142,60 @@ def test_reevaluation_replaces_metrics_and_keeps_training_facts(tmp_path):
     assert rows["case1"]["recall_thin"] == pytest.approx(0.0, abs=0.1) and rows["case1"]["recall_thick"] == 1.0
     assert on_disk["validation_cases"] == ["case0", "case1"] == new["validation_cases"]
     assert "at" in on_disk["reevaluated"] and math.isclose(new["iteration_time_s"], 0.123)
+
+
+def _speckled(i: int) -> np.ndarray:
+    """The reference with three one-pixel false islands: postprocessing at 5 voxel-equivalents removes them."""
+    seg = _reference(i)
+    for y, x in ((1, 1), (20, 3), (22, 21)):
+        seg[y, x] = 1
+    return seg
+
+
+def _trained(env: dict, suite, records: dict, arm: str, seed: int) -> None:
+    """A finished unit on folds 0 and 1 of ``arm`` as the harness leaves it: nnU-Net's model folder (plans.json,
+    dataset.json, fold_F/validation with speckled predictions) and a done record with the per-case metrics."""
+    from support.plans import TINY_DATASET_JSON, tiny_plans
+
+    from nnunet_tubeconv.evaluation.metrics import evaluate_masks
+
+    for fold in (0, 1):
+        unit = Unit(DS, "2d", arm, fold, seed)
+        ctx = unit_contexts(suite, [unit], Path("unused"), env)[0]
+        model = ctx.nnunet_fold_dir.parent
+        plans = {**tiny_plans(), "dataset_name": DS, "original_median_spacing_after_transp": [999.0, 1.0, 1.0]}
+        (model / "plans.json").parent.mkdir(parents=True, exist_ok=True)
+        (model / "plans.json").write_text(json.dumps(plans))
+        (model / "dataset.json").write_text(json.dumps({**TINY_DATASET_JSON, "numTraining": 4}))
+        rows = []
+        for i in (2 * fold, 2 * fold + 1):
+            write_segmentation(ctx.nnunet_fold_dir / "validation", CASES[i], _speckled(i), (1.0, 1.0))
+            m = evaluate_masks(_reference(i) > 0, _speckled(i) > 0, (1.0, 1.0))
+            rows.append({"case": CASES[i], "label": 1, **m})
+        records[unit] = {"status": "done", "arm": arm, "metrics": {"per_case": rows}}
+
+
+def test_postprocessing_is_chosen_per_arm_on_its_folds_and_scored_beside_the_raw_row(tmp_path):
+    from nnunet_tubeconv.benchmarks.runner import baseline_noise_floors, postprocess_arms
+
+    env = _fake_nnunet(tmp_path)
+    suite = parse_suite(_suite(postprocessing=True))
+    records: dict = {}
+    for arm, seed in (("vanilla", 0), ("vanilla", 1), ("snake", 0)):
+        _trained(env, suite, records, arm, seed)
+    units = sorted(records, key=lambda u: (u.arm, u.seed, u.fold))
+    assert baseline_noise_floors(suite, units, records, DS, "2d") == {"dice": 0.0, "cldice": 0.0}
+    waiting = Unit(DS, "2d", "snake", 1, 0)
+    partial = {u: (None if u == waiting else r) for u, r in records.items()}
+    assert ("snake" not in {k[2] for k in postprocess_arms(suite, units, partial, tmp_path / "bench", env)})
+    out = postprocess_arms(suite, units, records, tmp_path / "bench", env)
+    scores = out[DS, "2d", "snake", 0]
+    assert sorted(r["case"] for r in scores["per_case"]) == CASES
+    raw_b0 = np.mean([r["betti0_error"] for u, r in records.items() if u.arm == "snake"
+                      for r in r["metrics"]["per_case"]])
+    assert raw_b0 == 3 and all(r["betti0_error"] == 0 and r["dice"] == 1.0 for r in scores["per_case"])
+    folder = tmp_path / "bench" / "postprocessing" / DS / "2d" / "snake" / "seed_0"
+    assert (folder / "postprocessing.pkl").is_file() and (folder / "scores.json").is_file()
+    table = comparison_table(suite, [DS], records, None, out)
+    row = next(line for line in table.splitlines() if line.startswith("snake +pp"))
+    assert "postprocessed" in row and "1.000" in row
