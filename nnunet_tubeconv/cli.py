@@ -74,6 +74,24 @@ _register("gpu-check", "nnunet_tubeconv.benchmarks.perf.gpu_check",
           "one GPU run: Triton kernels, bench-blocks, bench-train, calibrate-memory; md+json report vs targets")
 
 
+class NestedCommands:
+    """A command whose first argument picks a module that owns the rest (``convert drive``, ``postprocess
+    determine``): ``table`` maps each name to ``(module, one-line help)``; error lines name the nested command."""
+
+    def __init__(self, dest: str, metavar: str, table: dict[str, tuple]):
+        self.dest, self.metavar, self.table = dest, metavar, table
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest=self.dest, metavar=self.metavar, required=True)
+        for name, (module, help_text) in self.table.items():
+            p = sub.add_parser(name, help=help_text, description=help_text)
+            p.set_defaults(error_prog=p.prog)  # e.g. "nnunet-tubeconv convert drive"
+            module.add_arguments(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return self.table[getattr(args, self.dest)][0].run(args)
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,

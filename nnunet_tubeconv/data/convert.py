@@ -9,8 +9,7 @@ Segmentation Decathlon task folder and runs nnU-Net's own MSD conversion.
 
 from __future__ import annotations
 
-import argparse
-
+from nnunet_tubeconv.cli import NestedCommands
 from nnunet_tubeconv.data import drive, images, msd, stare, vesselnn
 
 _SOURCES = {
@@ -22,13 +21,6 @@ _SOURCES = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
-    for name, (module, help_text) in _SOURCES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(error_prog=p.prog)  # error lines name "nnunet-tubeconv convert drive"
-        module.add_arguments(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    return _SOURCES[args.source][0].run(args)
+_COMMANDS = NestedCommands("source", "SOURCE", _SOURCES)
+add_arguments = _COMMANDS.add_arguments
+run = _COMMANDS.run

@@ -9,8 +9,7 @@ components are removed, on a trained model folder's cross-validation predictions
 
 from __future__ import annotations
 
-import argparse
-
+from nnunet_tubeconv.cli import NestedCommands
 from nnunet_tubeconv.postprocessing import apply, determine
 
 _ACTIONS = {
@@ -20,13 +19,6 @@ _ACTIONS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, (module, help_text) in _ACTIONS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(error_prog=p.prog)  # error lines name "nnunet-tubeconv postprocess determine"
-        module.add_arguments(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    return _ACTIONS[args.action][0].run(args)
+_COMMANDS = NestedCommands("action", "ACTION", _ACTIONS)
+add_arguments = _COMMANDS.add_arguments
+run = _COMMANDS.run
