@@ -158,12 +158,16 @@ class GroupAnalysis:
     expected_cases: int = 0
     first_label: bool = True                                    # the first family of its (data set, configuration)
     heldout: bool = False                                       # the held-out test set, not the validation folds
+    #: arm -> seed -> (case, label) -> the per-case row of that seed's run (this label only): the runs before the
+    #: seed mean, e.g. the baseline's two seeds for a noise floor against another comparator
+    seed_values: dict[str, dict[int, dict[tuple, dict[str, Any]]]] = field(default_factory=dict)
 
     def comparison(self, arm: str, metric: str) -> st.PairedComparison | None:
         return next((c for c in self.comparisons if c.variant == arm and c.metric == metric), None)
 
 
-def _label_key(label) -> str:
+def label_key(label) -> str:
+    """The key of a per-case row's label as results.json writes it: ``"1"``, or ``"(1, 2)"`` for a region."""
     return str(tuple(label)) if isinstance(label, list) else str(label)
 
 
@@ -178,7 +182,9 @@ def _label_names(records: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, dict[str, float]]:
+def seed_mean(rows_per_seed: list[dict[tuple, dict[str, Any]]]) -> dict[tuple, dict[str, float]]:
+    """Per (case, label) key, each metric's mean over the seeds that have a finite value (NaN when every seed's is
+    undefined; a metric no seed has, e.g. Betti-2 in 2D, is left out): an arm's value of a pair."""
     out: dict[tuple, dict[str, float]] = {}
     keys = sorted({k for rows in rows_per_seed for k in rows}, key=str)
     for k in keys:
@@ -227,7 +233,7 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
             if metrics.get("settings") and metrics["settings"] not in settings:
                 settings.append(metrics["settings"])
             for r in metrics["per_case"]:
-                key = (str(r["case"]), _label_key(r["label"]))
+                key = (str(r["case"]), label_key(r["label"]))
                 if key[1] not in label_order:
                     label_order.append(key[1])
                 if key in rows:
@@ -237,7 +243,7 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
             if u.record.get("curves"):
                 curves[u.arm].append((f"fold {u.fold}, seed {u.seed}", u.record["curves"]))
         names = _label_names([u.record for u in group_units])
-        all_values = {a: _seed_mean([per_seed[a][s] for s in sorted(per_seed[a])]) for a in arms}
+        all_values = {a: seed_mean([per_seed[a][s] for s in sorted(per_seed[a])]) for a in arms}
         base_seeds = sorted(per_seed.get(baseline, {}))
         if len(settings) > 1:
             notes.append("the units were evaluated with different metric settings (see Settings)")
@@ -267,9 +273,11 @@ def analyse(suite: dict[str, Any], units: list[Unit], n_resamples: int = st.N_RE
                                      + ("; complete-case analysis: verdicts use the cases both arms have"
                                         if complete_case else "; its verdicts are withheld (report --complete-case "
                                                               "gives the complete-case analysis)"))
+            seed_values = {a: {s: {k: r for k, r in rows.items() if k[1] == lab}
+                               for s, rows in sorted(per_seed[a].items())} for a in arms}
             out.append(GroupAnalysis(ds, cfg, lab, names.get(lab, ""), arms, metrics_present, values,
                                      {a: sorted(per_seed[a]) for a in arms}, comparisons, costs, curves, settings,
-                                     lab_notes, len(expected), li == 0, split == layout.TEST_SPLIT))
+                                     lab_notes, len(expected), li == 0, split == layout.TEST_SPLIT, seed_values))
     return out
 
 
@@ -372,16 +380,18 @@ def _across_blocks(groups: list[GroupAnalysis], baseline: str, alpha: float, see
         "difference stratified by family (each case's sign flips within its family; every family weighs the same), "
         "on the complete pairs of each family, Holm-corrected over this table. 'wins' counts the families whose mean "
         "moved the good way."))]
-    blocks.append(Block("table", headers=["arm"] + [f"{METRIC_LABELS[m]} {_arrow(m)} (mean rank)" for m in metrics],
-                        rows=[[Cell(a)] + [Cell(_fmt(mean_rank.get(a, {}).get(m))) for m in metrics] for a in arms]))
+    blocks.append(Block("table", headers=["arm"] + [f"{METRIC_LABELS[m]} {arrow(m)} (mean rank)" for m in metrics],
+                        rows=[[Cell(a)] + [Cell(fmt_value(mean_rank.get(a, {}).get(m))) for m in metrics]
+                              for a in arms]))
     if rows:
         blocks.append(Block("table", headers=["variant", "metric", "families", "pairs", "wins",
                                               "mean of family mean Δ", "stratified sign-flip p", "Holm p",
                                               "smallest reachable Holm p", "verdict"],
-                            rows=[[Cell(r.variant), Cell(f"{METRIC_LABELS[r.metric]} {_arrow(r.metric)}"),
+                            rows=[[Cell(r.variant), Cell(f"{METRIC_LABELS[r.metric]} {arrow(r.metric)}"),
                                    Cell(str(r.families)), Cell(str(r.n_pairs)), Cell(f"{r.wins} of {r.families}"),
-                                   Cell(_fmt(r.statistic, r.metric)), Cell(_fmt_p(r.p_value)), Cell(_fmt_p(r.p_holm)),
-                                   Cell(_fmt_p(r.p_min_adjusted)),
+                                   Cell(fmt_value(r.statistic, r.metric)), Cell(fmt_p(r.p_value)),
+                                   Cell(fmt_p(r.p_holm)),
+                                   Cell(fmt_p(r.p_min_adjusted)),
                                    Cell("", r.verdict, _VERDICT_CLASS[r.verdict])] for r in rows]))
     return blocks
 
@@ -406,7 +416,8 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return cols, math.ceil(n / cols)
 
 
-def _arrow(metric: str) -> str:
+def arrow(metric: str) -> str:
+    """``↑`` when higher is better on ``metric``, else ``↓``."""
     return "↑" if HIGHER_IS_BETTER[metric] else "↓"
 
 
@@ -425,7 +436,7 @@ def figure_boxplots(g: GroupAnalysis) -> bytes:
             ax.scatter(j + 1 + rng.uniform(-0.15, 0.15, d.size), d, s=9, alpha=0.6,
                        color=ARM_COLOURS[j % len(ARM_COLOURS)], zorder=3)
         ax.set_xticks(range(1, len(g.arms) + 1), g.arms, rotation=20, fontsize=8)
-        ax.set_title(f"{METRIC_LABELS[m]} {_arrow(m)}", fontsize=10)
+        ax.set_title(f"{METRIC_LABELS[m]} {arrow(m)}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{g.dataset} / {g.configuration}: per-case values by arm", fontsize=11)
     return _png(fig)
@@ -452,11 +463,54 @@ def figure_paired(g: GroupAnalysis, variant: str, baseline: str) -> bytes:
             ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel(baseline, fontsize=8)
         ax.set_ylabel(variant, fontsize=8)
-        ax.set_title(f"{METRIC_LABELS[m]} {_arrow(m)}\n{c.verdict if c else 'not compared'}", fontsize=9,
+        ax.set_title(f"{METRIC_LABELS[m]} {arrow(m)}\n{c.verdict if c else 'not compared'}", fontsize=9,
                      color=colour)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"{g.dataset} / {g.configuration}: {variant} vs {baseline}, one dot per (case, label); "
                  "above the diagonal = variant higher", fontsize=10)
+    return _png(fig)
+
+
+def figure_differences(g: GroupAnalysis, baseline: str, metrics: list[str] | None = None,
+                       arms: list[str] | None = None, title: str | None = None) -> bytes:
+    """Per-case paired differences ``arm - baseline``, one column per metric (default: the tested metrics of the
+    family), the arms along the x axis, one dot per (case, label) and a bar at the mean; the baseline's seed-to-seed
+    noise floor of each metric (``±`` floor, from the family's comparisons) drawn as a grey band around 0, its 95% CI's
+    upper end as a lighter band. Dots are green/red where the arm's verdict is better/worse, grey otherwise."""
+    metrics = [m for m in (metrics or g.metrics) if m not in st.NOT_TESTED]
+    arms = [a for a in (arms or g.arms) if a != baseline and a in g.values]
+    fig, axes = _figure(max(len(metrics), 1), 1, w=1.2 + 0.55 * max(len(arms), 1), h=3.4)
+    rng = np.random.default_rng(0)
+    for ax, m in zip(axes.flat, metrics):
+        floors = [c for c in (g.comparison(a, m) for a in arms) if c is not None and c.noise_floor is not None]
+        if floors:
+            c0 = floors[0]
+            if c0.noise_floor_ci is not None:
+                ax.axhspan(-c0.noise_floor_ci[1], c0.noise_floor_ci[1], color="#DDDDDD", alpha=0.5, lw=0,
+                           label="noise floor, 95% CI upper end")
+            ax.axhspan(-c0.noise_floor, c0.noise_floor, color="#AAAAAA", alpha=0.6, lw=0, label="noise floor")
+        ax.axhline(0, color="#555555", lw=0.8)
+        for j, a in enumerate(arms):
+            b, v, _, _ = st.pair_up({k: r.get(m) for k, r in g.values[baseline].items()},
+                                    {k: r.get(m) for k, r in g.values[a].items()})
+            c = g.comparison(a, m)
+            colour = {st.BETTER: "#2E7D32", st.WORSE: "#C62828"}.get(c.verdict if c else "", "#4C72B0")
+            d = v - b
+            ax.scatter(j + rng.uniform(-0.12, 0.12, d.size), d, s=14, alpha=0.8, color=colour, edgecolors="none",
+                       zorder=3)
+            if d.size:
+                ax.plot([j - 0.25, j + 0.25], [d.mean()] * 2, color="black", lw=1.6, zorder=4)
+        ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(arms) - 0.4)
+        ax.set_title(f"{METRIC_LABELS[m]} {arrow(m)}", fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.supylabel(f"arm − {baseline}, per case", fontsize=9)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=len(handles))
+    fig.suptitle(title or f"{g.dataset} / {g.configuration}: per-case differences against {baseline} (bar: mean)",
+                 fontsize=11)
     return _png(fig)
 
 
@@ -520,13 +574,15 @@ def verdict_text(c: st.PairedComparison) -> str:
     return c.verdict
 
 
-def _fmt(v, metric: str | None = None) -> str:
+def fmt_value(v, metric: str | None = None) -> str:
+    """A metric value as the tables show it (``–`` for None or NaN)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     return _FORMAT.get(metric or "", "{:.2f}").format(v)
 
 
-def _fmt_p(p: float) -> str:
+def fmt_p(p: float) -> str:
+    """A p-value as the tables show it (``<0.0001`` below that, ``–`` for NaN)."""
     if not math.isfinite(p):
         return "–"
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
@@ -644,7 +700,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float, labels: dict[st
     label = f"Label {g.label}" + (f" ({g.label_name})" if g.label_name else "")
     blocks.append(Block("h", label, 3))
     n_cases = {a: len(g.values[a]) for a in g.arms}
-    headers = ["arm", "seeds", "cases"] + [f"{METRIC_LABELS[m]} {_arrow(m)}" for m in g.metrics] + [
+    headers = ["arm", "seeds", "cases"] + [f"{METRIC_LABELS[m]} {arrow(m)}" for m in g.metrics] + [
         "params (M)", "iter. time (s)", "peak mem. (GiB)", "wall time (h, all units)"]
     rows = []
     for a in g.arms:
@@ -655,7 +711,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float, labels: dict[st
                     "few" if lacking else "")]
         for m in g.metrics:
             d = st.describe([r.get(m) for r in g.values[a].values()])
-            text = f"{_fmt(d['mean'], m)} ± {_fmt(d['sd'], m)}"
+            text = f"{fmt_value(d['mean'], m)} ± {fmt_value(d['sd'], m)}"
             c = g.comparison(a, m)
             if a == baseline:
                 row.append(Cell(text))
@@ -665,7 +721,7 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float, labels: dict[st
                 row.append(Cell(text, verdict_text(c), _VERDICT_CLASS[c.verdict]))
         cost = g.costs[a]
         row += [Cell("–" if cost["parameters"] is None else f"{cost['parameters'] / 1e6:.2f}"),
-                Cell(_fmt(cost["iteration_time_s"])), Cell(_gib(cost["peak_memory_bytes"])),
+                Cell(fmt_value(cost["iteration_time_s"])), Cell(_gib(cost["peak_memory_bytes"])),
                 Cell("–" if cost["wall_time_s"] is None else f"{cost['wall_time_s'] / 3600:.2f}")]
         rows.append(row)
     blocks.append(Block("table", headers=headers, rows=rows))
@@ -686,18 +742,20 @@ def _group_blocks(g: GroupAnalysis, baseline: str, alpha: float, labels: dict[st
         blocks.append(Block("h", "Paired comparisons with the baseline", 4))
         drows = []
         for c in g.comparisons:
-            ci = "–" if not math.isfinite(c.ci_low) else f"[{_fmt(c.ci_low, c.metric)}, {_fmt(c.ci_high, c.metric)}]"
-            floor = "–" if c.noise_floor is None else _fmt(c.noise_floor, c.metric)
+            ci = ("–" if not math.isfinite(c.ci_low)
+                  else f"[{fmt_value(c.ci_low, c.metric)}, {fmt_value(c.ci_high, c.metric)}]")
+            floor = "–" if c.noise_floor is None else fmt_value(c.noise_floor, c.metric)
             if c.noise_floor_ci is not None:
-                floor += f" [{_fmt(c.noise_floor_ci[0], c.metric)}, {_fmt(c.noise_floor_ci[1], c.metric)}]"
+                floor += f" [{fmt_value(c.noise_floor_ci[0], c.metric)}, {fmt_value(c.noise_floor_ci[1], c.metric)}]"
             elif c.noise_floor is None:
                 floor = "not measured (one seed)"
-            drows.append([Cell(labels.get(c.variant, c.variant)), Cell(f"{METRIC_LABELS[c.metric]} {_arrow(c.metric)}"),
+            drows.append([Cell(labels.get(c.variant, c.variant)), Cell(f"{METRIC_LABELS[c.metric]} {arrow(c.metric)}"),
                           Cell(f"{c.n} of {c.n_expected}" + (f" ({c.n_dropped} dropped)" if c.n_dropped else "")),
-                          Cell(_fmt(c.baseline_stats.get("median"), c.metric)),
-                          Cell(_fmt(c.variant_stats.get("median"), c.metric)),
-                          Cell(_fmt(c.mean_diff, c.metric)), Cell(ci), Cell(_fmt_p(c.p_value)), Cell(_fmt_p(c.p_holm)),
-                          Cell("–" if not c.tested else _fmt_p(c.p_min_adjusted)), Cell(_fmt_p(c.wilcoxon_p)),
+                          Cell(fmt_value(c.baseline_stats.get("median"), c.metric)),
+                          Cell(fmt_value(c.variant_stats.get("median"), c.metric)),
+                          Cell(fmt_value(c.mean_diff, c.metric)), Cell(ci), Cell(fmt_p(c.p_value)),
+                          Cell(fmt_p(c.p_holm)),
+                          Cell("–" if not c.tested else fmt_p(c.p_min_adjusted)), Cell(fmt_p(c.wilcoxon_p)),
                           Cell("–" if not math.isfinite(c.rank_biserial) else f"{c.rank_biserial:+.2f}"),
                           Cell(floor), Cell("", verdict_text(c), _VERDICT_CLASS[c.verdict]), Cell(c.note)])
         blocks.append(Block("table", headers=["variant", "metric", "pairs (of expected)", "median (baseline)",

@@ -108,9 +108,10 @@ def test_nested_commands_name_themselves(tmp_path, capsys):
 
 
 # modules that may print their own error lines: the CLI itself; scripts run on their own, outside the CLI
-# (python bundle/predict.py, python -m ...snakes.drive, python -m ...snakes.ablation)
+# (python bundle/predict.py, python -m ...snakes.drive, python -m ...snakes.ablation, python -m ...real_data.page)
 OWN_ERROR_LINES = {"nnunet_tubeconv/cli.py", "nnunet_tubeconv/deploy/bundle_predict.py",
-                   "benchmarks/studies/snakes/drive.py", "benchmarks/studies/snakes/ablation.py"}
+                   "benchmarks/studies/snakes/drive.py", "benchmarks/studies/snakes/ablation.py",
+                   "benchmarks/studies/real_data/page.py"}
 
 
 def test_no_command_module_prints_its_own_errors():
