@@ -383,6 +383,11 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
                 print(f"  would run: {u.label()}", flush=True)
             return BenchmarkOutcome(results_dir, units, n_done, n_failed, "", None)
 
+        if reevaluate:
+            done_units = [u for u in units if states[u] is not None and states[u]["status"] == "done"]
+            print(f"  re-evaluating {len(done_units)} finished units' validation predictions", flush=True)
+            for ctx in unit_contexts(suite, done_units, results_dir, env, stream):
+                reevaluate_unit(ctx, states[ctx.unit])
         if todo:
             # trainers before planning: a misspelt arm fails at once
             sources = {}
@@ -403,11 +408,6 @@ def run_benchmark(suite: Suite, results_dir: str | Path, retry_failed: bool = Fa
             contexts = unit_contexts(suite, todo, results_dir, env, stream)
             make_executor(suite.executor, results_dir, suite.name).run(contexts)
 
-        if reevaluate:
-            done_units = [u for u in units if states[u] is not None and states[u]["status"] == "done"]
-            print(f"  re-evaluating {len(done_units)} finished units' validation predictions", flush=True)
-            for ctx in unit_contexts(suite, done_units, results_dir, env, stream):
-                reevaluate_unit(ctx, states[ctx.unit])
         records = {u: read_record(results_dir / u.rel_dir) for u in units}
         annotators = evaluate_annotators(suite, datasets, results_dir, env, reevaluate)
         postprocessed = postprocess_arms(suite, units, records, results_dir, env) if suite.postprocessing else {}
