@@ -10,7 +10,12 @@
   class paths of its networks), defined once here.
 """
 
-from nnunet_tubeconv.architectures.options import DEFAULT_BLOCK_OPTIONS, allowed_options, resolve_block_options
+from nnunet_tubeconv.architectures.options import (
+    DEFAULT_BLOCK_OPTIONS,
+    allowed_options,
+    places_snakes,
+    resolve_block_options,
+)
 from nnunet_tubeconv.architectures.variants import (
     ARCHITECTURE_KEYS,
     HOSTS,
@@ -50,6 +55,7 @@ __all__ = [
     "is_plain_conv_unet",
     "is_resenc_unet",
     "neutral_architecture",
+    "places_snakes",
     "plain_conv_unet_entry",
     "resenc_unet_entry",
     "resolve_block_options",

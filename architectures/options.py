@@ -72,6 +72,19 @@ ENCODER_SELECTORS = ("conv_block_encoder_stages", "dlk_encoder_stages", "scse_en
 DECODER_SELECTORS = ("conv_block_decoder_stages", "dff_skips", "scse_decoder_stages")
 
 
+def places_snakes(options: Mapping[str, Any] | None) -> bool:
+    """Whether block ``options`` (resolved or not) put DSConv blocks, dynamic snake convolutions, into the network:
+    ``conv_block`` "dsc" with at least one encoder or decoder stage selected. None (no options: nnU-Net's own
+    network) places none. The one place that says which networks have snakes."""
+    if not options or options.get("conv_block") != "dsc":
+        return False
+
+    def selects(sel: Any) -> bool:
+        return bool(sel) and not (isinstance(sel, str) and sel.strip().lower() == "none")
+
+    return any(selects(options.get(k)) for k in ("conv_block_encoder_stages", "conv_block_decoder_stages"))
+
+
 def allowed_options() -> list[str]:
     """Names of every block option, sorted."""
     return sorted(DEFAULT_BLOCK_OPTIONS)

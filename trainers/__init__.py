@@ -44,7 +44,7 @@ _HELPERS: dict[str, str] = {
     "ClDiceMixin": "topology_losses",
 }
 
-__all__ = ["TRAINERS", "TRAINER_MODULES", "trainer_folder"]
+__all__ = ["TRAINERS", "TRAINER_MODULES", "trainer_block_options", "trainer_folder"]
 __all__ += list(_HELPERS)
 __all__ += list(TRAINER_MODULES)
 
@@ -54,6 +54,22 @@ _trainers: dict[str, Any] | None = None
 def trainer_folder() -> Path:
     """The directory to put in ``nnUNet_extTrainer`` (this package's folder, wherever it is installed)."""
     return Path(__file__).resolve().parent
+
+
+def trainer_block_options(name: str) -> dict[str, Any] | None:
+    """The block options a trainer of this package builds its network with: its variant's options
+    (``architectures.VARIANTS``) with the class's ``block_options`` laid over them (unresolved); None for a trainer
+    without a variant (nnU-Net's own network, e.g. ``nnUNetTrainerSkeletonRecall``, ``nnUNetTrainerWide``) or not
+    of this package. Imports the trainer class (torch, nnU-Net)."""
+    if name not in TRAINER_MODULES:
+        return None
+    cls = _load(name)
+    variant = getattr(cls, "variant", None)
+    if variant is None:
+        return None
+    from nnunet_tubeconv.architectures import VARIANTS
+
+    return {**VARIANTS[variant]["options"], **dict(getattr(cls, "block_options", None) or {})}
 
 
 def _load(name: str) -> Any:

@@ -44,8 +44,8 @@ SATURATION = 0.95  #: |tanh| above this counts as saturated
 TILT_SLOPE = 0.5  #: voxels sideways per kernel step from which a snake counts as tilted
 DIRECTION_SIGMAS = (1.0, 2.0)  #: structure tensor: derivative and integration sigma, layer voxels
 
-__all__ = ["SATURATION", "TILT_SLOPE", "layer_case_stats", "pool_label", "snake_stats", "summarise",
-           "vessel_directions"]
+__all__ = ["SATURATION", "TILT_SLOPE", "ci_text", "layer_case_stats", "pct", "pool_label", "signed_pct",
+           "snake_stats", "summarise", "vessel_directions"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -171,10 +171,12 @@ def layer_case_stats(
     return out
 
 
-def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
+def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0, n_resamples: int | None = None
+              ) -> dict[str, Any]:
     """Means over cases of every statistic, and for adherence / direction / near-vessel the paired difference
-    snake - straight with its 95% bootstrap CI over cases (None with fewer than 2 cases)."""
-    from nnunet_tubeconv.evaluation.stats import bootstrap_ci
+    snake - straight with its 95% bootstrap CI over cases (None with fewer than 2 cases; ``n_resamples``: the
+    bootstrap's, default ``stats.N_RESAMPLES``)."""
+    from nnunet_tubeconv.evaluation.stats import N_RESAMPLES, bootstrap_ci
 
     keys = sorted({k for v in per_case.values() for k, x in v.items() if isinstance(x, (int, float))})
     out: dict[str, Any] = {"cases": len(per_case)}
@@ -187,7 +189,8 @@ def summarise(per_case: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[
         if not diffs:
             continue
         out[f"{what}_diff"] = float(np.mean(diffs))
-        out[f"{what}_diff_ci"] = list(bootstrap_ci(np.asarray(diffs), seed=seed)) if len(diffs) >= 2 else None
+        out[f"{what}_diff_ci"] = (list(bootstrap_ci(np.asarray(diffs), n_resamples or N_RESAMPLES, seed=seed))
+                                  if len(diffs) >= 2 else None)
     return out
 
 
@@ -321,15 +324,18 @@ def snake_stats(model: Any, images: Sequence[str], labels: str | None = None, ca
 # text
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """``12.3%`` (``-`` for None)."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def _signed_pct(v: float | None) -> str:
+def signed_pct(v: float | None) -> str:
+    """``+12.3%`` (``-`` for None)."""
     return "-" if v is None else f"{100 * v:+.1f}%"
 
 
-def _ci(v: Sequence[float] | None, percent: bool = True) -> str:
+def ci_text(v: Sequence[float] | None, percent: bool = True) -> str:
+    """``[+1.0, +2.0]`` in percent points (or plain numbers), ``-`` for None."""
     if v is None:
         return "-"
     return f"[{100 * v[0]:+.1f}, {100 * v[1]:+.1f}]" if percent else f"[{v[0]:+.3f}, {v[1]:+.3f}]"
@@ -344,17 +350,17 @@ def format_stats(stats: Mapping[str, Any]) -> str:
     rows = [head]
     for layer in stats["layers"]:
         s = layer["summary"]
-        row = [layer["name"], str(layer["stage"]), str(layer["morph_axis"]), _pct(s.get("saturated")),
-               "-" if s.get("mean_step") is None else f"{s['mean_step']:.3f}", _pct(s.get("tilt")),
-               _pct(s.get("constant_tilt"))]
+        row = [layer["name"], str(layer["stage"]), str(layer["morph_axis"]), pct(s.get("saturated")),
+               "-" if s.get("mean_step") is None else f"{s['mean_step']:.3f}", pct(s.get("tilt")),
+               pct(s.get("constant_tilt"))]
         if stats["labels"]:
-            row += [_pct(s.get("adherence_snake")), _pct(s.get("adherence_straight")),
-                    f"{_signed_pct(s.get('adherence_diff'))} {_ci(s.get('adherence_diff_ci'))}",
+            row += [pct(s.get("adherence_snake")), pct(s.get("adherence_straight")),
+                    f"{signed_pct(s.get('adherence_diff'))} {ci_text(s.get('adherence_diff_ci'))}",
                     f"{s['direction_snake']:.3f}" if s.get("direction_snake") is not None else "-",
                     f"{s['direction_straight']:.3f}" if s.get("direction_straight") is not None else "-",
                     "-" if s.get("direction_diff") is None else
-                    f"{s['direction_diff']:+.3f} {_ci(s.get('direction_diff_ci'), percent=False)}",
-                    f"{_signed_pct(s.get('near_vessel_diff'))} {_ci(s.get('near_vessel_diff_ci'))}"]
+                    f"{s['direction_diff']:+.3f} {ci_text(s.get('direction_diff_ci'), percent=False)}",
+                    f"{signed_pct(s.get('near_vessel_diff'))} {ci_text(s.get('near_vessel_diff_ci'))}"]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

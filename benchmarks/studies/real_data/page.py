@@ -3,7 +3,9 @@
 * ``collect RESULTS_DIR [...]``: copy each harness results folder's ``suite.json``, ``record.json`` files and
   ``annotators/*/*.json`` into the store ``benchmarks/studies/real_data/records/<suite name>/`` (changed files
   replace the stored ones; unchanged ones are left alone), and, while nnU-Net's folders are at hand, draw each data
-  set's case image into ``docs/images/`` (``--raw``: nnU-Net's raw folder, for the image; default ``$nnUNet_raw``).
+  set's case image into ``docs/images/`` (``--raw``: nnU-Net's raw folder, for the image; default ``$nnUNet_raw``),
+  and measure ``snake-stats`` of each finished unit with snakes into ``records/<suite name>/snake_stats/`` (once per
+  version of its record; :mod:`.snakes`).
 * ``render``: from the store only, write the generated part of ``docs/results.md`` between ``<!-- results:begin -->``
   and ``<!-- results:end -->`` (created where the page's "## Status" section was, below the protocol, the first
   time; nothing outside the markers is changed) and the per-case differences figures into ``docs/images/``. The
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from nnunet_tubeconv.benchmarks.studies.real_data.case import write_case_figures
 from nnunet_tubeconv.benchmarks.studies.real_data.sections import Settings, render_generated
+from nnunet_tubeconv.benchmarks.studies.real_data.snakes import collect_snake_stats
 from nnunet_tubeconv.benchmarks.studies.real_data.store import STORE, STUDY_DIR, collect, load_store, load_stored
 from nnunet_tubeconv.evaluation import stats as st
 
@@ -84,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--store", type=Path, default=STORE, help="the store (default: %(default)s)")
     c.add_argument("--images", type=Path, default=IMAGES, help="folder of the page's images (default: %(default)s)")
     c.add_argument("--raw", type=Path, default=os.environ.get("nnUNet_raw"),
-                   help="nnU-Net's raw folder, for the case image's picture (default: $nnUNet_raw)")
+                   help="nnU-Net's raw folder, for the case image's picture and snake-stats' images (default: "
+                        "$nnUNet_raw)")
     r = sub.add_parser("render", help="write the generated part of the results page from the store")
     r.add_argument("--store", type=Path, default=STORE, help="the store (default: %(default)s)")
     r.add_argument("--page", type=Path, default=PAGE, help="the results page (default: %(default)s)")
@@ -105,6 +109,8 @@ def _collect(args) -> None:
               f"replaced, {summary.unchanged} unchanged")
         for line in write_case_figures(load_stored(summary.folder), args.images, args.raw):
             print(f"  {line}")
+        for line in collect_snake_stats(d, summary.folder, args.raw):
+            print(f"  {line}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

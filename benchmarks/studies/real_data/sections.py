@@ -6,7 +6,8 @@ itself.
 Per data set: a status table (every arm of the suite, "not run" where it has no record), the arm table (mean and
 95% bootstrap CI over cases of each metric, costs) with the annotator rows, the paired verdicts against vanilla,
 Skeleton Recall and Wide (one Holm family per comparator; vanilla's seed-to-seed noise floor for every comparator),
-the calibre-band recall (shown, not tested), the per-case differences figure and the case image; then the summary
+the calibre-band recall (shown, not tested), the snake-stats of the arms with snakes (:mod:`.snakes`), the per-case
+differences figure and the case image; then the summary
 across data sets and what was found, in words, from the verdicts alone.
 """
 
@@ -38,6 +39,7 @@ from nnunet_tubeconv.evaluation.report import (
     verdict_text,
 )
 
+from .snakes import SNAKE_HEADERS, snake_table
 from .store import StoredSuite, image_name, short_name
 
 PAGE_COMMAND = "python -m nnunet_tubeconv.benchmarks.studies.real_data.page"
@@ -84,6 +86,7 @@ class DataSet:
     stored: Path | None
     annotators: dict[str, dict[str, Any]] = field(default_factory=dict)
     postprocessed: dict[str, dict[int, list[dict[str, Any]]]] = field(default_factory=dict)   # arm -> seed -> rows
+    snake_stats: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)  # arm -> stats
     groups: list[GroupAnalysis] = field(default_factory=list)
     families: list[list[Family]] = field(default_factory=list)    # per group
 
@@ -134,11 +137,12 @@ def comparator_families(g: GroupAnalysis, suite: dict[str, Any], s: Settings) ->
 
 def analyse_dataset(suite: dict[str, Any], units: list[Unit], dataset: str, configuration: str, stored: Path | None,
                     annotators: dict[str, dict[str, Any]], s: Settings,
-                    postprocessed: dict[str, dict[int, list[dict[str, Any]]]] | None = None) -> DataSet:
+                    postprocessed: dict[str, dict[int, list[dict[str, Any]]]] | None = None,
+                    snake_stats: dict[str, dict[tuple[int, int], dict[str, Any]]] | None = None) -> DataSet:
     mine = [u for u in units if u.dataset == dataset and u.configuration == configuration]
     groups = analyse(suite, mine, s.n_resamples, s.seed, s.alpha, s.min_pairs, n_permutations=s.n_permutations)
-    return DataSet(suite, dataset, configuration, mine, stored, annotators, postprocessed or {}, groups,
-                   [comparator_families(g, suite, s) for g in groups])
+    return DataSet(suite, dataset, configuration, mine, stored, annotators, postprocessed or {}, snake_stats or {},
+                   groups, [comparator_families(g, suite, s) for g in groups])
 
 
 def merged_suite(stored: dict[str, Any], planned: dict[str, Any] | None) -> dict[str, Any]:
@@ -167,9 +171,11 @@ def collect_datasets(stored: list[StoredSuite], planned: list[dict[str, Any]], s
             for cfg in suite.get("configurations", []):
                 pp = {arm: seeds for (p_ds, p_cfg, arm), seeds in (st_suite.postprocessed if st_suite else {}).items()
                       if (p_ds, p_cfg) == (str(ds), str(cfg))}
+                snakes = {arm: folds for (p_ds, p_cfg, arm), folds in (st_suite.snake_stats if st_suite else {}).items()
+                          if (p_ds, p_cfg) == (str(ds), str(cfg))}
                 out.append(analyse_dataset(suite, st_suite.units if st_suite else [], str(ds), str(cfg),
                                            st_suite.folder if st_suite else None,
-                                           (st_suite.annotators if st_suite else {}).get(str(ds), {}), s, pp))
+                                           (st_suite.annotators if st_suite else {}).get(str(ds), {}), s, pp, snakes))
     return out
 
 
@@ -487,6 +493,18 @@ def calibre_block(ds: DataSet, g: GroupAnalysis, s: Settings) -> list[str]:
              f"not tested: {why}."), ""] + md_table(["arm", *[metric_header(m) for m in present]], rows))
 
 
+# ------------------------------------------------------------------------------------------------ snakes
+def snakes_block(ds: DataSet, s: Settings) -> list[str]:
+    """Per arm with snakes and per snake layer: adherence snake − straight [95% CI], saturation, same-side tilt
+    (:func:`.snakes.snake_table`); "not measured yet" for an arm with records but no stored snake-stats."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for u in ds.units:
+        if u.split == "validation" and u.record:
+            records.setdefault(u.arm, []).append(u.record)
+    words, rows = snake_table(ds.suite.get("arms", {}), records, ds.snake_stats, s.seed, s.n_resamples, s.min_pairs)
+    return words + (md_table(SNAKE_HEADERS, rows) if rows else [])
+
+
 # ----------------------------------------------------------------------------------------------- figures
 def figure_block(ds: DataSet, g: GroupAnalysis, images_dir: Path, page_dir: Path) -> list[str]:
     lines = []
@@ -534,6 +552,7 @@ def dataset_section(ds: DataSet, images_dir: Path, page_dir: Path, root: Path | 
         lines += verdict_blocks(ds, g, fams, s)
         lines += ["### Recall by vessel calibre", ""] + calibre_block(ds, g, s)
         if g.first_label:
+            lines += ["### Do the snakes follow the vessels?", ""] + snakes_block(ds, s)
             lines += ["### Figures", ""] + figure_block(ds, g, images_dir, page_dir)
     return lines
 
@@ -640,6 +659,11 @@ def method_block(s: Settings) -> list[str]:
         ("- **Annotator rows** (e.g. STARE's second human): another human's labels scored against the reference with "
         "the same evaluation, on the cases the arms have; no costs, not in the tests. **`+pp` rows** (suites with "
         "`postprocessing = true`, protocol addendum): the arm after its tube postprocessing; not in the tests."),
+        ("- **Snake statistics**: `collect` runs `nnunet-tubeconv snake-stats` (its Python API, "
+         "`deploy.snake_stats.snake_stats`) once per finished unit whose network has DSConv snakes (its recorded block "
+         "options, else its trainer), on the fold's own model and validation cases, and stores the result beside the "
+         "records; the page pools each layer's cases over the stored folds (`snake_stats.summarise`). Shown, not "
+         "tested."),
         "",
     ]
 

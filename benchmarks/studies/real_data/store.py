@@ -8,6 +8,8 @@ lays out a results folder (:mod:`nnunet_tubeconv.evaluation.layout`), so that ``
     records/<suite name>/annotators/<dataset>/<row>.json       # another human against the reference
     records/<suite name>/postprocessing/<dataset>/<configuration>/<arm>/seed_<s>/scores.json
                                                                # the arm after its tube postprocessing (+pp rows)
+    records/<suite name>/snake_stats/<dataset>/<configuration>/<arm>/fold_<f>_seed_<s>.json
+                                                               # snake-stats of a unit with snakes (.snakes)
 
 :func:`collect` copies those files from a harness results folder (nothing else: no logs, no predictions); a file
 whose content changed in the results folder (e.g. a unit re-evaluated) replaces the stored one, an unchanged one is
@@ -24,6 +26,8 @@ from typing import Any
 
 from nnunet_tubeconv.evaluation import layout
 from nnunet_tubeconv.evaluation.report import Unit, load_results_dir
+
+from .snakes import load_snake_stats
 
 STUDY_DIR = Path(__file__).resolve().parent
 #: the repository's store (a checkout's; a wheel has no store)
@@ -45,6 +49,8 @@ class StoredSuite:
     units: list[Unit]
     annotators: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     postprocessed: dict[tuple[str, str, str], dict[int, list[dict[str, Any]]]] = field(default_factory=dict)
+    #: ``{(dataset, configuration, arm): {(fold, seed): snake-stats JSON}}`` (:mod:`.snakes`)
+    snake_stats: dict[tuple[str, str, str], dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -148,7 +154,8 @@ def load_postprocessed(folder: Path) -> dict[tuple[str, str, str], dict[int, lis
 
 def load_stored(folder: Path) -> StoredSuite:
     suite, units = load_results_dir(folder)
-    return StoredSuite(folder, suite, units, load_annotators(folder), load_postprocessed(folder))
+    return StoredSuite(folder, suite, units, load_annotators(folder), load_postprocessed(folder),
+                       load_snake_stats(folder))
 
 
 def load_store(store: str | Path = STORE) -> list[StoredSuite]:
