@@ -183,9 +183,20 @@ def test_postprocessed_scores_are_collected_and_shown_as_plus_pp_rows(results, s
         {"case": f"DRIVE_{i:03d}", "label": 1, "dice": 0.9, "cldice": 0.8, "hd95": 2.0, "nsd": 0.9,
          "betti0_error": 1, "betti1_error": 0, "betti2_error": None} for i in range(16)]}))
     assert collect(results, site["store"]).new == 9
-    arms = _section(_render(site), "### Arms", "### Paired verdicts")
+    text = _render(site)
+    arms = _section(text, "### Arms", "### Paired verdicts")
     assert _cell(arms, "dsconv +pp", 1) == "16" and _cell(arms, "dsconv +pp", 2) == "0.900 [0.900, 0.900]"
     assert "`+pp` rows: the arm after its tube postprocessing" in arms
+    raw_vs_pp = _section(text, "### Raw against postprocessed", "### Recall by vessel calibre")
+    assert "does not choose a postprocessing" in raw_vs_pp  # the fabricated suite does not turn it on
+    suite_file = results / "suite.json"
+    suite_file.write_text(json.dumps({**json.loads(suite_file.read_text()), "postprocessing": True}))
+    collect(results, site["store"])
+    raw_vs_pp = _section(_render(site), "### Raw against postprocessed", "### Recall by vessel calibre")
+    assert "optimistic by construction" in raw_vs_pp
+    # postprocessed minus raw, over the same 16 cases: the dsconv +pp row holds a paired cell per tested metric
+    row = next(line for line in raw_vs_pp.splitlines() if line.startswith("| dsconv +pp |"))
+    assert row.count("|") == 2 + len(["dice", "cldice", "hd95", "nsd", "betti0_error", "betti1_error"])
 
 
 def test_the_planned_suite_adds_the_arms_a_tier_run_left_out_of_suite_json():

@@ -536,6 +536,43 @@ def figure_block(ds: DataSet, g: GroupAnalysis, images_dir: Path, page_dir: Path
 
 
 # ------------------------------------------------------------------------------------------------ sections
+def postprocessing_family(ds: DataSet, g: GroupAnalysis, fams: list[Family], s: Settings) -> Family:
+    """Every arm with postprocessed scores: postprocessed - raw on each tested metric over the same cases, one Holm
+    family, checked against the baseline's seed-to-seed noise floor (from the baseline's family)."""
+    floors = {c.metric: (c.noise_floor, c.noise_floor_ci) for c in (fams[0].comparisons if fams else [])}
+    comparisons = []
+    for a in g.arms:
+        pp = postprocessed_values(ds, a, g.label)
+        if not pp:
+            continue
+        for m in tested_metrics(g):
+            raw = {k: r[m] for k, r in g.values[a].items() if r.get(m) is not None}
+            post = {k: r[m] for k, r in pp.items() if r.get(m) is not None}
+            floor, floor_ci = floors.get(m, (None, None))
+            comparisons.append(st.paired_comparison(raw, post, m, f"{a} +pp", a, noise=floor, noise_ci=floor_ci,
+                                                    n_resamples=s.n_resamples, seed=s.seed, min_pairs=s.min_pairs,
+                                                    n_permutations=s.n_permutations))
+    return Family("raw", st.finalise(comparisons, alpha=s.alpha))
+
+
+def postprocessing_block(ds: DataSet, g: GroupAnalysis, fams: list[Family], s: Settings) -> list[str]:
+    if not ds.suite.get("postprocessing"):
+        return ["This suite does not choose a postprocessing (`postprocessing = true` turns it on).", ""]
+    f = postprocessing_family(ds, g, fams, s)
+    if not f.comparisons:
+        return [("No arm has finished all its folds yet: no postprocessing has been chosen (the choice needs an arm's "
+                 "five cross-validation folds)."), ""]
+    tested = tested_metrics(g)
+    lines = [("Each arm after its tube postprocessing against the same arm raw, over the same cases: mean paired "
+              "difference postprocessed − raw [95% bootstrap CI], Holm p (Holm over this table), verdict, against "
+              f"{ds.baseline}'s seed-to-seed noise floor. The size removed was chosen on these same cases "
+              "(protocol addendum): a gain here is optimistic by construction; the chosen sizes are in the store's "
+              "`postprocessing/.../scores.json`."), ""]
+    lines += md_table(["arm", *[metric_header(m) for m in tested]],
+                      [[a, *[_cell(f.get(a, m)) for m in tested]] for a in f.arms])
+    return lines + [family_words(f, s), ""]
+
+
 def dataset_section(ds: DataSet, images_dir: Path, page_dir: Path, root: Path | None, s: Settings) -> list[str]:
     lines = [f"## {ds.title} ({ds.dataset}, {ds.configuration})", ""]
     store_text = f"`{repo_path(ds.stored, root)}/`" if ds.stored else "none stored yet"
@@ -550,6 +587,7 @@ def dataset_section(ds: DataSet, images_dir: Path, page_dir: Path, root: Path | 
         lines += arm_table(ds, g, s)
         lines += ["### Paired verdicts", ""]
         lines += verdict_blocks(ds, g, fams, s)
+        lines += ["### Raw against postprocessed", ""] + postprocessing_block(ds, g, fams, s)
         lines += ["### Recall by vessel calibre", ""] + calibre_block(ds, g, s)
         if g.first_label:
             lines += ["### Do the snakes follow the vessels?", ""] + snakes_block(ds, s)
