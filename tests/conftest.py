@@ -32,3 +32,16 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> Iterator[None]:
+    """Every test starts with torch.compile's caches empty. Dynamo keeps at most 8 compiled versions of one code
+    object (``recompile_limit``): across a whole run, the compile tests of tests/integration/ and tests/unit/ compile
+    the same ``forward`` of every network many times, and a ``fullgraph=True`` compile then fails with "recompile
+    limit exceeded" although each test alone passes. Costs nothing where dynamo was never imported."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+    yield
