@@ -481,7 +481,7 @@ def evaluate_annotators(suite: Suite, datasets: list[str], results_dir: Path, en
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for ds in datasets:
         for name, folder in suite.annotators.items():
-            path = results_dir / "annotators" / ds / f"{name}.json"
+            path = results_dir / ANNOTATORS_DIR / ds / f"{name}.json"
             if path.is_file() and not again:
                 out[ds, name] = json.loads(path.read_text())
                 continue
@@ -499,6 +499,10 @@ def evaluate_annotators(suite: Suite, datasets: list[str], results_dir: Path, en
 
 #: where the harness keeps an arm's postprocessing and its scores: RESULTS_DIR/postprocessing/<ds>/<cfg>/<arm>/seed_S
 POSTPROCESSING_DIR = "postprocessing"
+#: the postprocessed scores of one (data set, configuration, arm, seed), below POSTPROCESSING_DIR
+POSTPROCESSED_SCORES = "scores.json"
+#: where the harness keeps the [annotators] rows: RESULTS_DIR/annotators/<ds>/<row>.json
+ANNOTATORS_DIR = "annotators"
 
 
 def baseline_noise_floors(suite: Suite, units: list[Unit], records: dict[Unit, dict | None], dataset: str,
@@ -546,7 +550,7 @@ def postprocess_arms(suite: Suite, units: list[Unit], records: dict[Unit, dict |
         if not all(records.get(u) and records[u]["status"] == "done" for u in members):
             continue
         folder = results_dir / POSTPROCESSING_DIR / ds / cfg / arm / f"seed_{seed}"
-        scores_file = folder / "scores.json"
+        scores_file = folder / POSTPROCESSED_SCORES
         if scores_file.is_file():
             out[ds, cfg, arm, seed] = json.loads(scores_file.read_text())
             continue

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_tubeconv.benchmarks.runner import ANNOTATORS_DIR, POSTPROCESSED_SCORES, POSTPROCESSING_DIR
 from nnunet_tubeconv.evaluation import layout
 from nnunet_tubeconv.evaluation.report import Unit, load_results_dir
 
@@ -32,10 +33,9 @@ from .snakes import load_snake_stats
 STUDY_DIR = Path(__file__).resolve().parent
 #: the repository's store (a checkout's; a wheel has no store)
 STORE = STUDY_DIR / "records"
-ANNOTATORS_DIR = "annotators"
 ANNOTATOR_GLOB = f"{ANNOTATORS_DIR}/*/*.json"
-#: the harness's postprocessed scores (benchmarks.runner.POSTPROCESSING_DIR; suites with ``postprocessing = true``)
-POSTPROCESSED_GLOB = "postprocessing/*/*/*/seed_*/scores.json"
+#: the harness's postprocessed scores (suites with ``postprocessing = true``)
+POSTPROCESSED_GLOB = f"{POSTPROCESSING_DIR}/*/*/*/seed_*/{POSTPROCESSED_SCORES}"
 
 
 @dataclass
